@@ -180,7 +180,9 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "Everything a pretraining job needs is installed (or the environment was not checked yet)."
             )
         )
-        hasDataset = bool(self._parameterNode and str(self._parameterNode.datasetFolder).strip())
+        hasDataset = bool(
+            self._parameterNode and str(self._parameterNode.datasetFolder).strip() not in ("", ".")
+        )
         self.ui.datasetCheckButton.enabled = hasDataset
 
     # -- environment ----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),
     pytest.mark.filterwarnings("ignore:.*nvImageCodec:UserWarning"),
     pytest.mark.filterwarnings("ignore:Preferably the reader:UserWarning"),
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
 ]
 
 # ------------------------------------------------------------------------- published configs
@@ -330,6 +331,9 @@ def _malicious_expressions(marker: Path) -> list[str]:
         f"$copy.deepcopy.__globals__['__builtins__']['open']('{marker}', 'w')",
         "$setattr(os, 'system', print)",
         f"$[x for x in [os]][0].system('touch {marker}')",
+        "$scripts.prepare(1)",
+        f"$numpy.array([1]).tofile('{marker}')",
+        f"$torch.zeros(1).numpy().dump('{marker}')",
     ]
 
 
@@ -382,6 +386,7 @@ def test_imports_of_bundle_code_and_unknown_modules_are_refused(tmp_path: Path) 
         with pytest.raises(UnsafeConfigError, match="--trust"):
             SafeConfigParser(config).get_parsed_content("value")
     assert "bundle code" in check_config({"imports": ["$import scripts"]})[0]
+    assert "bundle's own code" in check_config({"x": "$scripts.utils.run(1)"})[0]
 
 
 def test_unsafe_targets_and_arguments_are_refused(tmp_path: Path) -> None:

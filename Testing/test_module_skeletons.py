@@ -5,9 +5,14 @@ a module, caught here: files missing from (or listed but absent in) the modules'
 ``project()`` name that does not match the index entry, icons that are not 128x128 PNGs, a
 widget the code uses that the ``.ui`` file lacks (or has with another type), a parameter-node
 field bound to a widget that cannot show it, and module files that import torch or MONAI when
-Slicer starts. The ``.ui`` files are loaded with PySide6 (offscreen), Slicer's own widget
-classes replaced by the Qt classes they extend, in a subprocess with a timeout so that a
-broken display cannot hang the suite.
+Slicer starts.
+
+Everything that can run here runs for real: CMake configures the extension (Slicer's two build
+macros replaced by checking stand-ins), the ``.ui`` files load in PySide6 (offscreen; Slicer's
+widget classes replaced by the Qt classes they extend), the modules' Logic classes launch a real
+``medsegnas phantom`` job and load its result into a slicer-core MRML scene, and the
+``sslpretrain`` command runs. Qt and the Logic run in subprocesses with timeouts, so a broken
+display or a hung worker cannot hang the suite.
 """
 
 from __future__ import annotations
@@ -95,35 +100,40 @@ def module_files(module: str) -> list[str]:
     return sorted(found)
 
 
+def _check_listed(module: str, variable: str, on_disk: list[str]) -> None:
+    """``variable`` of the module's CMakeLists lists exactly ``on_disk``; the message says what to edit."""
+    listed = read_cmake_sets(ROOT / module / "CMakeLists.txt")[variable]
+    where = f"{module}/CMakeLists.txt, set({variable} ...)"
+    unlisted = sorted(set(on_disk) - set(listed))
+    assert unlisted == [], f"add to {where} (else they are missing from the installed extension):\n  " + (
+        "\n  ".join(name.replace(f"{module}Lib/", "${MODULE_NAME}Lib/") for name in unlisted)
+    )
+    absent = sorted(set(listed) - set(on_disk))
+    assert absent == [], f"remove from {where} (a listed file that does not exist stops the build): {absent}"
+    assert len(listed) == len(set(listed)), f"{where} lists a file twice"
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_module_cmakelists_lists_every_python_file_and_nothing_else(module: str) -> None:
     sets = read_cmake_sets(ROOT / module / "CMakeLists.txt")
     assert sets["MODULE_NAME"] == [module]
-    listed = sets["MODULE_PYTHON_SCRIPTS"]
-    on_disk = [name for name in module_files(module) if name.endswith(".py")]
-    assert f"{module}.py" in listed
-    assert sorted(set(on_disk) - set(listed)) == [], "not listed in MODULE_PYTHON_SCRIPTS: not installed"
-    assert sorted(set(listed) - set(on_disk)) == [], (
-        "listed in MODULE_PYTHON_SCRIPTS but missing: build fails"
+    assert sets["MODULE_PYTHON_SCRIPTS"][0] == f"{module}.py"
+    _check_listed(
+        module, "MODULE_PYTHON_SCRIPTS", [name for name in module_files(module) if name.endswith(".py")]
     )
-    assert len(listed) == len(set(listed)), "listed twice"
 
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_cmakelists_lists_every_resource_and_nothing_else(module: str) -> None:
-    sets = read_cmake_sets(ROOT / module / "CMakeLists.txt")
-    listed = sets["MODULE_PYTHON_RESOURCES"]
-    on_disk = [name for name in module_files(module) if name.endswith(SHIPPED_RESOURCE_SUFFIXES)]
+    listed = read_cmake_sets(ROOT / module / "CMakeLists.txt")["MODULE_PYTHON_RESOURCES"]
     assert f"Resources/Icons/{module}.png" in listed
     assert f"Resources/UI/{module}.ui" in listed
-    assert sorted(set(on_disk) - set(listed)) == [], "not listed in MODULE_PYTHON_RESOURCES: not installed"
-    assert sorted(set(listed) - set(on_disk)) == [], (
-        "listed in MODULE_PYTHON_RESOURCES but missing: build fails"
-    )
+    on_disk = [name for name in module_files(module) if name.endswith(SHIPPED_RESOURCE_SUFFIXES)]
+    _check_listed(module, "MODULE_PYTHON_RESOURCES", on_disk)
     unshipped = [
         name for name in module_files(module) if not name.endswith((".py", *SHIPPED_RESOURCE_SUFFIXES))
     ]
-    assert unshipped == [], "files of a kind the module CMakeLists does not ship"
+    assert unshipped == [], "files of a kind the module CMakeLists does not ship (add the suffix to the test)"
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -638,3 +648,176 @@ def test_sslpretrain_info_without_torch_says_what_to_install() -> None:
     assert "cpu only" in result.stdout
     (error,) = result.stderr.strip().splitlines()
     assert error.startswith("error: torch not installed in ") and "pip install torch monai" in error
+
+
+# --------------------------------------------------------------------------------------------
+# The modules' Logic classes against the real job protocol and real MRML (slicer-core)
+
+#: Run in a child Python: the application-only parts of Slicer that the module files import at
+#: the top (Qt, translation, the parameter-node decorator, the scripted-module base classes) are
+#: replaced by inert stand-ins so that the files import; everything the Logic does then runs for
+#: real: a ``medsegnas phantom`` worker process, its run folder, MRML nodes from slicer-core.
+_LOGIC_SCRIPT = r"""
+import json, sys, tempfile, types
+from pathlib import Path
+import slicer
+
+def module(name, **attributes):
+    stand_in = types.ModuleType(name)
+    stand_in.__dict__.update(attributes)
+    sys.modules[name] = stand_in
+
+class _Base:
+    def __init__(self, *args, **kwargs):
+        pass
+
+module("qt")
+module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text)
+module("slicer.parameterNodeWrapper", parameterNodeWrapper=lambda cls: cls, WithinRange=lambda *bounds: None)
+module(
+    "slicer.ScriptedLoadableModule",
+    **{name: type(name, (_Base,), {}) for name in (
+        "ScriptedLoadableModule", "ScriptedLoadableModuleWidget",
+        "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest",
+    )},
+)
+
+from MedSegNAS import FINAL_STATES, MedSegNASLogic
+from SSLPretrain import SSLPretrainLogic
+
+folder = Path(sys.argv[1])
+logic = MedSegNASLogic()
+job = logic.launchPhantomJob(folder / "data", cases=1, unlabeled=1, size=16, runsFolder=folder / "runs")
+status = logic.waitForJob(job, timeoutSeconds=120)
+_, events, _ = logic.pollJob(job)
+scene = slicer.vtkMRMLScene()
+volume, segmentation = logic.loadDatasetCase(status["result"]["dataset"], scene=scene, show=False)
+segments = segmentation.GetSegmentation()
+ssl = SSLPretrainLogic()
+summary = ssl.describeDataset(folder / "data")
+print(json.dumps({
+    "state": status["state"],
+    "error": status.get("error"),
+    "event_types": sorted({event["type"] for event in events}),
+    "runs": [[run["kind"], run["state"], run["percent"]] for run in logic.listRuns(folder / "runs")],
+    "volume": [volume.GetClassName(), list(volume.GetImageData().GetDimensions()), scene.IsNodePresent(volume)],
+    "segments": [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())],
+    "segmentation_reference": segmentation.GetNodeReferenceID(
+        segmentation.GetReferenceImageGeometryReferenceRole()
+    ) == volume.GetID(),
+    "summary": summary,
+    "summary_text": ssl.datasetSummaryText(summary),
+    "final_states": sorted(FINAL_STATES),
+}))
+"""
+
+
+def test_module_logic_runs_a_phantom_job_and_loads_its_result(tmp_path: Path) -> None:
+    pytest.importorskip("slicer")
+    pytest.importorskip("torch")  # the phantom job saves its checkpoints with torch
+    result = subprocess.run(
+        [sys.executable, "-c", _LOGIC_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=_python_env(),
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (report["state"], report["error"]) == ("done", None)
+    assert {"progress", "done"} <= set(report["event_types"])
+    assert report["runs"] == [["phantom", "done", 100.0]]
+    assert report["volume"] == ["vtkMRMLScalarVolumeNode", [16, 16, 16], True]
+    from MedSegNASLib.data.phantom import PHANTOM_LABELS
+
+    assert set(report["segments"]) <= {label.name for label in PHANTOM_LABELS if label.value}
+    assert report["segments"], "the phantom case has labelled organs"
+    assert report["segmentation_reference"]
+    summary = report["summary"]
+    assert (summary["training"], summary["unlabeled"], summary["missing"]) == (1, 1, [])
+    assert summary["modalities"] == ["CT"]
+    assert report["summary_text"].startswith("MedSegNASPhantom: 1 unlabelled image(s)")
+
+
+# --------------------------------------------------------------------------------------------
+# CMake configures the extension (with a stand-in for Slicer's build macros)
+
+#: Stand-in for Slicer's CMake package: the extension's CMakeLists run for real, and the two
+#: Slicer macros they call check what the real ones need (every listed file exists) and record
+#: their arguments for the test.
+_SLICER_CONFIG = """
+set(Slicer_USE_FILE "${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake")
+set(Slicer_EXTENSION_GENERATE_CONFIG "${CMAKE_CURRENT_LIST_DIR}/GenerateConfig.cmake")
+set(Slicer_EXTENSION_CPACK "${CMAKE_CURRENT_LIST_DIR}/CPack.cmake")
+"""
+_USE_SLICER = """
+set(REPORT "${CMAKE_BINARY_DIR}/report.txt")
+file(WRITE "${REPORT}" "")
+function(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MODULE "WITH_GENERIC_TESTS;WITH_SUBDIR" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  foreach(path ${MODULE_SCRIPTS} ${MODULE_RESOURCES})
+    if(NOT EXISTS "${CMAKE_CURRENT_SOURCE_DIR}/${path}")
+      message(FATAL_ERROR "${MODULE_NAME}: listed file ${path} does not exist")
+    endif()
+  endforeach()
+  list(LENGTH MODULE_SCRIPTS scripts)
+  list(LENGTH MODULE_RESOURCES resources)
+  file(APPEND "${REPORT}" "module ${MODULE_NAME} ${scripts} ${resources} ${MODULE_WITH_GENERIC_TESTS}\\n")
+endfunction()
+function(slicer_add_python_unittest)
+  cmake_parse_arguments(TEST "" "SCRIPT" "" ${ARGN})
+  file(APPEND "${REPORT}" "unittest ${TEST_SCRIPT}\\n")
+endfunction()
+"""
+_GENERATE_CONFIG = """
+file(APPEND "${REPORT}" "extension ${PROJECT_NAME} depends=${EXTENSION_DEPENDS} category=${EXTENSION_CATEGORY}\\n")
+"""
+
+
+def test_extension_configures_with_cmake(tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    slicer_dir = tmp_path / "slicer"
+    slicer_dir.mkdir()
+    (slicer_dir / "SlicerConfig.cmake").write_text(_SLICER_CONFIG)
+    (slicer_dir / "UseSlicer.cmake").write_text(_USE_SLICER)
+    (slicer_dir / "GenerateConfig.cmake").write_text(_GENERATE_CONFIG)
+    (slicer_dir / "CPack.cmake").write_text("")
+    build = tmp_path / "build"
+    result = subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build),
+            f"-DSlicer_DIR={slicer_dir}",
+            "-DBUILD_TESTING=ON",
+            # No compiler checks: the extension builds no C++ code.
+            "-DCMAKE_C_COMPILER_WORKS=1",
+            "-DCMAKE_CXX_COMPILER_WORKS=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if "No CMAKE_C_COMPILER could be found" in result.stderr or "No CMAKE_CXX_COMPILER" in result.stderr:
+        pytest.skip("no C/C++ compiler for project()")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "CMake Warning" not in result.stderr, result.stderr
+    report = (build / "report.txt").read_text().splitlines()
+    scripts = {
+        module: len(read_cmake_sets(ROOT / module / "CMakeLists.txt")["MODULE_PYTHON_SCRIPTS"])
+        for module in MODULES
+    }
+    resources = {
+        module: len(read_cmake_sets(ROOT / module / "CMakeLists.txt")["MODULE_PYTHON_RESOURCES"])
+        for module in MODULES
+    }
+    assert report == [
+        line
+        for module in MODULES
+        for line in (f"module {module} {scripts[module]} {resources[module]} TRUE", f"unittest {module}.py")
+    ] + ["extension MedSegNAS depends=PyTorch category=Segmentation"]

@@ -101,6 +101,7 @@ def test_search_network_of_the_tiny_preset_runs() -> None:
     with torch.no_grad():
         out = net(torch.randn(1, 1, 32, 32, 32))
     assert out.shape == (1, 3, 32, 32, 32)
+    assert decode(net).search_space == space  # a DiNTS around the supernet decodes too
     probs = path_probabilities(net)
     assert probs.shape == (space.num_blocks, space.num_paths)
     assert np.all((probs > 0) & (probs <= 1))

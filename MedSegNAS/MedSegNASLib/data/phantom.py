@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_json_atomic
 from ..errors import DatasetError
 from .volume import LabelInfo, Volume
 
@@ -459,18 +459,6 @@ def phantom_dataset_json(plan: list[PhantomCasePlan], *, size: int, seed: int) -
     }
 
 
-def _write_json_atomic(data: dict, path: Path) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2)
-            stream.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _refuse_foreign_dataset(dataset_json: Path) -> None:
     """Raise if ``dataset_json`` exists and does not describe a phantom dataset (never overwrite data)."""
     if not dataset_json.exists():
@@ -544,5 +532,5 @@ def write_phantom_dataset(
         if on_case is not None:
             on_case(done, len(plan), case.case_id)
     dataset_json = out / "dataset.json"
-    _write_json_atomic(phantom_dataset_json(plan, size=size, seed=seed), dataset_json)
+    write_json_atomic(dataset_json, phantom_dataset_json(plan, size=size, seed=seed))
     return dataset_json

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_atomic
 from .volume import LabelInfo, Volume
 
 
@@ -108,8 +109,8 @@ def render_overlay(
     fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=100, facecolor=fig.get_facecolor(), format="png")
+    write_atomic(
+        path, lambda handle: fig.savefig(handle, dpi=100, facecolor=fig.get_facecolor(), format="png")
+    )
     plt.close(fig)
-    tmp.replace(path)
     return path

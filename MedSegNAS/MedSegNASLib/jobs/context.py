@@ -24,11 +24,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..atomic import write_atomic
 from ..errors import JobError
 from .rundir import RunDir
 
@@ -247,17 +247,7 @@ class JobContext:
         import torch
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(state, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
+        write_atomic(path, lambda handle: torch.save(state, handle))
         _fsync_dir(path.parent)
         step = self.last_progress["step"] if self.last_progress else None
         self.run_dir.append_event(

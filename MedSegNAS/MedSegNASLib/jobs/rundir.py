@@ -42,11 +42,11 @@ import os
 import re
 import secrets
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from .. import atomic
 from ..errors import JobError
 
 try:  # POSIX only; Windows can import this module but cannot run workers.
@@ -100,19 +100,8 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old or the new file, never half."""
-    text = json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
+    """Write ``data`` (made JSON-able) to ``path`` atomically; see :mod:`MedSegNASLib.atomic`."""
+    atomic.write_json_atomic(path, to_jsonable(data))
 
 
 def process_start_ticks(pid: int) -> int | None:

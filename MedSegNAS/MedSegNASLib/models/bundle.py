@@ -285,6 +285,10 @@ def check_config(
 
     Returns:
         One line per problem, ``"<item id>: <what> <why>"``; empty when the config is allowed.
+
+    Raises:
+        ModelFileError: an item of ``ids`` (or one it references) does not exist, or a macro
+            names a missing file or item.
     """
     problems: list[str] = []
     parser = SafeConfigParser(copy.deepcopy(dict(config)), bundle_root=bundle_root)
@@ -292,8 +296,6 @@ def check_config(
         parser.resolve_macro_and_relative_ids()
     except UnsafeConfigError as exc:
         problems.append(exc.problem)
-    except ModelFileError as exc:
-        problems.append(str(exc))
     resolved = parser.get()
     namespace: dict[str, ModulePath] = dict(default_namespace())
     imports = [
@@ -304,10 +306,7 @@ def check_config(
             namespace.update(import_bindings(statement))
         except UnsafeConfigError as exc:
             problems.append(f"{item_id}: {exc.problem}")
-    try:
-        selected = [k for k in resolved if k != META_KEY] if ids is None else _dependency_closure(parser, ids)
-    except ModelFileError as exc:
-        return [*problems, str(exc)]
+    selected = [k for k in resolved if k != META_KEY] if ids is None else _dependency_closure(parser, ids)
     for item_id in selected:
         problems.extend(_item_problems(parser[item_id], item_id, namespace))
     return list(dict.fromkeys(problems))

@@ -205,6 +205,8 @@ OBJECT_ATTRIBUTE_NAMES = (
     | _WORKFLOW_ATTRS
 )
 
+_BUNDLE_CODE = "uses the bundle's own code (scripts), which is not run for untrusted bundles"
+
 #: ``setattr`` is allowed for exactly these flags (published configs turn on cudnn benchmarking).
 _SETATTR_TARGET = "torch.backends.cudnn"
 _SETATTR_NAMES = frozenset({"benchmark", "deterministic"})
@@ -404,6 +406,8 @@ def import_bindings(statement: str) -> dict[str, ModulePath]:
     if len(tree.body) != 1 or not isinstance(tree.body[0], (ast.Import, ast.ImportFrom)):
         raise UnsafeConfigError(f"{statement!r} is not a single import statement")
     node = tree.body[0]
+    if any((alias.asname or "").startswith("_") for alias in node.names):
+        raise UnsafeConfigError(f"import {statement!r} binds a name starting with '_', which is not allowed")
     bindings: dict[str, ModulePath] = {}
     if isinstance(node, ast.Import):
         for alias in node.names:
@@ -653,6 +657,7 @@ def _static_problems(tree: ast.Expression, roots: Mapping[str, str]) -> Iterator
 
 
 def _static_findings(tree: ast.Expression, roots: Mapping[str, str]) -> Iterator[tuple[ast.AST, str]]:
+    """The same rules as :class:`_Interpreter`, applied to the syntax tree alone."""
     parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
     local_names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
 
@@ -710,6 +715,8 @@ def _static_findings(tree: ast.Expression, roots: Mapping[str, str]) -> Iterator
                     yield node, "uses 'setattr' other than to set torch.backends.cudnn flags"
                 else:
                     yield from ((parent, p) for p in _static_setattr_problems(parent, module_chain))
+            elif node.id == "scripts":
+                yield node, _BUNDLE_CODE
             elif node.id not in SAFE_BUILTINS:
                 yield node, f"uses the name '{node.id}', which is not on the allow-list"
         elif isinstance(node, ast.Attribute):
@@ -844,6 +851,8 @@ class _Interpreter:
             return self.namespace[name]
         if name in SAFE_BUILTINS:
             return SAFE_BUILTINS[name]
+        if name == "scripts":
+            self.refuse(_BUNDLE_CODE)
         self.refuse(f"uses the name '{name}', which is not on the allow-list")
 
     def attribute(self, obj: Any, attr: str) -> Any:

@@ -203,6 +203,7 @@ def load_checkpoint(path: str | Path, *, trusted: bool = False) -> Any:
     try:
         with torch.serialization.safe_globals(numpy_safe_globals()), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch names the global it refused; a pickle it cannot even parse is corrupt, not unsafe.

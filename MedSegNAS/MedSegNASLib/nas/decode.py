@@ -20,18 +20,16 @@ Architecture codes are written as JSON (plain lists), not pickled numpy: ``torch
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
+from ..atomic import write_atomic
 from ..errors import MedSegNASError
 from ..jobs.rundir import to_jsonable
 from .search_space import SearchSpace, _quiet
@@ -41,28 +39,6 @@ __all__ = ["ARCH_FORMAT", "ArchCode", "decode", "load_arch_json", "path_probabil
 #: ``format`` field of an arch.json file; ``version`` is bumped on incompatible changes.
 ARCH_FORMAT = "medsegnas-dints-arch"
 ARCH_VERSION = 1
-
-
-def write_atomic(path: str | PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
-    """Create or replace ``path`` so that readers see the old file or the new one, never half of it.
-
-    ``write(handle)`` fills a temporary file in the same folder, which is synced and renamed over
-    ``path``. Unlike ``tempfile.mkstemp`` the file gets the usual permissions (umask), so results
-    stay readable by the group on shared cluster folders.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _node_sets(space: SearchSpace, arch_code_a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -396,11 +372,14 @@ def decode(search, space: SearchSpace | None = None) -> ArchCode:
     rows.append(child_vertex(num_blocks - 1, all_children))
     cols.append(np.full(num_children, sink))
     weights.append(np.full(num_children, 0.001))
+    # The zero-weight hub edges are stored explicitly; csgraph treats stored zeros as edges.
     graph = csr_matrix(
         (np.concatenate(weights).astype(np.float64), (np.concatenate(rows), np.concatenate(cols))),
         shape=(sink + 1, sink + 1),
     )
     _, predecessors = dijkstra(graph, directed=True, indices=0, return_predecessors=True)
+    if predecessors[sink] < 0:  # cannot happen: every node set is read by some pattern
+        raise RuntimeError("DiNTS decode graph has no route from the first to the last block")
 
     chosen = np.zeros(num_blocks, dtype=np.int64)
     vertex = predecessors[sink]

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import ArchCode, write_atomic
+from ..atomic import write_atomic
+from ..errors import MedSegNASError
+from .decode import ArchCode
 
 __all__ = ["OP_COLORS", "plot_path_probabilities", "plot_topology"]
 
@@ -55,8 +57,6 @@ def _save_atomic(fig, path: str | PathLike[str], fmt: str, dpi: int = 150) -> Pa
 
 
 def _check_folder(*paths: str | PathLike[str] | None) -> None:
-    from ..errors import MedSegNASError
-
     for path in paths:
         if path is not None and not Path(path).parent.is_dir():
             raise MedSegNASError(f"cannot write {path}: folder {Path(path).parent} does not exist")
