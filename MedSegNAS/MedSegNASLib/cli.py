@@ -24,6 +24,9 @@ from .errors import MedSegNASError
 COMMAND_MODULES: tuple[str, ...] = (
     "MedSegNASLib.data.commands",  # phantom, dataset
     "MedSegNASLib.jobs.commands",  # jobs list|status|cancel
+    "MedSegNASLib.models.commands",  # models list|import|download|catalog|info|trust|remove
+    "MedSegNASLib.inference.commands",  # segment
+    "MedSegNASLib.nas.commands",  # search
     "MedSegNASLib.demo",  # demo
 )
 

@@ -9,7 +9,7 @@ Masking (Tang et al.): blocks of at most ``max_block_fraction`` of each axis are
 places until a random share of the voxels, drawn uniformly up to ``max_fraction``, is covered; a
 block that would take the covered share above ``max_fraction`` is skipped, so the bound always
 holds. Each block is filled with Gaussian noise of the view's mean and standard deviation
-(``noise``) or with the voxels at the same place of another sample of the batch (``swap``);
+(at least :data:`MIN_NOISE_STD`) (``noise``) or with the voxels at the same place of another sample of the batch (``swap``);
 ``mixed`` picks one of the two for each block.
 
 The random choices (turns, blocks, donors) come from a NumPy generator and the noise from a torch
@@ -29,6 +29,9 @@ from .heads import NUM_ROTATIONS
 
 #: Mask codes: voxel kept, replaced by noise, replaced by another sample's voxel.
 KEEP, NOISE, SWAP = 0, 1, 2
+#: Smallest noise standard deviation (normalised intensities): a uniform crop (all air) still
+#: gets visible noise, so that its masked blocks are something to inpaint.
+MIN_NOISE_STD = 0.1
 #: Consecutive skipped blocks after which a mask is considered full enough.
 MAX_SKIPPED_BLOCKS = 20
 
@@ -142,13 +145,16 @@ def make_views(
     targets = rotate_quarter_turns(torch.cat([crops, crops]), turns)
     spatial = tuple(int(s) for s in targets.shape[2:])
     codes = np.stack(
-        [block_mask(spatial, rng, spec.max_fraction, spec.max_block_fraction, spec.fill) for _ in range(2 * n)]
+        [
+            block_mask(spatial, rng, spec.max_fraction, spec.max_block_fraction, spec.fill)
+            for _ in range(2 * n)
+        ]
     )
     masks = torch.from_numpy(codes).unsqueeze(1).to(device)
     donors = torch.from_numpy(_donors(n, rng)).to(device)
     dims = tuple(range(1, targets.ndim))
     mean = targets.mean(dim=dims, keepdim=True)
-    std = targets.std(dim=dims, keepdim=True)
+    std = targets.std(dim=dims, keepdim=True).clamp_min(MIN_NOISE_STD)
     noise = torch.randn(targets.shape, generator=generator, device=device, dtype=targets.dtype) * std + mean
     views = torch.where(masks == NOISE, noise, targets)
     views = torch.where(masks == SWAP, targets[donors], views)

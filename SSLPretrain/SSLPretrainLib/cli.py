@@ -26,8 +26,8 @@ from MedSegNASLib.errors import MedSegNASError
 
 from . import __version__
 
-#: Modules that add sub-commands, in the order they appear in ``--help`` (pretrain, finetune: to come).
-COMMAND_MODULES: tuple[str, ...] = ()
+#: Modules that add sub-commands, in the order they appear in ``--help`` (finetune, fewshot: to come).
+COMMAND_MODULES: tuple[str, ...] = ("SSLPretrainLib.commands",)  # pretrain
 
 #: Packages a pretraining worker cannot run without.
 REQUIRED_PACKAGES: tuple[str, ...] = ("torch", "monai")

@@ -152,10 +152,19 @@ class PretrainConfig:
             if any(int(s) % 32 for s in roi):
                 found.append(f"every roi side must be divisible by 32 (Swin UNETR), got {list(roi)}")
             if int(roi[0]) != int(roi[1]):
-                found.append(f"roi[0] and roi[1] must be equal (the rotation task turns that plane), got {list(roi)}")
+                found.append(
+                    f"roi[0] and roi[1] must be equal (the rotation task turns that plane), got {list(roi)}"
+                )
         for name in ("batch_size", "crops_per_volume", "steps", "log_every", "checkpoint_every"):
             positive_int(name)
-        for name in ("warmup_steps", "cache_volumes", "num_workers", "reconstructions", "reconstruction_every", "seed"):
+        for name in (
+            "warmup_steps",
+            "cache_volumes",
+            "num_workers",
+            "reconstructions",
+            "reconstruction_every",
+            "seed",
+        ):
             positive_int(name, 0)
         fraction("foreground_ratio", 0.0, 1.0)
         fraction("mask_max_fraction", 0.0, 1.0)
@@ -271,7 +280,9 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         try:
             import yaml
         except ImportError:
-            raise MedSegNASError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use JSON") from None
+            raise MedSegNASError(
+                f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use JSON"
+            ) from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

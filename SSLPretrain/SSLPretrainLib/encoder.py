@@ -140,7 +140,14 @@ def sidecar_path(weights_path: str | os.PathLike[str]) -> Path:
     return Path(weights_path).with_suffix(".json")
 
 
-def export_encoder(encoder: nn.Module, path: str | os.PathLike[str], *, feature_size: int, in_channels: int, extra: Mapping[str, Any] | None = None) -> Path:
+def export_encoder(
+    encoder: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    feature_size: int,
+    in_channels: int,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``encoder``'s weights to ``path`` (keys prefixed ``swinViT.``) and the JSON sidecar.
 
     Both files are written atomically; the sidecar last, so a sidecar always describes a
@@ -148,7 +155,9 @@ def export_encoder(encoder: nn.Module, path: str | os.PathLike[str], *, feature_
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {ENCODER_PREFIX + key: value.detach().cpu().clone() for key, value in encoder.state_dict().items()}
+    state = {
+        ENCODER_PREFIX + key: value.detach().cpu().clone() for key, value in encoder.state_dict().items()
+    }
     write_atomic(path, lambda handle: torch.save(state, handle))
     info = {
         "format": "sslpretrain-swin-encoder",

@@ -4,11 +4,16 @@ All sizes follow from ``feature_size`` (``f``): the bottleneck has ``16 f`` chan
 the input resolution (768 for f = 48, the only size the reference head's hard-coded 768 fits).
 
 * rotation: global average of the bottleneck -> ``Linear(16 f, 4)``, logits of k in 0..3.
-* contrastive: the same pooled vector -> ``Linear(16 f, 16 f)`` -> GELU ->
-  ``Linear(16 f, projection_dim)`` (a SimCLR projection; the loss normalises it).
-* inpainting: a convolutional decoder, five times (3^3 conv, instance norm, leaky ReLU,
+* contrastive: the same pooled vector -> ``Linear(16 f, 16 f)`` -> batch norm -> GELU ->
+  ``Linear(16 f, projection_dim)`` (SimCLR's projection; the loss normalises it). At
+  initialisation the pooled Swin features of different crops have cosine similarities of about
+  0.99; the batch norm removes what the batch shares, so the contrastive loss learns from the
+  first step instead of sitting at log(2N - 1).
+* inpainting: a convolutional decoder, five times (3^3 conv, group norm, leaky ReLU,
   trilinear x2 upsampling) halving the channels ``16 f -> 8 f -> ... -> f / 2``, then a 1^3 conv
-  to the input channels: it reconstructs the whole crop at input resolution.
+  to the input channels: it reconstructs the whole crop at input resolution. Group norm (up to
+  8 groups) replaces the reference's instance norm, which is undefined on the single bottleneck
+  voxel of a 32^3 crop.
 
 Pooling (instead of the reference's use of bottleneck tokens 0 and 1) works at any crop size,
 including 32^3 crops whose bottleneck is a single voxel.
@@ -16,6 +21,7 @@ including 32^3 crops whose bottleneck is a single voxel.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -28,6 +34,8 @@ from .encoder import build_swin_encoder
 NUM_ROTATIONS = 4
 #: Decoder stages: each doubles the resolution, 2^5 = 32 = the encoder's total downsampling.
 DECODER_STAGES = 5
+#: Groups of the decoder's group norms (fewer when the channels are not divisible by 8).
+DECODER_GROUPS = 8
 
 
 class SSLOutputs(NamedTuple):
@@ -65,14 +73,17 @@ class SSLHead(nn.Module):
         self.projection_dim = projection_dim or default_projection_dim(feature_size)
         self.rotation = nn.Linear(channels, NUM_ROTATIONS)
         self.projection = nn.Sequential(
-            nn.Linear(channels, channels), nn.GELU(), nn.Linear(channels, self.projection_dim)
+            nn.Linear(channels, channels),
+            nn.BatchNorm1d(channels),
+            nn.GELU(),
+            nn.Linear(channels, self.projection_dim),
         )
         stages: list[nn.Module] = []
         width = channels
         for _ in range(DECODER_STAGES):
             stages += [
                 nn.Conv3d(width, width // 2, kernel_size=3, padding=1),
-                nn.InstanceNorm3d(width // 2),
+                nn.GroupNorm(math.gcd(width // 2, DECODER_GROUPS), width // 2),
                 nn.LeakyReLU(),
                 nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False),
             ]

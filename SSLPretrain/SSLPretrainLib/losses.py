@@ -35,7 +35,9 @@ def nt_xent_loss(view1: torch.Tensor, view2: torch.Tensor, temperature: float = 
         a negative; with ``N = 1`` the positive is the only other sample and the loss is 0.
     """
     if view1.shape != view2.shape or view1.ndim != 2:
-        raise ValueError(f"expected two (N, D) batches of the same shape, got {tuple(view1.shape)} and {tuple(view2.shape)}")
+        raise ValueError(
+            f"expected two (N, D) batches of the same shape, got {tuple(view1.shape)} and {tuple(view2.shape)}"
+        )
     n = view1.shape[0]
     with torch.autocast(device_type=view1.device.type, enabled=False):  # float16 would round s_ij / T
         z = F.normalize(torch.cat([view1, view2]).float(), dim=1)

@@ -75,7 +75,7 @@ def collect_images(path: str | os.PathLike[str]) -> tuple[list[ImageSource], lis
         if not cases:
             raise DatasetError(
                 f"{dataset.path} lists no 'unlabeled' or 'training' images to pretrain on; "
-                "add an \"unlabeled\": [\"path\", ...] list"
+                'add an "unlabeled": ["path", ...] list'
             )
         return [ImageSource(tuple(case.images)) for case in cases], list(dataset.modalities)
     if path.is_file():
@@ -277,7 +277,9 @@ class CropSampler:
     def _volume_for_slot(self, slot: int) -> int:
         epoch, position = divmod(slot, len(self.sources))
         if epoch not in self._orders:
-            self._orders[epoch] = step_rng(self.config.seed, epoch, 0, ORDER_STREAM).permutation(len(self.sources))
+            self._orders[epoch] = step_rng(self.config.seed, epoch, 0, ORDER_STREAM).permutation(
+                len(self.sources)
+            )
         return int(self._orders[epoch][position])
 
     def crop_start(self, volume: PretrainVolume, rng: np.random.Generator) -> np.ndarray:
@@ -319,17 +321,18 @@ class CropSampler:
             "start": torch.from_numpy(np.stack(starts).astype(np.int64)),
         }
 
-    def snapshot_crops(self, count: int) -> list[tuple[np.ndarray, np.ndarray, str]]:
-        """``count`` fixed crops ``(crop (C, *roi), affine, source name)`` for reconstruction
+    def snapshot_crops(self, count: int) -> list[tuple[np.ndarray, np.ndarray, ImageSource]]:
+        """``count`` fixed crops ``(crop (C, *roi), affine, source)`` for reconstruction
         snapshots: the same crops every time, one per volume in turn."""
         roi = tuple(self.config.roi)
         rng = step_rng(self.config.seed, 0, 0, SNAPSHOT_STREAM)
         crops = []
         for i in range(count):
-            volume = self.volume(i % len(self.sources))
+            index = i % len(self.sources)
+            volume = self.volume(index)
             start = self.crop_start(volume, rng)
             crop = extract_crop(volume.array, start, roi, volume.background)
-            crops.append((crop, crop_affine(volume.affine, start), volume.name))
+            crops.append((crop, crop_affine(volume.affine, start), self.sources[index]))
         return crops
 
 

@@ -276,7 +276,9 @@ def run_worker_rank(body: Callable[[Any], Any], resuming: bool) -> int:
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
-                previous[signum] = signal.signal(signum, lambda *_: ctx.request_stop("stop requested (signal)"))
+                previous[signum] = signal.signal(
+                    signum, lambda *_: ctx.request_stop("stop requested (signal)")
+                )
         try:
             body(ctx)
         except JobCancelled:

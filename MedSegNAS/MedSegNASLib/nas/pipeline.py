@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -231,7 +232,10 @@ def choose_patch_size(
     Raises:
         MedSegNASError: even a ``divisor``-cubed patch does not fit the budget.
     """
-    patch = [max(divisor, (min(int(m), int(s)) // divisor) * divisor) for m, s in zip(max_patch, median_shape)]
+    patch = [
+        max(divisor, (min(int(m), int(s)) // divisor) * divisor)
+        for m, s in zip(max_patch, median_shape, strict=True)
+    ]
     while estimate_mb(patch) > memory_budget_mb:
         largest = int(np.argmax(patch))
         if patch[largest] <= divisor:
@@ -316,7 +320,9 @@ class LoadCased:
             image = read_volumes(paths, dtype=np.float32)
         meta = {"filename_or_obj": paths[0]}
         out["image"] = MetaTensor(
-            torch.from_numpy(np.ascontiguousarray(image.array)), affine=torch.from_numpy(image.affine), meta=meta
+            torch.from_numpy(np.ascontiguousarray(image.array)),
+            affine=torch.from_numpy(image.affine),
+            meta=meta,
         )
         if data.get("label") is not None:
             label = read_volume(data["label"], dtype=np.float32)
@@ -338,9 +344,7 @@ def _label_mapping(label_values: Sequence[int]) -> list:
     return [MapLabelValued("label", orig_labels=values, target_labels=list(range(len(values))))]
 
 
-def preprocessing_transforms(
-    spec: PreprocessingSpec, label_values: Sequence[int], *, for_training: bool
-):
+def preprocessing_transforms(spec: PreprocessingSpec, label_values: Sequence[int], *, for_training: bool):
     """The deterministic part: load, reorient, resample, normalise; for training also pad + class indices.
 
     Returns:
@@ -350,7 +354,10 @@ def preprocessing_transforms(
     from monai.transforms import ClassesToIndicesd, Compose, SpatialPadd
 
     steps: list = [LoadCased(spec.num_channels)]
-    steps += spec.geometry_transforms(["image", "label"], ["bilinear", "nearest"])
+    with warnings.catch_warnings():
+        # MONAI 1.6 announces a change of Orientationd's default axis labels; RAS MetaTensors are unaffected.
+        warnings.filterwarnings("ignore", message=".*Orientationd.__init__:labels", category=FutureWarning)
+        steps += spec.geometry_transforms(["image", "label"], ["bilinear", "nearest"])
     steps.append(spec.intensity_transform("image"))
     steps += _label_mapping(label_values)
     if for_training:
@@ -521,7 +528,10 @@ def validation_dice(
                 label = torch.as_tensor(case["label"]).as_subclass(torch.Tensor)[None].to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
                     logits = sliding_window_inference(
-                        image, roi_size=list(patch_size), sw_batch_size=sw_batch_size, predictor=network,
+                        image,
+                        roi_size=list(patch_size),
+                        sw_batch_size=sw_batch_size,
+                        predictor=network,
                         overlap=overlap,
                     )
                 prediction = one_hot(torch.argmax(logits, dim=1, keepdim=True), num_classes)

@@ -1,0 +1,619 @@
+"""The segmentation engine: an image and a bundle in, a label map on the image's own grid out.
+
+What it computes is what MONAI's bundle workflow (``python -m monai.bundle run`` with the
+bundle's inference config) computes; how it computes it is cheaper:
+
+1. **Model grid.** The bundle's Orientation/Spacing transforms are applied lazily by MONAI
+   (:func:`~.geometry.model_grid`), so the grid is MONAI's to the last digit.
+2. **Windows.** The sliding windows are MONAI's (same tiling of the model grid). A window that
+   contains no body voxel (CT above -500 HU, or above a data-derived threshold for other
+   modalities) is not run: it predicts background. Every window that covers a body voxel runs,
+   so inside the body the blended prediction equals MONAI's exactly; only air is assumed to be
+   background. ``--no-crop`` runs every window.
+3. **Resampling.** One trilinear pass from the input grid to the model grid (MONAI: an
+   orientation copy, then a float64 resampling of the whole image), restricted to the windows
+   that run when the intensity transforms are voxel-wise; one pass back for the probabilities
+   of the windows that ran, in slabs, each reduced to labels at once (MONAI: float64
+   probabilities of every class on the whole input grid).
+4. **Inference.** ``monai.inferers.sliding_window_inference`` under ``torch.inference_mode``,
+   float16 autocast on CUDA; on CUDA out-of-memory it retries with one window per batch and the
+   stitched output in CPU memory, then on the CPU, and says so.
+
+Options: flip test-time augmentation (probabilities averaged over the identity and a flip of
+each axis), ``fast`` (twice the model's voxel size: 8x fewer voxels), post-processing
+(:mod:`.postprocess`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.volume import Volume
+from ..errors import ImageFormatError, MedSegNASError
+from .geometry import Grid, index_map, map_box, model_grid, resample, resample_slabs, window_padding, window_starts
+from .model import SegmentationModel
+from .postprocess import PostprocessSpec, postprocess_labels
+
+__all__ = [
+    "DEVICES",
+    "SegmentOptions",
+    "SegmentResult",
+    "Progress",
+    "select_device",
+    "segment_volume",
+]
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Logit given to the background channel of windows that are not run (softmax: 1 - 1e-13).
+BACKGROUND_LOGIT = 30.0
+#: Flips (spatial dims of a batch) averaged by test-time augmentation, the identity first.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
+#: Fraction of the 99th percentile above which a non-CT voxel counts as foreground.
+FOREGROUND_FRACTION = 0.05
+
+
+@dataclass
+class SegmentOptions:
+    """How to run a model (defaults: the bundle's own settings).
+
+    Args:
+        device: ``auto`` (CUDA, then Apple MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
+        fast: twice the model's voxel size (about 8x fewer voxels), for a quick preview.
+        tta: average the class probabilities over flips of each axis (4x the work).
+        postprocess: clean-up steps, or None.
+        roi: sliding-window size (voxels) instead of the bundle's.
+        overlap: window overlap in [0, 1) instead of the bundle's.
+        sw_batch_size: windows per network call (default: the bundle's).
+        crop: skip windows without body voxels (exact inside the body).
+        amp: reduced-precision autocast: float16 on CUDA, bfloat16 on CPUs with AMX (Intel Xeon
+            4th gen and later); None (default) = on where supported, False = float32 everywhere.
+        threads: CPU threads for torch (default: torch's choice).
+    """
+
+    device: str = "auto"
+    fast: bool = False
+    tta: bool = False
+    postprocess: PostprocessSpec | None = None
+    roi: tuple[int, int, int] | None = None
+    overlap: float | None = None
+    sw_batch_size: int | None = None
+    crop: bool = True
+    amp: bool | None = None
+    threads: int | None = None
+
+
+@dataclass
+class SegmentResult:
+    """A label map on the input grid and how it was computed.
+
+    Attributes:
+        labels: ``(1, I, J, K)`` uint8 (uint16 beyond 255 classes) on the input's affine;
+            ``meta["labels"]`` holds the label table.
+        stats: device, grids, window counts, seconds per stage.
+    """
+
+    labels: Volume
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Progress:
+    """Receives progress from the engine; the default shows nothing. Subclass or pass callables."""
+
+    def __init__(
+        self,
+        step: Callable[..., None] | None = None,
+        log: Callable[[str], None] | None = None,
+        check_stop: Callable[[], None] | None = None,
+    ) -> None:
+        self._step, self._log, self._check = step, log, check_stop
+
+    def step(self, stage: str, done: int, total: int, **metrics: Any) -> None:
+        if self._step is not None:
+            self._step(stage, done, total, **metrics)
+
+    def log(self, message: str) -> None:
+        if self._log is not None:
+            self._log(message)
+
+    def check_stop(self) -> None:
+        if self._check is not None:
+            self._check()
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """The torch device for ``name`` (see :data:`DEVICES`); a clear error when it is not there."""
+    name = (name or "auto").lower()
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps is not None and mps.is_available())
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if has_mps else torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise MedSegNASError(
+                f"--device cuda: no CUDA GPU is usable by this PyTorch ({torch.__version__}); "
+                "use --device cpu or install a CUDA build of PyTorch"
+            )
+        return torch.device("cuda")
+    if name == "mps":
+        if not has_mps:
+            raise MedSegNASError("--device mps: Apple MPS is not available here; use --device cpu")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise MedSegNASError(f"unknown device {name!r}; use one of {', '.join(DEVICES)}")
+
+
+def cpu_has_fast_bfloat16() -> bool:
+    """Whether the CPU runs bfloat16 convolutions natively (Intel AMX), so that autocast pays off."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except Exception:  # private torch API: absent or failing means "do not count on it"
+        return False
+
+
+def autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
+    """The autocast dtype for ``device`` (None: float32), see :attr:`SegmentOptions.amp`."""
+    if amp is False:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_fast_bfloat16():
+        return torch.bfloat16
+    return None
+
+
+def _apply_transforms(transforms: Sequence[Any], image: torch.Tensor) -> torch.Tensor:
+    """MONAI intensity transforms (array or dictionary) on a ``(C, ...)`` tensor, as a plain tensor."""
+    from monai.data import MetaTensor
+    from monai.transforms import MapTransform
+
+    for transform in transforms:
+        if isinstance(transform, MapTransform):
+            key = transform.keys[0]
+            image = transform({key: image})[key]
+        else:
+            image = transform(image)
+        if not isinstance(image, torch.Tensor):
+            image = torch.as_tensor(np.asarray(image))
+    if isinstance(image, MetaTensor):
+        image = image.as_tensor()
+    return image.float()
+
+
+def _fast_geometry(model: SegmentationModel, grid: Grid) -> list[Any]:
+    """The model's geometric transforms with twice the voxel size (a Spacing is added if none)."""
+    from monai.transforms import Spacing
+
+    transforms = [copy.deepcopy(t) for t in model.geometry]
+    scaled = False
+    for transform in transforms:
+        inner = getattr(transform, "spacing_transform", None)
+        if inner is not None or type(transform).__name__ == "Spacing":
+            target = inner if inner is not None else transform
+            target.pixdim = np.asarray(target.pixdim, dtype=np.float64) * 2.0
+            scaled = True
+    if not scaled:
+        oriented = model_grid(grid, transforms)
+        transforms.append(Spacing(pixdim=(oriented.spacing * 2.0).tolist(), mode="bilinear"))
+    return transforms
+
+
+def _foreground_mask(volume: Volume, model: SegmentationModel) -> tuple[np.ndarray, str]:
+    """Body voxels of the first channel, and how they were found (for the log)."""
+    channel = volume.array[0]
+    threshold = model.foreground_threshold()
+    if threshold is not None:
+        return channel > threshold, f"intensity > {threshold:g}"
+    sample = channel[:: max(1, channel.shape[0] // 64), :: max(1, channel.shape[1] // 64)]
+    low, high = np.percentile(sample, [1, 99])
+    threshold = float(low + FOREGROUND_FRACTION * (high - low))
+    return channel > threshold, f"intensity > {threshold:.4g} (5% of the 1-99% range)"
+
+
+@dataclass
+class _Plan:
+    """The windows of one run: which run, and the box of the model grid they cover."""
+
+    roi: tuple[int, ...]
+    overlap: float | tuple[float, ...]
+    starts: list[tuple[int, ...]]  # padded-image coordinates, MONAI's order
+    keep: set[tuple[int, ...]]
+    box: tuple[tuple[int, int], ...]  # model-grid box (start, stop) covered by kept windows
+
+
+def _plan_windows(
+    m_grid: Grid, in_grid: Grid, roi: Sequence[int], overlap: float | tuple[float, ...], mask: np.ndarray | None
+) -> _Plan:
+    roi = tuple(int(r) for r in roi)
+    pad = window_padding(m_grid.shape, roi)
+    starts = list(itertools.product(*window_starts(m_grid.shape, roi, overlap)))
+    shape = np.array(m_grid.shape)
+    if mask is None:
+        keep = set(starts)
+    else:
+        to_input = index_map(in_grid, m_grid)  # model index -> input index
+        in_shape = np.array(in_grid.shape)
+        keep = set()
+        for start in starts:
+            lo = np.clip(np.array(start) - pad - 1, 0, shape - 1)  # one voxel more: interpolation neighbours
+            hi = np.clip(np.array(start) - pad + np.array(roi), 0, shape - 1)
+            reach = map_box(to_input, list(zip(lo, hi, strict=True)))
+            a = np.clip(np.floor(reach[:, 0]).astype(int), 0, in_shape - 1)
+            b = np.clip(np.ceil(reach[:, 1]).astype(int) + 1, a + 1, in_shape)
+            if mask[a[0] : b[0], a[1] : b[1], a[2] : b[2]].any():
+                keep.add(start)
+    if keep:
+        kept = np.array(sorted(keep)) - np.array(pad)
+        lo = np.clip(kept.min(axis=0), 0, shape)
+        hi = np.clip(kept.max(axis=0) + np.array(roi), 0, shape)
+        box = tuple((int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    else:
+        box = tuple((0, 0) for _ in shape)
+    return _Plan(roi, overlap, starts, keep, box)
+
+
+def _box_slices(box: Sequence[tuple[int, int]]) -> tuple[slice, ...]:
+    return tuple(slice(a, b) for a, b in box)
+
+
+def _input_box(m_grid: Grid, in_grid: Grid, box: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """The box of input voxels whose position lies in (or next to) the model-grid ``box``."""
+    if any(b <= a for a, b in box):
+        return tuple((0, 0) for _ in box)
+    reach = map_box(index_map(in_grid, m_grid), [(a - 1, b) for a, b in box])
+    shape = np.array(in_grid.shape)
+    lo = np.clip(np.floor(reach[:, 0]).astype(int) - 1, 0, shape)
+    hi = np.clip(np.ceil(reach[:, 1]).astype(int) + 2, lo, shape)
+    return tuple((int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def _torch_source(volume: Volume) -> torch.Tensor:
+    array = volume.array
+    if array.dtype == np.bool_ or array.dtype.kind == "u" and array.dtype.itemsize > 1:
+        array = array.astype(np.float32)  # torch has no general arithmetic on uint16+ / bool
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class _Runner:
+    """One attempt at inference on a device (recreated for each out-of-memory fallback)."""
+
+    def __init__(
+        self,
+        model: SegmentationModel,
+        options: SegmentOptions,
+        progress: Progress,
+        device: torch.device,
+        sw_batch_size: int,
+        output_device: torch.device,
+    ) -> None:
+        self.model, self.options, self.progress = model, options, progress
+        self.device, self.sw_batch_size, self.output_device = device, sw_batch_size, output_device
+        self.autocast = autocast_dtype(device, options.amp)
+        self.probabilities = options.tta  # TTA averages probabilities inside each window
+        self.done = 0
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        network = self.model.network
+        context = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
+        with context:
+            if not self.options.tta:
+                return network(batch).float()
+            total = None
+            for dims in TTA_FLIPS:
+                x = batch.flip(dims) if dims else batch
+                probs = torch.softmax(network(x).float(), dim=1)
+                probs = probs.flip(dims) if dims else probs
+                total = probs if total is None else total.add_(probs)
+            return total / len(TTA_FLIPS)
+
+    def infer(self, image: torch.Tensor, plan: _Plan | None, total_windows: int) -> torch.Tensor:
+        """``(C_in, *grid)`` -> ``(C_out, *grid)`` logits (or probabilities with TTA)."""
+        from monai.inferers import sliding_window_inference
+
+        batch = image[None].to(self.device)
+        if plan is None:  # the bundle runs the whole image at once (SimpleInferer)
+            out = self.forward(batch)
+            self.progress.step("infer", 1, 1)
+            return out[0].to(self.output_device)
+        num_classes = self.model.num_classes
+        background = torch.zeros((1, num_classes, *plan.roi), dtype=torch.float32, device=self.device)
+        background[:, 0] = 1.0 if self.probabilities else BACKGROUND_LOGIT
+
+        def predictor(windows: torch.Tensor, coords: list) -> torch.Tensor:
+            flags = [tuple(int(s.start) for s in c[2:]) in plan.keep for c in coords]
+            run = [n for n, flag in enumerate(flags) if flag]
+            if len(run) == len(flags):
+                out = self.forward(windows)
+            else:
+                out = background.expand(len(flags), *background.shape[1:]).clone()
+                if run:
+                    out[run] = self.forward(windows[run])
+            if run:
+                self.done += len(run)
+                self.progress.step("infer", self.done, total_windows, windows=total_windows)
+                self.progress.check_stop()
+            return out
+
+        model = self.model
+        out = sliding_window_inference(
+            batch,
+            roi_size=plan.roi,
+            sw_batch_size=self.sw_batch_size,
+            predictor=predictor,
+            overlap=plan.overlap,
+            mode=model.blend_mode,
+            sigma_scale=model.sigma_scale,
+            padding_mode=model.pad_mode,
+            cval=model.cval,
+            device=self.output_device,
+            with_coord=True,
+        )
+        return out[0]
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def segment_volume(
+    volume: Volume,
+    model: SegmentationModel,
+    options: SegmentOptions | None = None,
+    progress: Progress | None = None,
+) -> SegmentResult:
+    """Segment one image (channels stacked in ``volume``) with ``model``.
+
+    Returns:
+        the label map on ``volume``'s grid and run statistics.
+
+    Raises:
+        ImageFormatError: the image's channel count does not match the model's inputs, or the
+            model grid would be unreasonably large.
+        MedSegNASError: the requested device is not available.
+    """
+    options = options or SegmentOptions()
+    progress = progress or Progress()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    name = volume.meta.get("path") or "the image"
+    if volume.num_channels != model.in_channels:
+        raise ImageFormatError(
+            f"{name}: {volume.num_channels} channel(s) given, but model '{model.name}' takes {model.in_channels} "
+            f"({', '.join(model.spec.channels) if model.spec is not None else 'see its metadata'}); "
+            "pass one image per channel, in the model's order"
+        )
+    device = select_device(options.device)
+    if options.threads:
+        torch.set_num_threads(int(options.threads))
+
+    in_grid = Grid(volume.spatial_shape, volume.affine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        geometry = _fast_geometry(model, in_grid) if options.fast else model.geometry
+        m_grid = model_grid(in_grid, geometry)
+    if m_grid.num_voxels > 2_000_000_000 // max(1, model.num_classes):
+        raise ImageFormatError(
+            f"{name}: the model grid would have {m_grid.num_voxels:,} voxels ({' x '.join(map(str, m_grid.shape))}); "
+            "is the image's voxel size right? try --fast"
+        )
+    roi = tuple(options.roi) if options.roi else model.roi_size
+    overlap = options.overlap if options.overlap is not None else model.overlap
+    spacing = " x ".join(f"{s:.3g}" for s in m_grid.spacing)
+    progress.log(
+        f"model grid {' x '.join(map(str, m_grid.shape))} voxels of {spacing} mm"
+        + (" (--fast: twice the model's voxel size)" if options.fast else "")
+    )
+
+    plan: _Plan | None = None
+    if roi is not None:
+        mask, how = _foreground_mask(volume, model) if options.crop else (None, "")
+        if mask is not None and not mask.any():
+            progress.log(f"no voxel has {how}: running every window")
+            mask = None
+        plan = _plan_windows(m_grid, in_grid, roi, overlap, mask)
+        total = len(plan.starts)
+        if mask is not None:
+            progress.log(
+                f"{total} windows of {' x '.join(map(str, plan.roi))}; {len(plan.keep)} contain body voxels "
+                f"({how}), {total - len(plan.keep)} outside the body are skipped (--no-crop runs them)"
+            )
+        else:
+            progress.log(f"{total} windows of {' x '.join(map(str, plan.roi))}")
+    timings["plan"] = time.perf_counter() - clock
+
+    sw_batch_size = options.sw_batch_size or model.sw_batch_size
+    attempts = [(device, sw_batch_size, device)]
+    if device.type == "cuda":
+        if sw_batch_size > 1:
+            attempts.append((device, 1, torch.device("cpu")))
+        attempts.append((torch.device("cpu"), 1, torch.device("cpu")))
+    for number, (run_device, run_batch, out_device) in enumerate(attempts):
+        try:
+            labels = _run(volume, model, options, progress, plan, in_grid, m_grid, run_device, run_batch, out_device, timings)
+            break
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            if not _is_out_of_memory(exc) or number == len(attempts) - 1:
+                raise
+            with contextlib.suppress(Exception):
+                torch.cuda.empty_cache()
+            following = attempts[number + 1]
+            how = (
+                "one window per batch, output in CPU memory" if following[0].type == "cuda" else "on the CPU"
+            )
+            progress.log(f"{run_device.type} ran out of memory with {run_batch} window(s) per batch; retrying {how}")
+        finally:
+            model.network.to("cpu")
+    device_used = run_device
+
+    clock = time.perf_counter()
+    if options.postprocess is not None and options.postprocess.active:
+        progress.step("postprocess", 0, 1)
+        postprocess_labels(labels, options.postprocess, [lb.value for lb in model.labels])
+        progress.log(f"post-processing: {options.postprocess.describe()}")
+        progress.step("postprocess", 1, 1)
+    timings["postprocess"] = time.perf_counter() - clock
+
+    table = [lb for lb in model.labels]
+    result = Volume(labels[None], volume.affine.copy(), {"labels": table, "model": model.name})
+    stats = {
+        "device": device_used.type,
+        "autocast": str(autocast_dtype(device_used, options.amp) or "float32").replace("torch.", ""),
+        "input_shape": list(in_grid.shape),
+        "model_grid": list(m_grid.shape),
+        "model_spacing": [round(float(s), 4) for s in m_grid.spacing],
+        "windows": len(plan.starts) if plan else 1,
+        "windows_run": len(plan.keep) if plan else 1,
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+        "voxels": {lb.name: int(np.count_nonzero(labels == lb.value)) for lb in table if lb.value != 0},
+    }
+    return SegmentResult(result, stats)
+
+
+def _run(
+    volume: Volume,
+    model: SegmentationModel,
+    options: SegmentOptions,
+    progress: Progress,
+    plan: _Plan | None,
+    in_grid: Grid,
+    m_grid: Grid,
+    device: torch.device,
+    sw_batch_size: int,
+    output_device: torch.device,
+    timings: dict[str, float],
+) -> np.ndarray:
+    """Resample, infer, invert: the ``(I, J, K)`` label map of the input grid."""
+    runner = _Runner(model, options, progress, device, sw_batch_size, output_device)
+    work_device = device if device.type == "cuda" else torch.device("cpu")  # grid_sample 3D: CUDA or CPU
+    clock = time.perf_counter()
+    progress.step("preprocess", 0, 1)
+    with torch.inference_mode():
+        source = _torch_source(volume).to(work_device)
+        if model.pre_intensity:
+            source = _apply_transforms(model.pre_intensity, source.float())
+        if plan is not None and model.pointwise:
+            box = plan.box
+        else:
+            box = tuple((0, s) for s in m_grid.shape)
+        image = torch.zeros((volume.num_channels, *m_grid.shape), dtype=torch.float32, device=work_device)
+        region = (slice(None), *_box_slices(box))
+        if all(b > a for a, b in box):
+            resample(
+                source,
+                index_map(in_grid, m_grid),
+                [b - a for a, b in box],
+                mode=model.interpolation,
+                padding_mode=model.padding_mode,
+                dst_offset=[a for a, _ in box],
+                out=image[region],
+            )
+            if model.post_intensity:
+                image[region] = _apply_transforms(model.post_intensity, image[region])
+        del source
+        progress.step("preprocess", 1, 1)
+        timings["preprocess"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        model.network.to(device)
+        total_windows = len(plan.keep) if plan is not None else 1
+        progress.step("infer", 0, max(total_windows, 1), windows=total_windows)
+        if plan is not None and not plan.keep:
+            prediction = None
+        else:
+            prediction = runner.infer(image, plan, total_windows)
+        del image
+        timings["infer"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        labels = _invert(prediction, model, plan, in_grid, m_grid, softmax=model.softmax and not options.tta)
+        timings["invert"] = time.perf_counter() - clock
+    return labels
+
+
+def _foreground_box(prediction: torch.Tensor, box: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """The model-grid box of the voxels predicted as non-background, one voxel wider.
+
+    An input voxel is interpolated from the 8 model voxels around it. Where all 8 are background
+    by argmax, the interpolated probabilities are too (a convex combination keeps the order), so
+    only input voxels in this box need interpolating: the rest is background exactly.
+    """
+    if any(b <= a for a, b in box):
+        return tuple((0, 0) for _ in box)
+    foreground = prediction[(slice(None), *_box_slices(box))].argmax(dim=0) != 0
+    bounds = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hits = torch.nonzero(foreground.any(dim=others[1]).any(dim=others[0]))
+        if hits.numel() == 0:
+            return tuple((0, 0) for _ in box)
+        lo, hi = int(hits.min()) + box[axis][0], int(hits.max()) + box[axis][0] + 1
+        bounds.append((max(lo - 1, 0), min(hi + 1, int(prediction.shape[axis + 1]))))
+    return tuple(bounds)
+
+
+def _invert(
+    prediction: torch.Tensor | None,
+    model: SegmentationModel,
+    plan: _Plan | None,
+    in_grid: Grid,
+    m_grid: Grid,
+    *,
+    softmax: bool,
+) -> np.ndarray:
+    """Model-grid predictions ``(C, *m_grid)`` -> ``(I, J, K)`` labels on the input grid."""
+    dtype = np.uint8 if model.num_classes <= 256 else np.uint16
+    labels = np.zeros(in_grid.shape, dtype=dtype)
+    if prediction is None:
+        return labels
+    box = _foreground_box(prediction, plan.box if plan is not None else tuple((0, s) for s in m_grid.shape))
+    in_box = _input_box(m_grid, in_grid, box)
+    if any(b <= a for a, b in in_box):
+        return labels
+    to_model = index_map(m_grid, in_grid)
+    shape = [b - a for a, b in in_box]
+    offset = [a for a, _ in in_box]
+    if model.invert == "nearest":
+        source = prediction.argmax(dim=0, keepdim=True).float()
+        mode, reduce = "nearest", lambda values: values[0].round()
+        transform = None
+    else:
+        source, mode, reduce = prediction, "bilinear", lambda values: values.argmax(dim=0)
+        transform = (lambda crop: torch.softmax(crop, dim=0)) if softmax else None
+    for start, stop, values in resample_slabs(
+        source, to_model, shape, mode=mode, padding_mode=model.padding_mode, dst_offset=offset,
+        source_transform=transform,
+    ):
+        rows = slice(offset[0] + start, offset[0] + stop)
+        labels[rows, in_box[1][0] : in_box[1][1], in_box[2][0] : in_box[2][1]] = (
+            reduce(values).to(torch.int32).cpu().numpy().astype(dtype)
+        )
+    return labels
+
+
+def window_summary(model: SegmentationModel, shape: Sequence[int]) -> str:
+    """``"75 windows of 96 x 96 x 96"`` for an image of ``shape`` on the model grid."""
+    if model.roi_size is None:
+        return "the whole image at once"
+    count = math.prod(len(s) for s in window_starts(shape, model.roi_size, model.overlap))
+    return f"{count} windows of {' x '.join(map(str, model.roi_size))}"
+
+
+def cpu_threads() -> int:
+    return torch.get_num_threads() or os.cpu_count() or 1

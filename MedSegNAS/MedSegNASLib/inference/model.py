@@ -1,0 +1,444 @@
+"""A MONAI bundle opened for segmentation: network, weights, preprocessing, window settings, labels.
+
+:func:`load_model` reads a bundle folder or archive (.zip/.tar.gz) without running code from it
+(unless ``trusted``): the archive goes through :func:`~MedSegNASLib.models.safe_extract`, the
+config through :func:`~MedSegNASLib.models.safe_parse_bundle_config` (allow-listed ``_target_``,
+``$`` expressions interpreted, never ``eval``), the weights through
+:func:`~MedSegNASLib.models.load_weights` (``weights_only=True``).
+
+Where the preprocessing comes from:
+
+* a bundle exported by MedSegNAS carries its :class:`~MedSegNASLib.data.preprocessing.PreprocessingSpec`
+  in ``metadata.json`` (``medsegnas.preprocessing``): that spec is used, as in training;
+* any other bundle (MONAI model zoo) is read from its inference config's ``preprocessing``
+  transforms: ``Orientation(d)`` and ``Spacing(d)`` define the model grid; MONAI intensity
+  transforms (``ScaleIntensityRanged``, ``NormalizeIntensityd``, ...) are built by the safe parser
+  and applied as they are; loading/typing transforms are skipped. A transform that changes the
+  grid in another way (cropping, resizing, padding) cannot be inverted by ``segment`` and is
+  refused with a message naming it.
+
+The output side is read from ``postprocessing``: softmax or not, whether ``Invertd`` interpolates
+probabilities (linear) or labels (nearest), and refuses sigmoid (multi-label) outputs.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import contextlib
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.volume import LabelInfo
+from ..errors import MedSegNASError
+
+__all__ = ["SegmentationModel", "load_model", "ARCHIVE_SUFFIXES", "CT_BODY_HU"]
+
+#: Archive names accepted as ``--model``.
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+#: Hounsfield units above which a CT voxel belongs to the body (air is -1000, fat -100).
+CT_BODY_HU = -500.0
+#: Transforms that only load, type or move the data: nothing to reproduce.
+_PASS_THROUGH = {
+    "LoadImage",
+    "EnsureChannelFirst",
+    "AddChannel",
+    "EnsureType",
+    "ToTensor",
+    "CastToType",
+    "ToDevice",
+    "Identity",
+    "DeleteItems",
+    "SelectItems",
+    "CopyItems",
+    "Lambda",
+}
+#: Intensity transforms whose output voxel depends on that voxel alone (so they may run on a crop).
+_POINTWISE = {"ScaleIntensityRange", "ThresholdIntensity", "ShiftIntensity", "AdjustContrast"}
+_GEOMETRY = {"Orientation", "Spacing"}
+
+
+@dataclass
+class SegmentationModel:
+    """Everything the engine needs to run a bundle on an image.
+
+    Attributes:
+        name: the bundle's name; root: its folder (gone after loading an archive).
+        network: the network in eval mode, weights loaded, on the CPU.
+        in_channels: input channels the network expects.
+        labels: output channel ``c`` -> label value ``c`` with a name and color (0 = background).
+        geometry: MONAI ``Orientation``/``Spacing`` transforms defining the model grid, in order.
+        pre_intensity: intensity transforms the bundle applies *before* resampling (input grid).
+        post_intensity: intensity transforms applied after resampling (model grid).
+        pointwise: every post-resampling intensity transform is voxel-wise (crop-safe).
+        interpolation: ``"bilinear"`` or ``"nearest"``: how ``Spacing`` resamples the image.
+        padding_mode: ``Spacing``'s padding mode (``"border"`` by default).
+        roi_size: sliding window (voxels), or None to run the network on the whole image.
+        overlap, sw_batch_size, blend_mode, sigma_scale, pad_mode, cval: sliding-window settings.
+        softmax: the bundle applies softmax before inverting (else raw logits are inverted).
+        invert: ``"linear"`` (probabilities interpolated back) or ``"nearest"`` (labels).
+        modality: ``"CT"``, ``"MR"``... from the metadata; ct_window: (a_min, a_max) if known.
+        steps: human-readable preprocessing steps, for logs and ``models info``.
+        spec: the MedSegNAS preprocessing spec, for exported bundles.
+    """
+
+    name: str
+    root: Path
+    network: torch.nn.Module
+    in_channels: int
+    labels: list[LabelInfo]
+    geometry: list[Any]
+    pre_intensity: list[Any] = field(default_factory=list)
+    post_intensity: list[Any] = field(default_factory=list)
+    pointwise: bool = True
+    interpolation: str = "bilinear"
+    padding_mode: str = "border"
+    roi_size: tuple[int, ...] | None = None
+    overlap: float | tuple[float, ...] = 0.25
+    sw_batch_size: int = 1
+    blend_mode: str = "constant"
+    sigma_scale: float | tuple[float, ...] = 0.125
+    pad_mode: str = "constant"
+    cval: float = 0.0
+    softmax: bool = True
+    invert: str = "linear"
+    modality: str | None = None
+    ct_window: tuple[float, float] | None = None
+    steps: list[str] = field(default_factory=list)
+    spec: Any = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def foreground_threshold(self) -> float | None:
+        """Raw intensity (first channel) above which a voxel is body, or None to derive it from the data.
+
+        CT: -500 HU, or the bottom of a wider window (a lung window reaching -1000 HU keeps the lungs).
+        """
+        if self.modality and self.modality.upper().startswith("CT") or self.ct_window is not None:
+            if self.ct_window is not None:
+                low, high = self.ct_window
+                return min(CT_BODY_HU, low + 0.05 * (high - low))
+            return CT_BODY_HU
+        return None
+
+
+def _label_colors(count: int) -> list[tuple[float, float, float]]:
+    """Distinct colors (golden-angle hues) for labels whose bundle names no color."""
+    colors = []
+    for index in range(count):
+        hue = (0.07 + index * 0.618034) % 1.0
+        colors.append(tuple(round(c, 4) for c in colorsys.hsv_to_rgb(hue, 0.55, 0.9)))
+    return colors  # type: ignore[return-value]
+
+
+def _short_name(obj: Any) -> str:
+    name = type(obj).__name__
+    return name[:-1] if name.endswith("d") and name[:-1] in _known_names() else name
+
+
+def _known_names() -> set[str]:
+    from monai import transforms
+
+    return {n for n in dir(transforms) if not n.startswith("_")}
+
+
+def _is_intensity(obj: Any) -> bool:
+    module = type(obj).__module__
+    return module.startswith("monai.transforms.intensity")
+
+
+def _transform_items(parser: Any, item_id: str) -> list[tuple[str, Any]]:
+    """``(config id, raw config)`` of each transform of a Compose (or list) config item."""
+    raw = parser[item_id]
+    seen = 0
+    while isinstance(raw, str) and raw.startswith("@") and seen < 10:  # "preprocessing": "@other"
+        item_id = raw[1:].replace("#", "::")
+        raw = parser[item_id]
+        seen += 1
+    if isinstance(raw, dict) and "transforms" in raw:
+        base, items = f"{item_id}::transforms", raw["transforms"]
+    elif isinstance(raw, list):
+        base, items = item_id, raw
+    else:
+        raise MedSegNASError(f"the bundle's '{item_id}' is not a list of transforms or a Compose of them")
+    if isinstance(items, str) and items.startswith("@"):
+        return _transform_items(parser, items[1:].replace("#", "::"))
+    if not isinstance(items, list):
+        raise MedSegNASError(f"the bundle's '{item_id}' transforms are not a list")
+    return [(f"{base}::{index}", item) for index, item in enumerate(items)]
+
+
+def _arg(parser: Any, item_id: str, raw: dict, key: str, default: Any) -> Any:
+    if key not in raw:
+        return default
+    value = raw[key]
+    if isinstance(value, str) and value.startswith(("@", "$", "%")):
+        return parser.get_parsed_content(f"{item_id}::{key}")
+    return value
+
+
+def _target_name(raw: Any) -> str | None:
+    from ..models.safe_expr import resolve_target
+
+    if not isinstance(raw, dict) or "_target_" not in raw:
+        return None
+    target = resolve_target(raw["_target_"])
+    name = target.__name__
+    return name[:-1] if name.endswith("d") and name[:-1] in _known_names() else name
+
+
+def _read_preprocessing(model: SegmentationModel, parser: Any, bundle: str) -> None:
+    """Fill the model's geometry and intensity steps from a generic bundle's ``preprocessing``."""
+    spacing_seen = False
+    for item_id, raw in _transform_items(parser, "preprocessing"):
+        name = _target_name(raw)
+        if name is None:
+            raise MedSegNASError(f"{bundle}: preprocessing item '{item_id}' is not a MONAI transform")
+        if raw.get("_disabled_") is True or name in _PASS_THROUGH:
+            continue
+        transform = parser.get_parsed_content(item_id)
+        if name in _GEOMETRY:
+            model.geometry.append(transform)
+            if name == "Spacing":
+                if spacing_seen:
+                    raise MedSegNASError(
+                        f"{bundle}: its preprocessing resamples twice (two Spacing transforms), which "
+                        "segment does not reproduce"
+                    )
+                spacing_seen = True
+                _check_spacing(transform, bundle)
+                mode, padding, pixdim = _spacing_settings(transform)
+                model.interpolation = "nearest" if mode in ("nearest", "0") else "bilinear"
+                model.padding_mode = padding
+                model.steps.append(f"spacing {' x '.join(f'{p:g}' for p in pixdim)} mm ({model.interpolation})")
+            else:
+                inner = getattr(transform, "ornt_transform", transform)
+                model.steps.append(f"orientation {inner.axcodes or 'closest canonical'}")
+        elif _is_intensity(transform):
+            target = model.post_intensity if spacing_seen else model.pre_intensity
+            target.append(transform)
+            if spacing_seen and name not in _POINTWISE:
+                model.pointwise = False
+            if name == "ScaleIntensityRange":
+                a_min = _arg(parser, item_id, raw, "a_min", None)
+                a_max = _arg(parser, item_id, raw, "a_max", None)
+                if a_min is not None and a_max is not None:
+                    model.ct_window = (float(a_min), float(a_max))
+            model.steps.append(name)
+        else:
+            raise MedSegNASError(
+                f"{bundle}: its preprocessing uses {name} ('{item_id}'), which changes the image in a way "
+                "'medsegnas segment' cannot reproduce and invert; run this bundle with python -m monai.bundle run"
+            )
+    if not spacing_seen and model.pre_intensity:
+        model.post_intensity = model.pre_intensity + model.post_intensity  # no resampling: order kept
+        model.pre_intensity = []
+        model.pointwise = all(_short_name(t) in _POINTWISE for t in model.post_intensity)
+
+
+def _first_value(value: Any) -> str:
+    value = value[0] if isinstance(value, (list, tuple)) else value
+    return str(getattr(value, "value", value)).lower()
+
+
+def _spacing_settings(transform: Any) -> tuple[str, str, list[float]]:
+    """(interpolation mode, padding mode, pixdim) of a ``Spacing`` or ``Spacingd``."""
+    if hasattr(transform, "spacing_transform"):  # Spacingd: modes per key
+        return (
+            _first_value(transform.mode),
+            _first_value(transform.padding_mode),
+            [float(p) for p in transform.spacing_transform.pixdim],
+        )
+    resampler = transform.sp_resample
+    return _first_value(resampler.mode), _first_value(resampler.padding_mode), [float(p) for p in transform.pixdim]
+
+
+def _check_spacing(transform: Any, bundle: str) -> None:
+    inner = getattr(transform, "spacing_transform", transform)
+    if getattr(inner, "diagonal", False):
+        raise MedSegNASError(f"{bundle}: Spacing(diagonal=True) (resampling to an axis-aligned grid) is not supported")
+
+
+def _read_postprocessing(model: SegmentationModel, parser: Any, bundle: str) -> None:
+    """softmax / invert mode from ``postprocessing``; refuse what a label map cannot hold."""
+    if "postprocessing" not in parser:
+        return
+    softmax = False
+    argmax_done = False
+    inverted = False
+    for item_id, raw in _transform_items(parser, "postprocessing"):
+        name = _target_name(raw)
+        if name is None or raw.get("_disabled_") is True:
+            continue
+        if name == "Activations":
+            if _arg(parser, item_id, raw, "sigmoid", False):
+                raise MedSegNASError(
+                    f"{bundle}: its outputs are sigmoid (multi-label) channels, which one label map cannot "
+                    "hold; run it with python -m monai.bundle run"
+                )
+            softmax = softmax or bool(_arg(parser, item_id, raw, "softmax", False))
+        elif name == "AsDiscrete":
+            if _arg(parser, item_id, raw, "threshold", None) is not None and not _arg(
+                parser, item_id, raw, "argmax", False
+            ):
+                raise MedSegNASError(
+                    f"{bundle}: its outputs are thresholded channels (multi-label), which one label map "
+                    "cannot hold; run it with python -m monai.bundle run"
+                )
+            argmax_done = argmax_done or bool(_arg(parser, item_id, raw, "argmax", False))
+        elif name == "Invert":
+            inverted = True
+            nearest = bool(_arg(parser, item_id, raw, "nearest_interp", True))
+            model.invert = "nearest" if (nearest or argmax_done) else "linear"
+    model.softmax = softmax
+    if not inverted:
+        model.invert = "nearest" if argmax_done else "linear"
+
+
+def _read_inferer(model: SegmentationModel, parser: Any) -> None:
+    from monai.inferers import SlidingWindowInferer
+
+    if "inferer" not in parser:
+        model.roi_size = tuple(model.spec.patch_size) if model.spec is not None else None
+        return
+    inferer = parser.get_parsed_content("inferer")
+    if isinstance(inferer, SlidingWindowInferer):
+        roi = inferer.roi_size
+        model.roi_size = tuple(int(r) for r in (roi if isinstance(roi, (list, tuple)) else [roi] * 3))
+        model.overlap = inferer.overlap if isinstance(inferer.overlap, float) else tuple(inferer.overlap)
+        model.sw_batch_size = int(inferer.sw_batch_size)
+        model.blend_mode = str(getattr(inferer.mode, "value", inferer.mode))
+        model.sigma_scale = inferer.sigma_scale
+        model.pad_mode = str(getattr(inferer.padding_mode, "value", inferer.padding_mode))
+        model.cval = float(inferer.cval)
+    else:
+        model.roi_size = None  # SimpleInferer: the whole image at once
+
+
+def _labels_from_metadata(metadata: dict, num_classes: int | None) -> list[LabelInfo]:
+    section = metadata.get("medsegnas") or {}
+    if isinstance(section.get("labels"), list):
+        return [
+            LabelInfo(int(item["value"]), str(item["name"]), tuple(float(c) for c in item["color"]))  # type: ignore[arg-type]
+            for item in sorted(section["labels"], key=lambda item: int(item["value"]))
+        ]
+    pred = ((metadata.get("network_data_format") or {}).get("outputs") or {}).get("pred") or {}
+    names = {}
+    for key, value in (pred.get("channel_def") or {}).items():
+        with contextlib.suppress(ValueError, TypeError):
+            names[int(key)] = str(value)
+    count = num_classes or (max(names) + 1 if names else None)
+    if count is None:
+        raise MedSegNASError("the bundle's metadata names no output channels (network_data_format.outputs.pred)")
+    colors = _label_colors(count)
+    return [
+        LabelInfo(value, names.get(value, "background" if value == 0 else f"label {value}"), colors[value])
+        for value in range(count)
+    ]
+
+
+def _bundle_folder(source: Path, scratch: list[Path]) -> Path:
+    from ..models import find_bundle_root, safe_extract
+
+    if source.is_dir():
+        return find_bundle_root(source)
+    if not source.exists():
+        raise MedSegNASError(f"model {source} not found (give a bundle folder or a .zip/.tar.gz of one)")
+    if not source.name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise MedSegNASError(f"model {source} is neither a bundle folder nor a .zip/.tar.gz archive of one")
+    folder = Path(tempfile.mkdtemp(prefix="medsegnas-bundle-"))
+    scratch.append(folder)
+    safe_extract(source, folder / "bundle")
+    return find_bundle_root(folder / "bundle")
+
+
+def load_model(source: str | Path, *, trusted: bool = False) -> SegmentationModel:
+    """Open a bundle folder or archive for segmentation; runs no code from it unless ``trusted``.
+
+    Raises:
+        MedSegNASError (UnsafeContentError, ModelFileError): unsafe, missing or inconsistent
+            pieces, or preprocessing that segment cannot reproduce; the message names the file.
+    """
+    from ..data.preprocessing import PreprocessingSpec
+    from ..models import inspect_bundle, load_config_file, load_weights, safe_parse_bundle_config
+
+    source = Path(source).expanduser()
+    scratch: list[Path] = []
+    try:
+        root = _bundle_folder(source, scratch)
+        info = inspect_bundle(root)
+        config = load_config_file(info.inference_config)
+        wanted = [i for i in ("network_def", "preprocessing", "inferer", "postprocessing") if i in config]
+        if "network_def" not in wanted:
+            raise MedSegNASError(f"{info.inference_config} has no 'network_def' item to build the network from")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parser = safe_parse_bundle_config(info.inference_config, trusted=trusted, ids=wanted)
+            network = parser.get_parsed_content("network_def")
+            if not isinstance(network, torch.nn.Module):
+                raise MedSegNASError(f"{info.inference_config}: network_def builds a {type(network).__name__}, not a network")
+            state = load_weights(info.weights, trusted=trusted)
+            try:
+                network.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                reason = " ".join(str(exc).split())[:300]
+                raise MedSegNASError(f"weights {info.weights} do not fit the bundle's network: {reason}") from None
+            network.eval()
+
+            section = info.metadata.get("medsegnas")
+            spec = None
+            if isinstance(section, dict) and isinstance(section.get("preprocessing"), dict):
+                spec = PreprocessingSpec.from_dict(section["preprocessing"])
+            in_channels = info.in_channels or (spec.num_channels if spec else None) or _network_in_channels(config)
+            labels = _labels_from_metadata(info.metadata, info.out_channels)
+            model = SegmentationModel(
+                name=info.name,
+                root=root,
+                network=network,
+                in_channels=int(in_channels or 1),
+                labels=labels,
+                geometry=[],
+                modality=info.modality,
+                spec=spec,
+            )
+            if spec is not None:
+                model.geometry = spec.geometry_transforms(["image"], ["bilinear"])
+                model.post_intensity = [spec.intensity_transform("image")]
+                model.pointwise = spec.intensity.kind == "ct_window"
+                if spec.intensity.kind == "ct_window":
+                    model.ct_window = (spec.intensity.a_min, spec.intensity.a_max)
+                spacing = "kept" if spec.spacing is None else " x ".join(f"{s:g}" for s in spec.spacing) + " mm"
+                model.steps = [f"orientation {spec.orientation}", f"spacing {spacing}", f"intensity {spec.intensity.kind}"]
+            elif "preprocessing" in config:
+                _read_preprocessing(model, parser, str(info.root))
+            else:
+                raise MedSegNASError(f"{info.inference_config} has no 'preprocessing' item and no MedSegNAS spec")
+            _read_inferer(model, parser)
+            if model.roi_size is None and spec is not None:
+                model.roi_size = tuple(spec.patch_size)
+            _read_postprocessing(model, parser, str(info.root))
+        return model
+    finally:
+        for folder in scratch:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _network_in_channels(config: dict) -> int | None:
+    network_def = config.get("network_def") or {}
+    value = network_def.get("in_channels") if isinstance(network_def, dict) else None
+    return value if isinstance(value, int) else None
+
+
+def channel_names(model: SegmentationModel) -> Sequence[str]:
+    return list(model.spec.channels) if model.spec is not None else [f"channel {i}" for i in range(model.in_channels)]
+
+
+Transform = Callable[[Any], Any]

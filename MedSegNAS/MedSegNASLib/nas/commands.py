@@ -1,0 +1,204 @@
+"""``medsegnas search``: DiNTS topology search as a job (foreground, background, several processes).
+
+One process::
+
+    medsegnas search --dataset DATA --run-dir RUN --preset tiny
+    medsegnas search --dataset DATA --run-dir RUN --resume          # continue after a stop or a crash
+
+Several processes (one per GPU, or gloo on CPUs); only rank 0 writes the run directory::
+
+    torchrun --standalone --nproc_per_node 2 -m MedSegNASLib.cli search --dataset DATA --run-dir RUN
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import JobError, MedSegNASError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``search``."""
+    from ..jobs.runner import add_job_arguments
+    from .search import SEARCH_PRESETS
+
+    search = subparsers.add_parser(
+        "search",
+        help="DiNTS architecture search on a labelled dataset",
+        description="Search a DiNTS network topology for a segmentation dataset (MSD dataset.json or MONAI "
+        "datalist). The dataset is checked and the preprocessing (spacing, intensity, patch size) is "
+        "configured from its statistics before any training; the resolved configuration is recorded in "
+        "RUN/job.json. Results: RUN/artifacts/arch.json (best architecture), topology.png/.svg, "
+        "path_probabilities.png, summary.json and TensorBoard logs. Stop with SIGTERM or Ctrl-C and "
+        "continue with --resume; run under 'torchrun --nproc_per_node N -m MedSegNASLib.cli search ...' "
+        "for several GPUs (or CPU processes).",
+    )
+    search.add_argument(
+        "--dataset", required=True, type=Path, metavar="DATA", help="dataset.json, its folder, or a datalist"
+    )
+    search.add_argument(
+        "--dataroot",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder that relative paths in the dataset JSON are relative to (default: the JSON's folder)",
+    )
+    search.add_argument(
+        "--preset",
+        choices=list(SEARCH_PRESETS),
+        default="full",
+        help="search space and schedule: tiny (CPU demo, minutes), small (one GPU), full (published 12x4 "
+        "search; default)",
+    )
+    search.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON or YAML file overriding any search setting (e.g. epochs, patch_size, search_space)",
+    )
+    search.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to compute (default: auto)"
+    )
+    search.add_argument(
+        "--seed", type=int, default=None, metavar="N", help="random seed (default: the config's, 0)"
+    )
+    add_job_arguments(search)
+    search.set_defaults(func=search_command)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The mapping in a JSON or YAML config file; errors name the file and the problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MedSegNASError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MedSegNASError(f"cannot read config file {path}: {exc}") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise MedSegNASError(
+                f"{path} is YAML but PyYAML is not installed; pip install pyyaml or use JSON"
+            ) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise MedSegNASError(f"{path} is not valid YAML: {exc}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MedSegNASError(
+                f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+            ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise MedSegNASError(f"{path} must hold a mapping of search settings, not a {type(data).__name__}")
+    return data
+
+
+def _request(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = load_config_file(args.config) if args.config is not None else {}
+    return {
+        "dataset": str(args.dataset.expanduser().absolute()),
+        "dataroot": None if args.dataroot is None else str(args.dataroot.expanduser().absolute()),
+        "preset": args.preset,
+        "overrides": overrides,
+        "seed": args.seed,
+    }
+
+
+def _recorded_config(run_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """The resolved configuration of the run being resumed, after checking that the request matches."""
+    from ..jobs.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.is_run_dir():
+        raise JobError(f"cannot resume {run_dir}: it is not a run directory (no job.json or status.json)")
+    job = run.read_job()
+    resolved = job.get("config") if job else None
+    if not isinstance(resolved, dict) or "search" not in resolved:
+        raise JobError(
+            f"cannot resume {run_dir}: its job.json records no resolved search configuration (the run failed "
+            "before training started); start a new run"
+        )
+    recorded = json.loads(json.dumps(resolved.get("request")))
+    if recorded != json.loads(json.dumps(request)):
+        changed = sorted(key for key in request if recorded.get(key) != request.get(key))
+        raise JobError(
+            f"{run_dir} was started with other settings ({', '.join(changed)} differ); resume it with the same "
+            "--dataset, --dataroot, --preset, --config and --seed, or start a new run"
+        )
+    return resolved
+
+
+def search_command(args: argparse.Namespace) -> int:
+    """Resolve the configuration (or read it back when resuming), then run the search as a job."""
+    from ..jobs.runner import run_job_command
+    from .distributed import (
+        init_distributed,
+        resolve_device,
+        run_worker_rank,
+        shutdown_distributed,
+        torchrun_rank,
+    )
+    from .search import resolve_search_config, run_search
+
+    rank, local_rank, world = torchrun_rank()
+    if world > 1 and args.detach:
+        raise JobError("--detach cannot be used under torchrun; detach the torchrun command itself")
+    if world > 1 and args.run_dir is None and args.resume:
+        raise JobError("--resume needs --run-dir RUN")
+    if args.run_dir is None and not args.detach:
+        raise JobError(
+            "search writes its results (arch.json, pictures, checkpoints) to a run directory: give --run-dir RUN, "
+            "or --detach to create one under --runs-root"
+        )
+    request = _request(args)
+    inputs = {"dataset": request["dataset"]}
+
+    if args.detach:
+        # The background worker resolves the configuration and records it in job.json.
+        return run_job_command("search", args, _unused_body, None, inputs=inputs)  # type: ignore[arg-type]
+
+    if args.resume:
+        if args.run_dir is None:
+            raise JobError("--resume needs --run-dir RUN: the run directory of the search to continue")
+        resolved = _recorded_config(args.run_dir, request)
+    else:
+        device_type = resolve_device(args.device, local_rank).type
+        log = (lambda message: print(message, file=sys.stderr, flush=True)) if rank == 0 else None
+        try:
+            resolved = resolve_search_config(request, device_type=device_type, log=log)
+        except MedSegNASError as exc:
+            if rank != 0 or args.run_dir is None:
+                raise
+            error = exc
+
+            def failed(ctx) -> None:
+                raise error
+
+            # Record the failure in the run directory like any other job failure.
+            return run_job_command("search", args, failed, {"request": request}, inputs=inputs)
+
+    def body(ctx) -> dict[str, Any]:
+        info = init_distributed(args.device)
+        try:
+            return run_search(ctx, resolved, info)
+        finally:
+            shutdown_distributed()
+
+    if rank == 0:
+        return run_job_command("search", args, body, resolved, inputs=inputs)
+    return run_worker_rank(body, resuming=bool(args.resume))
+
+
+def _unused_body(ctx) -> None:  # pragma: no cover - a detached command never runs its body here
+    raise RuntimeError("unreachable")

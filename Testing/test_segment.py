@@ -1,0 +1,209 @@
+"""``medsegnas segment`` gives the label map MONAI's own bundle workflow gives, on the input's grid.
+
+Each bundle below is trained briefly on phantom cases (so its label maps are organ-shaped) and
+exported with ``export_bundle``; MONAI runs it with ``python -m monai.bundle run`` on one
+phantom test case stored three ways: oblique and LPS-stored as generated, axis-aligned LPS with
+other voxel sizes, RAS-stored with permuted axes. ``segment`` must return the same grid and a
+Dice of at least 0.99 for every label either of them predicts, with the default settings
+(windows outside the body skipped, bfloat16 on CPUs with AMX) and in float32 with every window.
+The DiNTS bundle is run from a YAML config without its MedSegNAS metadata, i.e. as a generic
+model-zoo bundle whose preprocessing is read from its inference config.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import segment_fixtures as sf
+from MedSegNASLib.cli import main as medsegnas_main
+from MedSegNASLib.data.io import read_volume
+from MedSegNASLib.data.phantom import PHANTOM_LABELS
+from MedSegNASLib.inference.postprocess import PostprocessSpec, postprocess_labels
+
+pytest.importorskip("ignite", reason="MONAI's bundle workflow needs pytorch-ignite")
+pytest.importorskip("fire", reason="python -m monai.bundle needs fire")
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+
+VIEWS = ("oblique", "lps", "ras_permuted")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    return sf.write_test_images(tmp_path_factory.mktemp("seg") / "images")
+
+
+@pytest.fixture(scope="module")
+def unet(tmp_path_factory, images) -> dict:
+    """The exported UNet bundle and MONAI's label maps of the test images."""
+    root = tmp_path_factory.mktemp("unet")
+    bundle = sf.export_unet_bundle(root / "bundle")
+    run = sf.monai_bundle_run(bundle, images["oblique"].parent, root / "monai")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return {"bundle": bundle, "monai": root / "monai", "root": root}
+
+
+def segment(*args: str) -> int:
+    return medsegnas_main(["segment", *map(str, args)])
+
+
+def assert_same_as_monai(ours_path: Path, monai_path: Path, image_path: Path) -> dict[int, float]:
+    ours, ours_affine = sf.read_labels(ours_path)
+    theirs, their_affine = sf.read_labels(monai_path)
+    _, image_affine = sf.read_labels(image_path)
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours_affine, image_affine, atol=1e-4)
+    np.testing.assert_allclose(their_affine, image_affine, atol=1e-4)
+    present = sorted((set(np.unique(ours)) | set(np.unique(theirs))) - {0})
+    assert np.count_nonzero(theirs) > 0.01 * theirs.size, "the test network predicts too little to compare"
+    scores = {int(v): sf.dice(ours, theirs, int(v)) for v in present}
+    assert all(score >= 0.99 for score in scores.values()), scores
+    return scores
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_unet_bundle_matches_monai_bundle_run(unet, images, view, tmp_path) -> None:
+    out = tmp_path / f"{view}.nii.gz"
+    assert segment(images[view], "--model", unet["bundle"], "-o", out, "--device", "cpu") == 0
+    assert_same_as_monai(out, unet["monai"] / f"{view}_seg.nii.gz", images[view])
+    exact = tmp_path / f"{view}_exact.nii.gz"
+    assert segment(images[view], "--model", unet["bundle"], "-o", exact, "--no-crop", "--no-amp") == 0
+    ours, _ = sf.read_labels(exact)
+    theirs, _ = sf.read_labels(unet["monai"] / f"{view}_seg.nii.gz")
+    assert np.mean(ours == theirs) > 0.9995  # float32, every window: the same computation
+
+
+def test_segmentation_finds_the_organs(unet, images) -> None:
+    """The comparison above means something: the briefly trained network finds the organs."""
+    labels, _ = sf.read_labels(unet["monai"] / "oblique_seg.nii.gz")
+    truth, _ = sf.read_labels(images["truth"])
+    scores = [sf.dice(labels, truth, value) for value in range(1, 5)]
+    assert scores[0] > 0.6 and sum(score > 0.3 for score in scores) >= 3, scores
+
+
+def test_seg_nrrd_output_has_named_colored_segments_and_the_same_voxels(unet, images, tmp_path) -> None:
+    nifti, seg = tmp_path / "a.nii.gz", tmp_path / "a.seg.nrrd"
+    assert segment(images["oblique"], "--model", unet["bundle"], "-o", nifti) == 0
+    assert segment(images["oblique"], "--model", unet["bundle"], "-o", seg) == 0
+    from_seg = read_volume(seg)
+    from_nifti = read_volume(nifti)
+    assert from_seg.same_grid(read_volume(images["oblique"]))
+    np.testing.assert_array_equal(from_seg.array, from_nifti.array)
+    assert from_seg.array.dtype == np.uint8
+    names = {label.value: (label.name, label.color) for label in from_seg.meta["labels"]}
+    for label in PHANTOM_LABELS[1:]:
+        assert names[label.value][0] == label.name
+        np.testing.assert_allclose(names[label.value][1], label.color, atol=1e-6)
+
+
+def test_zip_bundle_and_job_events(unet, images, tmp_path) -> None:
+    archive = Path(shutil.make_archive(str(tmp_path / "bundle"), "zip", unet["bundle"].parent, unet["bundle"].name))
+    run_dir = tmp_path / "run"
+    out = tmp_path / "out.nii.gz"
+    assert segment(images["lps"], "--model", archive, "-o", out, "--run-dir", run_dir) == 0
+    assert_same_as_monai(out, unet["monai"] / "lps_seg.nii.gz", images["lps"])
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    stages = {e.get("stage") for e in events if e["type"] == "progress"}
+    assert {"load", "preprocess", "infer", "write"} <= stages
+    infer = [e for e in events if e.get("stage") == "infer"]
+    assert infer[-1]["step"] == infer[-1]["total"] and infer[-1]["metrics"]["windows"] >= 1
+    artifacts = [e for e in events if e["type"] == "artifact"]
+    assert artifacts and artifacts[0]["kind"] == "labelmap"
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "done"
+    assert not list(tmp_path.glob("medsegnas-bundle-*"))  # the unpacked archive is gone
+
+
+def test_fast_tta_and_postprocessing_run_and_stay_close(unet, images, tmp_path) -> None:
+    reference, _ = sf.read_labels(unet["monai"] / "oblique_seg.nii.gz")
+    fast = tmp_path / "fast.nii.gz"
+    assert segment(images["oblique"], "--model", unet["bundle"], "-o", fast, "--fast") == 0
+    tta = tmp_path / "tta.nii.gz"
+    args = ["--tta", "--postprocess", "largest-component,fill-holes,min-size=5"]
+    assert segment(images["oblique"], "--model", unet["bundle"], "-o", tta, *args) == 0
+    for path, floor in ((fast, 0.6), (tta, 0.85)):
+        labels, _ = sf.read_labels(path)
+        assert labels.shape == reference.shape
+        assert sf.dice(labels, reference, 1) > floor
+
+
+def test_postprocess_steps_on_a_known_label_map() -> None:
+    labels = np.zeros((20, 20, 20), dtype=np.uint8)
+    labels[2:10, 2:10, 2:10] = 1  # big component with a hole
+    labels[5, 5, 5] = 0
+    labels[15:17, 15:17, 15:17] = 1  # small second component (8 voxels)
+    labels[12, 2, 2] = 2  # a lone voxel of label 2
+    labels[12:15, 8:11, 8:11] = 2  # 27 voxels of label 2
+    out = postprocess_labels(labels.copy(), PostprocessSpec.parse("largest-component,fill-holes"))
+    assert out[5, 5, 5] == 1 and out[16, 16, 16] == 0 and out[12, 2, 2] == 0 and out[13, 9, 9] == 2
+    out = postprocess_labels(labels.copy(), PostprocessSpec.parse("min-size=9"))
+    assert out[16, 16, 16] == 0 and out[5, 5, 5] == 0 and out[3, 3, 3] == 1 and out[12, 2, 2] == 0
+    with pytest.raises(ValueError, match="largest-component, fill-holes, min-size=N"):
+        PostprocessSpec.parse("biggest")
+
+
+@pytest.fixture(scope="module")
+def dints_yaml(tmp_path_factory, images) -> dict:
+    """The DiNTS bundle as a generic model-zoo bundle: YAML config, no MedSegNAS metadata."""
+    yaml = pytest.importorskip("yaml")
+    root = tmp_path_factory.mktemp("dints")
+    bundle = sf.export_dints_bundle(root / "bundle")
+    assert (bundle / "configs" / "arch.json").is_file()
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    (bundle / "configs" / "inference.yaml").write_text(yaml.safe_dump(config))
+    (bundle / "configs" / "inference.json").unlink()
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    del metadata["medsegnas"]
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    data = root / "data"
+    data.mkdir()
+    for view in ("oblique", "ras_permuted"):
+        shutil.copy(images[view], data / images[view].name)
+    run = sf.monai_bundle_run(bundle, data, root / "monai", config="inference.yaml")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return {"bundle": bundle, "monai": root / "monai"}
+
+
+@pytest.mark.parametrize("view", ("oblique", "ras_permuted"))
+def test_dints_yaml_bundle_matches_monai_bundle_run(dints_yaml, images, view, tmp_path) -> None:
+    out = tmp_path / f"{view}.nii.gz"
+    assert segment(images[view], "--model", dints_yaml["bundle"], "-o", out) == 0
+    assert_same_as_monai(out, dints_yaml["monai"] / f"{view}_seg.nii.gz", images[view])
+
+
+def test_untrusted_bundle_code_never_runs(unet, images, tmp_path, capsys) -> None:
+    marker = tmp_path / "pwned"
+    bundle = tmp_path / "evil"
+    shutil.copytree(unet["bundle"], bundle)
+    config_path = bundle / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    config["network_def"]["channels"] = f"$__import__('os').system('touch {marker}') or [8, 16, 32]"
+    config_path.write_text(json.dumps(config))
+    out = tmp_path / "out.nii.gz"
+    assert segment(images["oblique"], "--model", bundle, "-o", out) == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error:") and "--trust" in message and "__import__" in message
+    assert not marker.exists() and not out.exists()
+
+    # A weights file whose pickle would run code: refused, nothing runs.
+    bundle2 = tmp_path / "evil2"
+    shutil.copytree(unet["bundle"], bundle2)
+    payload = (
+        b"\x80\x02cposix\nsystem\nq\x00X" + len(f"touch {marker}").to_bytes(4, "little")
+        + f"touch {marker}".encode() + b"q\x01\x85q\x02Rq\x03."
+    )
+    with zipfile.ZipFile(bundle2 / "models" / "model.pt", "w") as archive:
+        archive.writestr("model/data.pkl", payload)
+        archive.writestr("model/version", "3\n")
+    assert segment(images["oblique"], "--model", bundle2, "-o", out) == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "model.pt" in message and "--trust" in message
+    assert not marker.exists() and not out.exists()

@@ -1,0 +1,330 @@
+"""``medsegnas segment`` against MONAI's bundle workflow on a CT-sized phantom: time, memory, agreement.
+
+    python benchmarks/segment_bench.py                        # CPU, 512 x 512 x 150 at 0.8 x 0.8 x 2.5 mm
+    python benchmarks/segment_bench.py --device cuda --amp    # the GPU check
+    python benchmarks/segment_bench.py --profile              # where our time goes (cProfile, top 25)
+
+What it does, in one run:
+
+1. Builds (once, cached in ``--work``) a CT-sized phantom: a MedSegNAS phantom case resampled onto
+   an axis-aligned, LPS-stored 512 x 512 x 150 grid of 0.8 x 0.8 x 2.5 mm, int16 HU with noise,
+   and its organ labels.
+2. Builds (once) a bundle with a network of the size of MONAI's spleen_ct_segmentation bundle
+   (UNet 16-32-64-128-256, 2 residual units, batch norm, 4.8 M parameters; 96^3 windows at
+   1.5 x 1.5 x 2 mm, overlap 0.5), briefly trained on other phantom cases (``--train-steps``) so
+   that its label maps are organ-shaped, exported with :func:`~MedSegNASLib.models.export.export_bundle`.
+3. Runs the bundle through MONAI (``monai.bundle`` ``run``, the function behind ``python -m
+   monai.bundle run``) and through ``medsegnas segment``, each in a fresh process, timed from
+   process start to exit, with the process' peak resident memory (``wait4`` rusage) and, on a GPU,
+   peak GPU memory (``torch.cuda.max_memory_allocated``). The two run ``--repeat`` times in
+   alternation; the best time of each is reported (the machine may be shared).
+4. Prints the time ratio (ours / MONAI), memory, and the Dice per label between the two label
+   maps (and against the phantom's truth).
+
+Goal on CPU: ratio <= 0.5 with Dice >= 0.99 on every label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CT_SHAPE = (512, 512, 150)
+CT_SPACING = (0.8, 0.8, 2.5)
+MODEL_SPACING = [1.5, 1.5, 2.0]
+PATCH = [96, 96, 96]
+NETWORK_DEF = {
+    "_target_": "UNet",
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 5,
+    "channels": [16, 32, 64, 128, 256],
+    "strides": [2, 2, 2, 2],
+    "num_res_units": 2,
+    "norm": "batch",
+}
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- data and model
+
+
+def make_ct_phantom(folder: Path, seed: int = 1000, shape=CT_SHAPE, spacing=CT_SPACING) -> tuple[Path, Path]:
+    """A phantom case on a clinical CT grid: image ``folder/data/ct.nii.gz`` and labels ``folder/truth.nii.gz``."""
+    import torch
+
+    from MedSegNASLib.data.io import write_volume
+    from MedSegNASLib.data.phantom import generate_phantom_case
+    from MedSegNASLib.data.volume import Volume, affine_from_geometry
+    from MedSegNASLib.inference.geometry import Grid, index_map, resample
+
+    image_path, truth_path = folder / "data" / "ct.nii.gz", folder / "truth.nii.gz"
+    if image_path.is_file() and truth_path.is_file():
+        return image_path, truth_path
+    _log(f"building a {' x '.join(map(str, shape))} CT phantom ...")
+    image, label = generate_phantom_case(seed, 128)
+    body = np.argwhere(label.array[0] > 0).mean(axis=0)
+    centre = (image.affine @ np.append(body, 1.0))[:3]
+    direction = np.diag([-1.0, -1.0, 1.0])  # LPS-stored, like a DICOM-derived CT
+    half = (np.array(shape) - 1) / 2.0 * np.array(spacing)
+    origin = centre - direction @ half
+    ct_grid = Grid(tuple(shape), affine_from_geometry(spacing, origin, direction))
+    src_grid = Grid(image.spatial_shape, image.affine)
+    matrix = index_map(src_grid, ct_grid)
+    shifted = torch.from_numpy(image.array.astype(np.float32) + 1000.0)  # zero padding = air
+    hu = resample(shifted, matrix, shape, padding_mode="zeros")[0].numpy() - 1000.0
+    rng = np.random.default_rng(seed)
+    hu += rng.normal(0.0, 12.0, size=hu.shape).astype(np.float32)
+    labels = resample(torch.from_numpy(label.array.astype(np.float32)), matrix, shape, mode="nearest", padding_mode="zeros")
+    write_volume(Volume(np.clip(hu, -1024, 3071).astype(np.int16)[None], ct_grid.affine), image_path)
+    write_volume(Volume(labels.numpy().round().astype(np.uint8), ct_grid.affine), truth_path)
+    return image_path, truth_path
+
+
+def make_bundle(folder: Path, train_steps: int, seed: int = 0) -> Path:
+    """A spleen-bundle-sized UNet, briefly trained on phantom cases, exported as a MONAI bundle."""
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.losses import DiceCELoss
+    from monai.transforms import Compose, EnsureChannelFirstd, RandCropByPosNegLabeld
+
+    from MedSegNASLib.data.phantom import PHANTOM_LABELS, generate_phantom_case
+    from MedSegNASLib.data.preprocessing import PreprocessingSpec
+    from MedSegNASLib.models.export import export_bundle
+
+    bundle = folder / "bundle"
+    if (bundle / "models" / "model.pt").is_file():
+        return bundle
+    torch.manual_seed(seed)
+    spec = PreprocessingSpec(
+        channels=["CT"],
+        spacing=MODEL_SPACING,
+        intensity={"kind": "ct_window", "a_min": -100.0, "a_max": 250.0},
+        patch_size=PATCH,
+    )
+    network = ConfigParser({"net": NETWORK_DEF}).get_parsed_content("net")
+    _log(f"training the benchmark UNet for {train_steps} steps on phantom cases ...")
+    transforms = Compose(
+        [
+            EnsureChannelFirstd(["image", "label"], channel_dim=0),
+            *spec.geometry_transforms(["image", "label"], ["bilinear", "nearest"]),
+            spec.intensity_transform("image"),
+            RandCropByPosNegLabeld(["image", "label"], "label", spatial_size=[64, 64, 64], pos=3, neg=1, num_samples=2),
+        ]
+    )
+    cases = []
+    for case_seed in range(3):
+        image, label = generate_phantom_case(seed * 10 + case_seed, 96)
+        from monai.data import MetaTensor
+
+        cases.append(
+            {
+                "image": MetaTensor(torch.from_numpy(image.array.astype(np.float32)), affine=torch.from_numpy(image.affine)),
+                "label": MetaTensor(torch.from_numpy(label.array.astype(np.float32)), affine=torch.from_numpy(label.affine)),
+            }
+        )
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
+    network.train()
+    started = time.perf_counter()
+    for step in range(train_steps):
+        samples = transforms(cases[step % len(cases)])
+        x = torch.stack([s["image"].as_tensor() for s in samples])
+        y = torch.stack([s["label"].as_tensor() for s in samples])
+        optimizer.zero_grad()
+        loss = loss_fn(network(x), y)
+        loss.backward()
+        optimizer.step()
+        if step % 10 == 0 or step == train_steps - 1:
+            _log(f"  step {step + 1}/{train_steps} loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)")
+    network.eval()
+    return export_bundle(
+        bundle,
+        network_def=NETWORK_DEF,
+        state_dict=network.state_dict(),
+        labels=PHANTOM_LABELS,
+        preprocessing=spec,
+        name="benchmark abdomen UNet",
+        description="Spleen-bundle-sized UNet briefly trained on MedSegNAS phantoms (benchmark only).",
+        extra_metadata={"train_steps": train_steps},
+    )
+
+
+# ----------------------------------------------------------------------------- runs
+
+_MONAI_RUNNER = """
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+import torch
+from monai.bundle import run
+cfg = json.loads(sys.argv[1])
+if cfg.get("threads"):
+    torch.set_num_threads(cfg["threads"])
+started = time.perf_counter()
+overrides = {"evaluator#amp": cfg["amp"]}
+run(run_id="run", init_id="initialize", config_file=cfg["config"], bundle_root=cfg["bundle"],
+    dataset_dir=cfg["data"], output_dir=cfg["out"], logging_file=False, **overrides)
+peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+print("RESULT " + json.dumps({"pipeline_s": time.perf_counter() - started, "gpu_peak": peak}))
+"""
+
+_OURS_RUNNER = """
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+import torch
+cfg = json.loads(sys.argv[1])
+from MedSegNASLib.cli import main
+started = time.perf_counter()
+argv = ["segment", cfg["image"], "--model", cfg["bundle"], "-o", cfg["out"], "--device", cfg["device"]]
+if cfg.get("threads"):
+    argv += ["--threads", str(cfg["threads"])]
+argv += cfg.get("extra", [])
+if cfg.get("profile"):
+    import cProfile, pstats
+    profiler = cProfile.Profile()
+    profiler.enable()
+rc = main(argv)
+if cfg.get("profile"):
+    profiler.disable()
+    pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
+peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+print("RESULT " + json.dumps({"pipeline_s": time.perf_counter() - started, "gpu_peak": peak, "rc": rc}))
+"""
+
+
+def _run_measured(code: str, config: dict, env: dict) -> dict:
+    """:func:`_run_process` with the child's peak RSS from ``wait4``."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps(config)], stdout=out, stderr=err, text=True, env=env
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if process.returncode != 0:
+        raise SystemExit(f"run failed (exit {process.returncode}):\n{stderr[-3000:]}")
+    result: dict = {}
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT ") :])
+    result["wall_s"] = wall
+    result["peak_rss_mib"] = usage.ru_maxrss / 1024.0  # KiB on Linux
+    result["stderr"] = stderr
+    return result
+
+
+def dice_table(a: np.ndarray, b: np.ndarray, values) -> dict[int, float]:
+    table = {}
+    for value in values:
+        x, y = a == value, b == value
+        total = int(x.sum() + y.sum())
+        table[value] = float(2.0 * np.logical_and(x, y).sum() / total) if total else float("nan")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "medsegnas-segment-bench")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--amp", action="store_true", help="float16 autocast on CUDA, on both sides")
+    parser.add_argument("--train-steps", type=int, default=40, help="training steps of the benchmark model")
+    parser.add_argument("--repeat", type=int, default=1, help="alternating runs per side; the best time counts")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads on both sides")
+    parser.add_argument("--profile", action="store_true", help="print where our time goes (cProfile)")
+    parser.add_argument("--ours-extra", nargs=argparse.REMAINDER, default=[], help="more `segment` options")
+    args = parser.parse_args(argv)
+
+    import nibabel as nib
+
+    from MedSegNASLib.data.phantom import PHANTOM_LABELS
+
+    work = args.work.expanduser().absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    image_path, truth_path = make_ct_phantom(work)
+    bundle = make_bundle(work, args.train_steps)
+    env = dict(os.environ)
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # MONAI's config picks CUDA when it sees one
+    monai_out = work / "monai_out"
+    ours_out = work / "ours.nii.gz"
+    monai_cfg = {
+        "config": str(bundle / "configs" / "inference.json"),
+        "bundle": str(bundle),
+        "data": str(image_path.parent),
+        "out": str(monai_out),
+        "threads": args.threads,
+        "amp": bool(args.amp),
+    }
+    ours_cfg = {
+        "image": str(image_path),
+        "bundle": str(bundle),
+        "out": str(ours_out),
+        "device": args.device,
+        "threads": args.threads,
+        "extra": args.ours_extra + ([] if args.amp or args.device == "cpu" else ["--no-amp"]),
+    }
+    monai_runs, ours_runs = [], []
+    for attempt in range(args.repeat):
+        _log(f"[{attempt + 1}/{args.repeat}] MONAI bundle workflow ...")
+        monai_runs.append(_run_measured(_MONAI_RUNNER, monai_cfg, env))
+        _log(f"  {monai_runs[-1]['wall_s']:.1f} s")
+        _log(f"[{attempt + 1}/{args.repeat}] medsegnas segment ...")
+        ours_runs.append(_run_measured(_OURS_RUNNER, ours_cfg | {"profile": False}, env))
+        _log(f"  {ours_runs[-1]['wall_s']:.1f} s")
+    if args.profile:
+        profiled = _run_measured(_OURS_RUNNER, ours_cfg | {"profile": True}, env)
+        print(profiled["stderr"][-12000:])
+    monai_best = min(monai_runs, key=lambda r: r["wall_s"])
+    ours_best = min(ours_runs, key=lambda r: r["wall_s"])
+
+    theirs = np.asarray(nib.load(str(monai_out / "ct_seg.nii.gz")).dataobj)
+    ours = np.asarray(nib.load(str(ours_out)).dataobj)
+    truth = np.asarray(nib.load(str(truth_path)).dataobj)
+    values = [label.value for label in PHANTOM_LABELS if label.value]
+    names = {label.value: label.name for label in PHANTOM_LABELS}
+    agreement = dice_table(ours, theirs, values)
+    ours_truth = dice_table(ours, truth, values)
+    theirs_truth = dice_table(theirs, truth, values)
+
+    ratio = ours_best["wall_s"] / monai_best["wall_s"]
+    print(f"CT phantom {' x '.join(map(str, CT_SHAPE))} at {' x '.join(map(str, CT_SPACING))} mm; device {args.device}")
+    print(f"{'':24s}{'MONAI bundle run':>18s}{'medsegnas segment':>20s}")
+    print(f"{'wall time (s)':24s}{monai_best['wall_s']:18.1f}{ours_best['wall_s']:20.1f}")
+    print(f"{'  after imports (s)':24s}{monai_best['pipeline_s']:18.1f}{ours_best['pipeline_s']:20.1f}")
+    print(f"{'peak RSS (MiB)':24s}{monai_best['peak_rss_mib']:18.0f}{ours_best['peak_rss_mib']:20.0f}")
+    if args.device == "cuda":
+        print(
+            f"{'peak GPU memory (MiB)':24s}{monai_best['gpu_peak'] / 2**20:18.0f}{ours_best['gpu_peak'] / 2**20:20.0f}"
+        )
+    print(f"time ratio (ours / MONAI): {ratio:.2f}")
+    print(f"{'label':16s}{'Dice ours-MONAI':>16s}{'ours-truth':>12s}{'MONAI-truth':>13s}")
+    for value in values:
+        print(
+            f"{names[value]:16s}{agreement[value]:16.4f}{ours_truth[value]:12.3f}{theirs_truth[value]:13.3f}"
+        )
+    for line in ours_best["stderr"].splitlines():
+        if "windows" in line or "model grid" in line:
+            print(f"segment: {line.strip()}")
+    present = [v for v in values if not np.isnan(agreement[v])]
+    ok = ratio <= 0.5 and all(agreement[v] >= 0.99 for v in present)
+    print("goal (ratio <= 0.5, Dice >= 0.99):", "met" if ok else "not met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
