@@ -6,8 +6,8 @@
 * :func:`export_unet_bundle` / :func:`export_dints_bundle`: trained tiny networks exported with
   :func:`MedSegNASLib.models.export.export_bundle` (6 x 6 x 8 mm voxels, 32^3 windows).
 * :func:`write_test_images`: one phantom test case stored three ways: as generated (oblique,
-  LPS-stored, anisotropic), axis-aligned LPS-stored with other voxel sizes, and RAS-stored with
-  permuted axes.
+  LPS-stored, anisotropic), axis-aligned LPS-stored with other voxel sizes, and that same
+  axis-aligned image stored RAS with permuted axes.
 * :func:`monai_bundle_run`: ``python -m monai.bundle run`` of a bundle on a folder of images.
 """
 
@@ -45,9 +45,11 @@ UNET_DEF = {
 INFERER = {"sw_batch_size": 4, "overlap": 0.5, "mode": "constant"}
 
 
-def build(network_def: dict) -> torch.nn.Module:
+def build(network_def: dict, seed: int = 0) -> torch.nn.Module:
+    """The network of a MONAI config, initialised from ``seed``."""
     from monai.bundle import ConfigParser
 
+    torch.manual_seed(seed)
     return ConfigParser({"net": network_def}).get_parsed_content("net")
 
 
@@ -56,20 +58,29 @@ def _training_cases(spec: PreprocessingSpec, seeds: list[int], size: int = 48) -
     from monai.transforms import Compose
 
     prepare = Compose(
-        [*spec.geometry_transforms(["image", "label"], ["bilinear", "nearest"]), spec.intensity_transform("image")]
+        [
+            *spec.geometry_transforms(["image", "label"], ["bilinear", "nearest"]),
+            spec.intensity_transform("image"),
+        ]
     )
     cases = []
     for seed in seeds:
         image, label = generate_phantom_case(seed, size)
         data = {
-            "image": MetaTensor(torch.from_numpy(image.array.astype(np.float32)), affine=torch.from_numpy(image.affine)),
-            "label": MetaTensor(torch.from_numpy(label.array.astype(np.float32)), affine=torch.from_numpy(label.affine)),
+            "image": MetaTensor(
+                torch.from_numpy(image.array.astype(np.float32)), affine=torch.from_numpy(image.affine)
+            ),
+            "label": MetaTensor(
+                torch.from_numpy(label.array.astype(np.float32)), affine=torch.from_numpy(label.affine)
+            ),
         }
         cases.append(prepare(data))
     return cases
 
 
-def train_network(network: torch.nn.Module, spec: PreprocessingSpec = TINY_SPEC, steps: int = 150, seed: int = 0):
+def train_network(
+    network: torch.nn.Module, spec: PreprocessingSpec = TINY_SPEC, steps: int = 150, seed: int = 0
+):
     """A few optimizer steps on phantom cases (in eval mode afterwards)."""
     from monai.losses import DiceCELoss
     from monai.transforms import RandCropByLabelClassesd
@@ -129,7 +140,7 @@ def export_dints_bundle(folder: Path, *, steps: int = 100) -> Path:
 
     code = tiny_arch_code()
     network_def = dints_network_def(code, in_channels=1, num_classes=5, channel_mul=0.25)
-    network = train_network(build(network_def), steps=steps, seed=1)
+    network = train_network(build(network_def, seed=1), steps=steps, seed=1)
     return export_bundle(
         folder,
         network_def=network_def,
@@ -145,6 +156,9 @@ def export_dints_bundle(folder: Path, *, steps: int = 100) -> Path:
 def write_test_images(folder: Path, seed: int = 21, size: int = 48) -> dict[str, Path]:
     """The same phantom case stored three ways (NIfTI), plus its label map on the first grid.
 
+    ``lps`` and ``ras_permuted`` are the same voxels at the same positions: ``ras_permuted``'s
+    array is ``lps``'s flipped on i and j, then transposed to (k, i, j) (:func:`ras_to_lps`).
+
     Returns:
         ``{"oblique": ..., "lps": ..., "ras_permuted": ..., "truth": ...}`` (truth outside ``folder``).
     """
@@ -156,15 +170,23 @@ def write_test_images(folder: Path, seed: int = 21, size: int = 48) -> dict[str,
     lps[:3, :3] = np.diag([-7.5, -6.5, 9.5])
     lps[:3, 3] = image.affine[:3, 3]
     paths["lps"] = write_volume(Volume(image.array, lps), folder / "lps.nii.gz")
-    # RAS-stored with the axes permuted (k, i, j on disk).
-    permuted = np.ascontiguousarray(image.array.transpose(0, 3, 1, 2))
-    ras = np.zeros((4, 4))
-    ras[:3, :3] = [[0.0, 7.0, 0.0], [0.0, 0.0, 7.0], [10.0, 0.0, 0.0]]
-    ras[:3, 3] = image.affine[:3, 3]
-    ras[3, 3] = 1.0
+    # The LPS image's voxels stored RAS (i and j flipped) with the axes permuted (k, i, j on disk):
+    # physically the same image, so every label map of it must be the LPS one, re-stored.
+    flipped = lps.copy()
+    flipped[:3, 0], flipped[:3, 1] = -lps[:3, 0], -lps[:3, 1]
+    flipped[:3, 3] = lps[:3, 3] + lps[:3, 0] * (size - 1) + lps[:3, 1] * (size - 1)
+    permuted = np.ascontiguousarray(image.array[:, ::-1, ::-1, :].transpose(0, 3, 1, 2))
+    ras = np.eye(4)
+    ras[:3, :3] = flipped[:3, [2, 0, 1]]
+    ras[:3, 3] = flipped[:3, 3]
     paths["ras_permuted"] = write_volume(Volume(permuted, ras), folder / "ras_permuted.nii.gz")
     paths["truth"] = write_volume(label, folder.parent / f"{folder.name}_truth.nii.gz")
     return paths
+
+
+def ras_to_lps(array: np.ndarray) -> np.ndarray:
+    """A ``ras_permuted`` label map ``(K, I, J)`` as ``lps`` stores it ``(I, J, K)``."""
+    return np.ascontiguousarray(array.transpose(1, 2, 0)[::-1, ::-1, :])
 
 
 def monai_bundle_run(bundle: Path, dataset_dir: Path, output_dir: Path, config: str = "inference.json"):

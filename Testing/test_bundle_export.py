@@ -45,7 +45,16 @@ SCHEMA_FIELDS = (
     "copyright",
     "network_data_format",
 )
-TENSOR_FIELDS = ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data", "channel_def")
+TENSOR_FIELDS = (
+    "type",
+    "format",
+    "num_channels",
+    "spatial_shape",
+    "dtype",
+    "value_range",
+    "is_patch_data",
+    "channel_def",
+)
 
 
 def _random_unet(seed: int = 0) -> torch.nn.Module:
@@ -113,7 +122,9 @@ def test_metadata_has_monai_fields_label_names_colors_and_the_spec(tmp_path: Pat
     assert metadata["authors"] == "A. Author, B. Author"
     assert metadata["eval_metrics"] == {"val_dice": 0.8}
     section = metadata["medsegnas"]
-    assert [(lb["value"], lb["name"]) for lb in section["labels"]] == [(lb.value, lb.name) for lb in PHANTOM_LABELS]
+    assert [(lb["value"], lb["name"]) for lb in section["labels"]] == [
+        (lb.value, lb.name) for lb in PHANTOM_LABELS
+    ]
     np.testing.assert_allclose([lb["color"] for lb in section["labels"]], [lb.color for lb in PHANTOM_LABELS])
     assert PreprocessingSpec.from_dict(section["preprocessing"]) == sf.TINY_SPEC
     assert section["run_id"] == "train-1"

@@ -183,7 +183,7 @@ def test_tiny_search_writes_decoded_architecture_pictures_and_summary(
     assert [e["step"] for e in events] == [1, 2, 3, 4, 5, 6] and {e["total"] for e in events} == {6}
     assert [e["stage"] for e in events] == ["warmup"] * 2 + ["search"] * 4
     assert "arch_loss" in events[-1]["metrics"] and "arch_loss" not in events[0]["metrics"]
-    assert events[-1]["metrics"]["lambda_"] == pytest.approx(0.5)  # (epoch - warmup) / (epochs - warmup)
+    assert events[-1]["metrics"]["lambda"] == pytest.approx(0.5)  # (epoch - warmup) / (epochs - warmup)
 
 
 def test_sigkill_after_first_checkpoint_then_resume_repeats_the_reference(
@@ -404,7 +404,7 @@ def test_presets_and_overrides() -> None:
 
 # ------------------------------------------------------------------------------- two processes
 def test_two_cpu_processes_with_gloo_share_the_work_and_rank0_writes(
-    phantom: Path, quick_config: Path, tmp_path: Path
+    reference_run: RunDir, phantom: Path, quick_config: Path, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "ddp"
     command = [
@@ -424,5 +424,9 @@ def test_two_cpu_processes_with_gloo_share_the_work_and_rank0_writes(
     assert summary["world_size"] == 2
     dice = summary["best_val_dice"]
     assert set(dice) == {"liver", "spleen", "right kidney", "left kidney"}
-    assert load_arch_json(run.artifacts / "arch.json").extra["epoch"] == 3
+    code = load_arch_json(run.artifacts / "arch.json")
+    assert code.extra["epoch"] == 3
+    # each rank scores its own validation case; the all-reduced counts cover both, as in one process
+    reference = load_arch_json(reference_run.artifacts / "arch.json").extra["val_cases_per_class"]
+    assert code.extra["val_cases_per_class"] == reference and sum(reference.values()) >= 2
     assert [p.name for p in run.checkpoints.iterdir()] == ["last.pt"]

@@ -75,7 +75,10 @@ class PretrainConfig:
         amp: mixed precision on CUDA (ignored on CPU); amp_dtype ``float16`` (with a gradient
             scaler) or ``bfloat16``.
         seed: decides initial weights, crops and masks; a run is reproducible from it.
-        deterministic: ask PyTorch for deterministic algorithms (slower on GPU).
+        deterministic: use PyTorch's deterministic algorithms; ``None`` (default): on CPU only,
+            where they cost little and make a resumed run bit-identical to an uninterrupted one
+            (multi-threaded CPU kernels otherwise add gradients in a varying order); ``true``
+            also on GPU (slower).
     Reporting:
         log_every: steps between progress events (and TensorBoard points).
         checkpoint_every: steps between checkpoints (also written when stopped and at the end).
@@ -110,7 +113,7 @@ class PretrainConfig:
     amp: bool = True
     amp_dtype: str = "float16"
     seed: int = 0
-    deterministic: bool = False
+    deterministic: bool | None = None
     log_every: int = 10
     checkpoint_every: int = 500
     reconstructions: int = 2
@@ -182,6 +185,8 @@ class PretrainConfig:
             isinstance(self.spacing, list | tuple) and len(self.spacing) == 3 and min(self.spacing) > 0
         ):
             found.append(f"spacing must be null or three positive numbers (mm), got {self.spacing!r}")
+        if self.deterministic not in (None, True, False):
+            found.append(f"deterministic must be true, false or null, got {self.deterministic!r}")
         for name in ("temperature", "lr"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:

@@ -474,12 +474,25 @@ def run_pretraining(ctx: JobContext, plan: PretrainPlan) -> dict[str, Any]:
     train. Raises :class:`JobCancelled` after saving a checkpoint when a stop is requested (on
     any process).
     """
-    config, dist, device = plan.config, plan.dist, plan.device
-    main = dist.is_main
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    config, device = plan.config, plan.device
+    deterministic = config.deterministic if config.deterministic is not None else device.type == "cpu"
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    if deterministic:
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _pretrain(ctx, plan)
+    finally:  # the setting is process-wide: leave it as found (a GUI or test process goes on)
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _pretrain(ctx: JobContext, plan: PretrainPlan) -> dict[str, Any]:
+    config, dist, device = plan.config, plan.dist, plan.device
+    main = dist.is_main
     spec = plan.spec
     sampler = CropSampler(plan.sources, config, spec, rank=dist.rank, world_size=dist.world_size)
     trainer = Pretrainer(config, plan.in_channels, device, dist)

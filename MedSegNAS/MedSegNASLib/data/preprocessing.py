@@ -98,7 +98,11 @@ class PreprocessingSpec:
         """MONAI dictionary transforms for orientation and spacing (``modes`` per key)."""
         from monai.transforms import Orientationd, Spacingd
 
-        transforms: list = [Orientationd(keys, axcodes=self.orientation)]
+        # Explicit RAS axis labels: our arrays are always RAS (see data.volume), and passing them
+        # avoids depending on MONAI's changing default.
+        transforms: list = [
+            Orientationd(keys, axcodes=self.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))
+        ]
         if self.spacing is not None:
             transforms.append(Spacingd(keys, pixdim=self.spacing, mode=modes))
         return transforms

@@ -29,8 +29,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
-import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -42,8 +40,19 @@ import torch
 
 from ..data.volume import Volume
 from ..errors import ImageFormatError, MedSegNASError
-from .geometry import Grid, index_map, map_box, model_grid, resample, resample_slabs, window_padding, window_starts
+from . import DEVICES
+from .geometry import (
+    Grid,
+    index_map,
+    map_box,
+    model_grid,
+    resample,
+    resample_slabs,
+    window_padding,
+    window_starts,
+)
 from .model import SegmentationModel
+from .optimize import prepare_for_inference
 from .postprocess import PostprocessSpec, postprocess_labels
 
 __all__ = [
@@ -55,7 +64,6 @@ __all__ = [
     "segment_volume",
 ]
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Logit given to the background channel of windows that are not run (softmax: 1 - 1e-13).
 BACKGROUND_LOGIT = 30.0
 #: Flips (spatial dims of a batch) averaged by test-time augmentation, the identity first.
@@ -77,8 +85,10 @@ class SegmentOptions:
         overlap: window overlap in [0, 1) instead of the bundle's.
         sw_batch_size: windows per network call (default: the bundle's).
         crop: skip windows without body voxels (exact inside the body).
-        amp: reduced-precision autocast: float16 on CUDA, bfloat16 on CPUs with AMX (Intel Xeon
-            4th gen and later); None (default) = on where supported, False = float32 everywhere.
+        amp: reduced-precision autocast. None (default): float16 on CUDA (as MONAI's bundle
+            evaluators do with ``amp: true``), float32 elsewhere (the same numbers as MONAI).
+            True: also bfloat16 on CPUs with Intel AMX (about 3x faster there; label maps then
+            differ from MONAI's at a few boundary voxels). False: float32 everywhere.
         threads: CPU threads for torch (default: torch's choice).
     """
 
@@ -172,7 +182,7 @@ def autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None
         return None
     if device.type == "cuda":
         return torch.float16
-    if device.type == "cpu" and cpu_has_fast_bfloat16():
+    if amp and device.type == "cpu" and cpu_has_fast_bfloat16():
         return torch.bfloat16
     return None
 
@@ -237,7 +247,11 @@ class _Plan:
 
 
 def _plan_windows(
-    m_grid: Grid, in_grid: Grid, roi: Sequence[int], overlap: float | tuple[float, ...], mask: np.ndarray | None
+    m_grid: Grid,
+    in_grid: Grid,
+    roi: Sequence[int],
+    overlap: float | tuple[float, ...],
+    mask: np.ndarray | None,
 ) -> _Plan:
     roi = tuple(int(r) for r in roi)
     pad = window_padding(m_grid.shape, roi)
@@ -311,7 +325,13 @@ class _Runner:
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         network = self.model.network
-        context = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
+        if self.device.type == "cpu":
+            batch = batch.contiguous(memory_format=torch.channels_last_3d)  # as the network (optimize.py)
+        context = (
+            torch.autocast(self.device.type, dtype=self.autocast)
+            if self.autocast
+            else contextlib.nullcontext()
+        )
         with context:
             if not self.options.tta:
                 return network(batch).float()
@@ -439,14 +459,27 @@ def segment_volume(
     timings["plan"] = time.perf_counter() - clock
 
     sw_batch_size = options.sw_batch_size or model.sw_batch_size
-    attempts = [(device, sw_batch_size, device)]
+    # The stitched output stays on CUDA; MPS and CPU runs stitch and invert in CPU memory.
+    attempts = [(device, sw_batch_size, device if device.type == "cuda" else torch.device("cpu"))]
     if device.type == "cuda":
         if sw_batch_size > 1:
             attempts.append((device, 1, torch.device("cpu")))
         attempts.append((torch.device("cpu"), 1, torch.device("cpu")))
     for number, (run_device, run_batch, out_device) in enumerate(attempts):
         try:
-            labels = _run(volume, model, options, progress, plan, in_grid, m_grid, run_device, run_batch, out_device, timings)
+            labels = _run(
+                volume,
+                model,
+                options,
+                progress,
+                plan,
+                in_grid,
+                m_grid,
+                run_device,
+                run_batch,
+                out_device,
+                timings,
+            )
             break
         except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
             if not _is_out_of_memory(exc) or number == len(attempts) - 1:
@@ -457,9 +490,11 @@ def segment_volume(
             how = (
                 "one window per batch, output in CPU memory" if following[0].type == "cuda" else "on the CPU"
             )
-            progress.log(f"{run_device.type} ran out of memory with {run_batch} window(s) per batch; retrying {how}")
+            progress.log(
+                f"{run_device.type} ran out of memory with {run_batch} window(s) per batch; retrying {how}"
+            )
         finally:
-            model.network.to("cpu")
+            model.network.to("cpu", memory_format=torch.contiguous_format)
     device_used = run_device
 
     clock = time.perf_counter()
@@ -531,7 +566,7 @@ def _run(
         timings["preprocess"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        model.network.to(device)
+        prepare_for_inference(model.network, device)
         total_windows = len(plan.keep) if plan is not None else 1
         progress.step("infer", 0, max(total_windows, 1), windows=total_windows)
         if plan is not None and not plan.keep:
@@ -597,7 +632,12 @@ def _invert(
         source, mode, reduce = prediction, "bilinear", lambda values: values.argmax(dim=0)
         transform = (lambda crop: torch.softmax(crop, dim=0)) if softmax else None
     for start, stop, values in resample_slabs(
-        source, to_model, shape, mode=mode, padding_mode=model.padding_mode, dst_offset=offset,
+        source,
+        to_model,
+        shape,
+        mode=mode,
+        padding_mode=model.padding_mode,
+        dst_offset=offset,
         source_transform=transform,
     ):
         rows = slice(offset[0] + start, offset[0] + stop)
@@ -605,15 +645,3 @@ def _invert(
             reduce(values).to(torch.int32).cpu().numpy().astype(dtype)
         )
     return labels
-
-
-def window_summary(model: SegmentationModel, shape: Sequence[int]) -> str:
-    """``"75 windows of 96 x 96 x 96"`` for an image of ``shape`` on the model grid."""
-    if model.roi_size is None:
-        return "the whole image at once"
-    count = math.prod(len(s) for s in window_starts(shape, model.roi_size, model.overlap))
-    return f"{count} windows of {' x '.join(map(str, model.roi_size))}"
-
-
-def cpu_threads() -> int:
-    return torch.get_num_threads() or os.cpu_count() or 1

@@ -164,7 +164,9 @@ def resample_slabs(
             crop = source_transform(crop)
         crop_shape = tuple(int(s) for s in crop.shape[1:])
         to_crop = _translation(-lo) @ to_source
-        theta = _REVERSE @ _normalizer(crop_shape) @ to_crop @ np.linalg.inv(_normalizer(slab_shape)) @ _REVERSE
+        theta = (
+            _REVERSE @ _normalizer(crop_shape) @ to_crop @ np.linalg.inv(_normalizer(slab_shape)) @ _REVERSE
+        )
         theta_t = torch.as_tensor(theta[:3], dtype=dtype, device=source.device)[None]
         grid = F.affine_grid(theta_t, [1, channels, *slab_shape], align_corners=False)
         values = F.grid_sample(crop[None], grid, mode=mode, padding_mode=padding_mode, align_corners=False)[0]

@@ -28,7 +28,6 @@ import contextlib
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,10 +56,9 @@ _PASS_THROUGH = {
     "DeleteItems",
     "SelectItems",
     "CopyItems",
-    "Lambda",
 }
 #: Intensity transforms whose output voxel depends on that voxel alone (so they may run on a crop).
-_POINTWISE = {"ScaleIntensityRange", "ThresholdIntensity", "ShiftIntensity", "AdjustContrast"}
+_POINTWISE = {"ScaleIntensityRange", "ThresholdIntensity", "ShiftIntensity"}
 _GEOMETRY = {"Orientation", "Spacing"}
 
 
@@ -218,7 +216,9 @@ def _read_preprocessing(model: SegmentationModel, parser: Any, bundle: str) -> N
                 mode, padding, pixdim = _spacing_settings(transform)
                 model.interpolation = "nearest" if mode in ("nearest", "0") else "bilinear"
                 model.padding_mode = padding
-                model.steps.append(f"spacing {' x '.join(f'{p:g}' for p in pixdim)} mm ({model.interpolation})")
+                model.steps.append(
+                    f"spacing {' x '.join(f'{p:g}' for p in pixdim)} mm ({model.interpolation})"
+                )
             else:
                 inner = getattr(transform, "ornt_transform", transform)
                 model.steps.append(f"orientation {inner.axcodes or 'closest canonical'}")
@@ -258,13 +258,19 @@ def _spacing_settings(transform: Any) -> tuple[str, str, list[float]]:
             [float(p) for p in transform.spacing_transform.pixdim],
         )
     resampler = transform.sp_resample
-    return _first_value(resampler.mode), _first_value(resampler.padding_mode), [float(p) for p in transform.pixdim]
+    return (
+        _first_value(resampler.mode),
+        _first_value(resampler.padding_mode),
+        [float(p) for p in transform.pixdim],
+    )
 
 
 def _check_spacing(transform: Any, bundle: str) -> None:
     inner = getattr(transform, "spacing_transform", transform)
     if getattr(inner, "diagonal", False):
-        raise MedSegNASError(f"{bundle}: Spacing(diagonal=True) (resampling to an axis-aligned grid) is not supported")
+        raise MedSegNASError(
+            f"{bundle}: Spacing(diagonal=True) (resampling to an axis-aligned grid) is not supported"
+        )
 
 
 def _read_postprocessing(model: SegmentationModel, parser: Any, bundle: str) -> None:
@@ -337,7 +343,9 @@ def _labels_from_metadata(metadata: dict, num_classes: int | None) -> list[Label
             names[int(key)] = str(value)
     count = num_classes or (max(names) + 1 if names else None)
     if count is None:
-        raise MedSegNASError("the bundle's metadata names no output channels (network_data_format.outputs.pred)")
+        raise MedSegNASError(
+            "the bundle's metadata names no output channels (network_data_format.outputs.pred)"
+        )
     colors = _label_colors(count)
     return [
         LabelInfo(value, names.get(value, "background" if value == 0 else f"label {value}"), colors[value])
@@ -378,26 +386,34 @@ def load_model(source: str | Path, *, trusted: bool = False) -> SegmentationMode
         config = load_config_file(info.inference_config)
         wanted = [i for i in ("network_def", "preprocessing", "inferer", "postprocessing") if i in config]
         if "network_def" not in wanted:
-            raise MedSegNASError(f"{info.inference_config} has no 'network_def' item to build the network from")
+            raise MedSegNASError(
+                f"{info.inference_config} has no 'network_def' item to build the network from"
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             parser = safe_parse_bundle_config(info.inference_config, trusted=trusted, ids=wanted)
             network = parser.get_parsed_content("network_def")
             if not isinstance(network, torch.nn.Module):
-                raise MedSegNASError(f"{info.inference_config}: network_def builds a {type(network).__name__}, not a network")
+                raise MedSegNASError(
+                    f"{info.inference_config}: network_def builds a {type(network).__name__}, not a network"
+                )
             state = load_weights(info.weights, trusted=trusted)
             try:
                 network.load_state_dict(state, strict=True)
             except RuntimeError as exc:
                 reason = " ".join(str(exc).split())[:300]
-                raise MedSegNASError(f"weights {info.weights} do not fit the bundle's network: {reason}") from None
+                raise MedSegNASError(
+                    f"weights {info.weights} do not fit the bundle's network: {reason}"
+                ) from None
             network.eval()
 
             section = info.metadata.get("medsegnas")
             spec = None
             if isinstance(section, dict) and isinstance(section.get("preprocessing"), dict):
                 spec = PreprocessingSpec.from_dict(section["preprocessing"])
-            in_channels = info.in_channels or (spec.num_channels if spec else None) or _network_in_channels(config)
+            in_channels = (
+                info.in_channels or (spec.num_channels if spec else None) or _network_in_channels(config)
+            )
             labels = _labels_from_metadata(info.metadata, info.out_channels)
             model = SegmentationModel(
                 name=info.name,
@@ -415,12 +431,20 @@ def load_model(source: str | Path, *, trusted: bool = False) -> SegmentationMode
                 model.pointwise = spec.intensity.kind == "ct_window"
                 if spec.intensity.kind == "ct_window":
                     model.ct_window = (spec.intensity.a_min, spec.intensity.a_max)
-                spacing = "kept" if spec.spacing is None else " x ".join(f"{s:g}" for s in spec.spacing) + " mm"
-                model.steps = [f"orientation {spec.orientation}", f"spacing {spacing}", f"intensity {spec.intensity.kind}"]
+                spacing = (
+                    "kept" if spec.spacing is None else " x ".join(f"{s:g}" for s in spec.spacing) + " mm"
+                )
+                model.steps = [
+                    f"orientation {spec.orientation}",
+                    f"spacing {spacing}",
+                    f"intensity {spec.intensity.kind}",
+                ]
             elif "preprocessing" in config:
                 _read_preprocessing(model, parser, str(info.root))
             else:
-                raise MedSegNASError(f"{info.inference_config} has no 'preprocessing' item and no MedSegNAS spec")
+                raise MedSegNASError(
+                    f"{info.inference_config} has no 'preprocessing' item and no MedSegNAS spec"
+                )
             _read_inferer(model, parser)
             if model.roi_size is None and spec is not None:
                 model.roi_size = tuple(spec.patch_size)
@@ -435,10 +459,3 @@ def _network_in_channels(config: dict) -> int | None:
     network_def = config.get("network_def") or {}
     value = network_def.get("in_channels") if isinstance(network_def, dict) else None
     return value if isinstance(value, int) else None
-
-
-def channel_names(model: SegmentationModel) -> Sequence[str]:
-    return list(model.spec.channels) if model.spec is not None else [f"channel {i}" for i in range(model.in_channels)]
-
-
-Transform = Callable[[Any], Any]

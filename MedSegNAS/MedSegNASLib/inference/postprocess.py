@@ -75,7 +75,9 @@ class PostprocessSpec:
         return ", ".join(steps) or "none"
 
 
-def postprocess_labels(labels: np.ndarray, spec: PostprocessSpec, values: Iterable[int] | None = None) -> np.ndarray:
+def postprocess_labels(
+    labels: np.ndarray, spec: PostprocessSpec, values: Iterable[int] | None = None
+) -> np.ndarray:
     """Apply ``spec`` to a label map in place and return it.
 
     Args:

@@ -458,7 +458,9 @@ def launch(
 
 
 def _spawn(run: RunDir, command: list[str], cwd: str, env: Mapping[str, str] | None) -> subprocess.Popen:
-    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # Passive OpenMP waiting: busy-spinning threads make a CPU worker several times slower as soon
+    # as another process (the Slicer GUI, a second job) wants a core; measured in the search tests.
+    child_env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(run.worker_log, "ab") as log:
         log.write(f"[{now_iso()}] launching: {subprocess.list2cmdline(command)}\n".encode())
         log.flush()

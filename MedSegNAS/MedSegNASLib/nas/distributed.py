@@ -19,7 +19,6 @@ Conventions of the jobs that use this module:
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -46,6 +45,7 @@ __all__ = [
     "init_distributed",
     "resolve_device",
     "run_worker_rank",
+    "shard_evenly",
     "shutdown_distributed",
     "torchrun_rank",
 ]
@@ -290,12 +290,3 @@ def run_worker_rank(body: Callable[[Any], Any], resuming: bool) -> int:
             for signum, handler in previous.items():
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
     return EXIT_DONE
-
-
-def job_args_for_rank(args: argparse.Namespace, rank: int) -> argparse.Namespace:
-    """``args`` as rank ``rank`` should use them: ranks other than 0 never detach or own a run dir."""
-    if rank == 0:
-        return args
-    copy = argparse.Namespace(**vars(args))
-    copy.detach = False
-    return copy

@@ -37,7 +37,6 @@ part-way through an epoch therefore sees exactly the patches it would have seen.
 
 from __future__ import annotations
 
-import copy
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -493,10 +492,12 @@ def validation_dice(
     amp: bool = False,
     sw_batch_size: int = 1,
     overlap: float = 0.25,
-    rank: int = 0,
-    world_size: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Dice of every foreground class, summed over this rank's share of ``cases`` and all ranks.
+    """Dice of every foreground class over ``cases``, combined over all ranks.
+
+    In a process group every rank passes its own share of the validation cases
+    (:func:`~MedSegNASLib.nas.distributed.shard_evenly`); the per-class sums and counts are summed
+    over the ranks, so every rank returns the figures of the whole validation set.
 
     Each case (a preprocessed dict with ``image`` (C, X, Y, Z) and ``label`` (1, X, Y, Z)) is
     segmented with sliding-window inference (window ``patch_size``, ``overlap``) and scored
@@ -522,7 +523,7 @@ def validation_dice(
     network.eval()
     try:
         with torch.no_grad():
-            for index in range(rank, len(cases), world_size):
+            for index in range(len(cases)):
                 case = cases[index]
                 image = torch.as_tensor(case["image"]).as_subclass(torch.Tensor)[None].to(device)
                 label = torch.as_tensor(case["label"]).as_subclass(torch.Tensor)[None].to(device)
@@ -548,8 +549,3 @@ def validation_dice(
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     return mean, counts
-
-
-def copy_config(value: Any) -> Any:
-    """A deep copy of a JSON-like config value."""
-    return copy.deepcopy(value)

@@ -54,9 +54,11 @@ __all__ = [
 CHECKPOINT_FORMAT = "medsegnas-dints-search"
 CHECKPOINT_VERSION = 1
 
-#: Schedules of the named presets; ``search_space`` is :attr:`SearchSpace.PRESETS`. ``tiny``
-#: finishes in about two minutes on 2 CPU cores (6 phantom cases of 64^3); ``full`` is the published
-#: search (12 x 4 space, 96^3 patches, half of the epochs warm-up).
+#: Schedules of the named presets; ``search_space`` is :attr:`SearchSpace.PRESETS`. ``tiny`` is a
+#: demo that finishes in about two minutes on 2 CPU cores (6 phantom cases of 64^3); its
+#: architecture learning rate is 30 times the published one so that its 12 architecture steps move
+#: the path probabilities visibly. ``small`` and ``full`` use the published optimisation settings;
+#: ``full`` is the published search (12 x 4 space, 96^3 patches, half of the epochs warm-up).
 SEARCH_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "epochs": 12,
@@ -66,6 +68,7 @@ SEARCH_PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 1,
         "crops_per_case": 2,
         "max_patch_size": [48, 48, 48],
+        "lr_arch": 0.03,
     },
     "small": {
         "epochs": 100,
@@ -453,10 +456,12 @@ class SearchMemoryModel:
         side = max(space.required_divisor, 32)
         self.probe_patch = [side] * space.spatial_dims
         saved: dict[int, int] = {}
+        parameters = {p.untyped_storage().data_ptr() for p in network.parameters()}
 
         def pack(tensor):
             storage = tensor.untyped_storage()
-            saved[storage.data_ptr()] = storage.nbytes()
+            if storage.data_ptr() not in parameters:  # convolutions save their weights too: not activations
+                saved[storage.data_ptr()] = storage.nbytes()
             return tensor
 
         inputs = torch.zeros(1, in_channels, *self.probe_patch)
@@ -946,7 +951,7 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
     from ..data.datasets import load_dataset
     from ..data.preprocessing import PreprocessingSpec
     from .decode import decode, path_probabilities, save_arch_json
-    from .distributed import EpochSampler, all_reduce_sum, any_rank, broadcast_object
+    from .distributed import EpochSampler, any_rank, broadcast_object, shard_evenly
     from .pipeline import (
         SeededPatchDataset,
         case_records,
@@ -956,7 +961,7 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
         training_transforms,
         validation_dice,
     )
-    from .topology_plot import plot_path_probabilities, plot_topology
+    from .topology_plot import plot_topology
 
     started = time.monotonic()
     config = SearchConfig.from_dict(resolved["search"])
@@ -1012,7 +1017,7 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
     cache_a = make_cache(
         case_records(arch_cases), train_pre, cache_rate=config.cache_rate, num_workers=workers
     )
-    val_records = case_records(val_cases)[rank::world]
+    val_records = shard_evenly(case_records(val_cases), rank, world)
     cache_v = make_cache(val_records, val_pre, cache_rate=config.cache_rate, num_workers=workers)
 
     def random_part():
@@ -1132,8 +1137,6 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
             amp=amp,
             sw_batch_size=config.val_sw_batch_size,
             overlap=config.val_overlap,
-            rank=rank,
-            world_size=world,
         )
         mean = float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan")
         per_class = {
@@ -1200,33 +1203,27 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
                         terms = trainer.arch_step(*to_device(next_arch_batch()), weight)
                         step_times["architecture"].append(time.perf_counter() - tick)
                         metrics.update(
-                            arch_loss=terms["arch_loss"],
-                            lambda_=weight,
-                            path_entropy=terms["path_entropy"],
-                            op_entropy=terms["op_entropy"],
-                            memory_ratio=terms["memory_ratio"],
-                            topology=terms["topology"],
+                            {
+                                "arch_loss": terms["arch_loss"],
+                                "lambda": weight,
+                                "path_entropy": terms["path_entropy"],
+                                "op_entropy": terms["op_entropy"],
+                                "memory_ratio": terms["memory_ratio"],
+                                "topology": terms["topology"],
+                            }
                         )
-                    if dist_info.distributed:  # report the mean over ranks
-                        reported = [key for key in ("loss", "arch_loss", "arch_dice_ce") if key in metrics]
-                        values = torch.tensor(
-                            [metrics[key] for key in reported], dtype=torch.float64, device=device
-                        )
-                        for key, value in zip(
-                            reported, (all_reduce_sum(values) / world).tolist(), strict=True
-                        ):
-                            metrics[key] = value
-                    if progress.validations and progress.validations[-1]["val_dice_mean"] is not None:
-                        metrics["val_dice"] = progress.validations[-1][
-                            "val_dice_mean"
-                        ]  # latest, for the panel
+                    if dist_info.distributed:
+                        _mean_over_ranks(metrics, ("loss", "arch_loss"), world, device)
+                    latest = progress.validations[-1]["val_dice_mean"] if progress.validations else None
+                    if latest is not None:
+                        metrics["val_dice"] = latest  # the latest validation's mean Dice, for the panel
                     progress.step_in_epoch += 1
                     progress.global_step += 1
                     ctx.progress(progress.global_step, total_steps, stage=stage, epoch=epoch + 1, **metrics)
                     if writer is not None:
                         for key, value in metrics.items():
                             if key != "val_dice":  # written once per validation
-                                writer.add_scalar(f"train/{key.rstrip('_')}", value, progress.global_step)
+                                writer.add_scalar(f"train/{key}", value, progress.global_step)
                     if config.checkpoint_every and progress.global_step % config.checkpoint_every == 0:
                         save()
                     stop_if_requested()
@@ -1263,9 +1260,20 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
             step_times=step_times,
             rss_before_training=rss_before_training,
             wall_s=time.monotonic() - started,
-            plot_path_probabilities=plot_path_probabilities,
         )
     return summary
+
+
+def _mean_over_ranks(metrics: dict[str, Any], keys: Sequence[str], world: int, device) -> None:
+    """Replace ``metrics[key]`` (where present) by its mean over all ranks."""
+    import torch
+
+    from .distributed import all_reduce_sum
+
+    present = [key for key in keys if key in metrics]
+    values = torch.tensor([metrics[key] for key in present], dtype=torch.float64, device=device)
+    for key, value in zip(present, (all_reduce_sum(values) / world).tolist(), strict=True):
+        metrics[key] = value
 
 
 def _check_checkpoint(checkpoint: Mapping[str, Any], resolved: Mapping[str, Any], world: int) -> None:
@@ -1301,13 +1309,12 @@ def _finish(
     step_times,
     rss_before_training,
     wall_s: float,
-    plot_path_probabilities,
 ) -> dict[str, Any]:
     """Final artifacts on rank 0: arch.json (if no search-phase validation made one), plots, summary.json."""
     import torch
 
     from .decode import decode, load_arch_json, save_arch_json
-    from .topology_plot import plot_topology
+    from .topology_plot import plot_path_probabilities, plot_topology
 
     run_dir = ctx.run_dir
     memory = dict(_peak_memory_mb(device))
@@ -1328,6 +1335,8 @@ def _finish(
     )
     if rss_before_training is not None and device.type == "cpu":
         memory["rss_before_training_mb"] = round(rss_before_training, 1)
+        # includes what the allocator keeps after frees (glibc does not return every freed block)
+        memory["rss_growth_during_training_mb"] = round(memory["measured_peak_mb"] - rss_before_training, 1)
     if memory.get("measured_peak_mb") and memory["monai_estimate_full_mb"] > 0:
         memory["measured_over_monai_full"] = round(
             memory["measured_peak_mb"] / memory["monai_estimate_full_mb"], 3
