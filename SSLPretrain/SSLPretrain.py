@@ -35,7 +35,11 @@ from slicer.util import VTKObservationMixin
 from SSLPretrainLib.cli import REQUIRED_PACKAGES, format_environment
 
 #: pip requirements of the packages a pretraining job needs (torch comes from the PyTorch extension).
-PRETRAIN_PACKAGES: dict[str, str] = {"torch": "torch>=2.4", "monai": "monai>=1.5,<1.7"}
+PRETRAIN_PACKAGES: dict[str, str] = {
+    "torch": "torch>=2.4",
+    "monai": "monai>=1.5,<1.7",
+    "einops": "einops>=0.6",
+}
 
 #: Milliseconds between two checks of the background environment check.
 PROCESS_POLL_INTERVAL_MS = 300

@@ -16,10 +16,11 @@ What it does, in one run:
 3. Runs the bundle through MONAI (``monai.bundle`` ``run``, the function behind ``python -m
    monai.bundle run``) and through ``medsegnas segment``, each in a fresh process, timed from
    process start to exit, with the process' peak resident memory (``wait4`` rusage) and, on a GPU,
-   peak GPU memory (``torch.cuda.max_memory_allocated``). The two run ``--repeat`` times in
-   alternation; the best time of each is reported (the machine may be shared).
-4. Prints the time ratio (ours / MONAI), memory, and the Dice per label between the two label
-   maps (and against the phantom's truth).
+   peak GPU memory (``torch.cuda.max_memory_allocated``). On a CPU with Intel AMX it also runs
+   ``segment --amp`` (bfloat16). The runs alternate ``--repeat`` times; the best time of each is
+   reported (the machine may be shared; CPU time is printed too).
+4. Prints the time ratios (x / MONAI), memory, and the Dice per label against MONAI's label map
+   (and against the phantom's truth).
 
 Goal on CPU: ratio <= 0.5 with Dice >= 0.99 on every label.
 """
@@ -239,6 +240,7 @@ def _run_measured(code: str, config: dict, env: dict) -> dict:
         if line.startswith("RESULT "):
             result = json.loads(line[len("RESULT ") :])
     result["wall_s"] = wall
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime
     result["peak_rss_mib"] = usage.ru_maxrss / 1024.0  # KiB on Linux
     result["stderr"] = stderr
     return result
@@ -258,18 +260,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "medsegnas-segment-bench")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--amp", action="store_true", help="float16 autocast on CUDA, on both sides")
-    parser.add_argument("--train-steps", type=int, default=40, help="training steps of the benchmark model")
+    parser.add_argument("--train-steps", type=int, default=60, help="training steps of the benchmark model")
     parser.add_argument(
         "--repeat", type=int, default=1, help="alternating runs per side; the best time counts"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads on both sides")
+    parser.add_argument(
+        "--no-bf16", action="store_true", help="on the CPU, skip the extra `segment --amp` (bfloat16) run"
+    )
     parser.add_argument("--profile", action="store_true", help="print where our time goes (cProfile)")
-    parser.add_argument("--profile-monai", action="store_true", help="print where MONAI's time goes (cProfile)")
+    parser.add_argument(
+        "--profile-monai", action="store_true", help="print where MONAI's time goes (cProfile)"
+    )
     parser.add_argument("--ours-extra", nargs=argparse.REMAINDER, default=[], help="more `segment` options")
     args = parser.parse_args(argv)
 
     import nibabel as nib
     from MedSegNASLib.data.phantom import PHANTOM_LABELS
+    from MedSegNASLib.inference.engine import cpu_has_fast_bfloat16
 
     work = args.work.expanduser().absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -278,74 +286,89 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # MONAI's config picks CUDA when it sees one
-    monai_out = work / "monai_out"
-    ours_out = work / "ours.nii.gz"
     monai_cfg = {
         "config": str(bundle / "configs" / "inference.json"),
         "bundle": str(bundle),
         "data": str(image_path.parent),
-        "out": str(monai_out),
+        "out": str(work / "monai_out"),
         "threads": args.threads,
         "amp": bool(args.amp),
     }
     ours_cfg = {
         "image": str(image_path),
         "bundle": str(bundle),
-        "out": str(ours_out),
         "device": args.device,
         "threads": args.threads,
-        "extra": args.ours_extra + ([] if args.amp or args.device == "cpu" else ["--no-amp"]),
+        "profile": False,
     }
-    monai_runs, ours_runs = [], []
+    precision = [] if args.amp or args.device == "cpu" else ["--no-amp"]
+    sides = {
+        "MONAI bundle run": (_MONAI_RUNNER, monai_cfg, work / "monai_out" / "ct_seg.nii.gz"),
+        "segment": (
+            _OURS_RUNNER,
+            ours_cfg | {"out": str(work / "ours.nii.gz"), "extra": precision + args.ours_extra},
+            work / "ours.nii.gz",
+        ),
+    }
+    if args.device == "cpu" and not args.no_bf16 and cpu_has_fast_bfloat16():
+        sides["segment --amp"] = (
+            _OURS_RUNNER,
+            ours_cfg | {"out": str(work / "ours_amp.nii.gz"), "extra": ["--amp", *args.ours_extra]},
+            work / "ours_amp.nii.gz",
+        )
+    runs: dict[str, list[dict]] = {name: [] for name in sides}
     for attempt in range(args.repeat):
-        _log(f"[{attempt + 1}/{args.repeat}] MONAI bundle workflow ...")
-        monai_runs.append(_run_measured(_MONAI_RUNNER, monai_cfg, env))
-        _log(f"  {monai_runs[-1]['wall_s']:.1f} s")
-        _log(f"[{attempt + 1}/{args.repeat}] medsegnas segment ...")
-        ours_runs.append(_run_measured(_OURS_RUNNER, ours_cfg | {"profile": False}, env))
-        _log(f"  {ours_runs[-1]['wall_s']:.1f} s")
+        for name, (code, config, _) in sides.items():
+            _log(f"[{attempt + 1}/{args.repeat}] {name} ...")
+            runs[name].append(_run_measured(code, config, env))
+            _log(f"  {runs[name][-1]['wall_s']:.1f} s")
     if args.profile:
-        profiled = _run_measured(_OURS_RUNNER, ours_cfg | {"profile": True}, env)
+        profiled = _run_measured(_OURS_RUNNER, sides["segment"][1] | {"profile": True}, env)
         print(profiled["stderr"][-12000:])
     if args.profile_monai:
         profiled = _run_measured(_MONAI_RUNNER, monai_cfg | {"profile": True}, env)
         print(profiled["stderr"][-16000:])
-    monai_best = min(monai_runs, key=lambda r: r["wall_s"])
-    ours_best = min(ours_runs, key=lambda r: r["wall_s"])
+    best = {name: min(results, key=lambda r: r["wall_s"]) for name, results in runs.items()}
 
-    theirs = np.asarray(nib.load(str(monai_out / "ct_seg.nii.gz")).dataobj)
-    ours = np.asarray(nib.load(str(ours_out)).dataobj)
     truth = np.asarray(nib.load(str(truth_path)).dataobj)
+    maps = {name: np.asarray(nib.load(str(path)).dataobj) for name, (_, _, path) in sides.items()}
     values = [label.value for label in PHANTOM_LABELS if label.value]
     names = {label.value: label.name for label in PHANTOM_LABELS}
-    agreement = dice_table(ours, theirs, values)
-    ours_truth = dice_table(ours, truth, values)
-    theirs_truth = dice_table(theirs, truth, values)
+    reference = maps["MONAI bundle run"]
 
-    ratio = ours_best["wall_s"] / monai_best["wall_s"]
     print(
-        f"CT phantom {' x '.join(map(str, CT_SHAPE))} at {' x '.join(map(str, CT_SPACING))} mm; device {args.device}"
+        f"CT phantom {' x '.join(map(str, CT_SHAPE))} at {' x '.join(map(str, CT_SPACING))} mm, "
+        f"int16 NIfTI; device {args.device}; bundle: UNet 16-32-64-128-256, 96^3 windows, overlap 0.5"
     )
-    print(f"{'':24s}{'MONAI bundle run':>18s}{'medsegnas segment':>20s}")
-    print(f"{'wall time (s)':24s}{monai_best['wall_s']:18.1f}{ours_best['wall_s']:20.1f}")
-    print(f"{'  after imports (s)':24s}{monai_best['pipeline_s']:18.1f}{ours_best['pipeline_s']:20.1f}")
-    print(f"{'peak RSS (MiB)':24s}{monai_best['peak_rss_mib']:18.0f}{ours_best['peak_rss_mib']:20.0f}")
+    width = 20
+    print(f"{'':26s}" + "".join(f"{name:>{width}s}" for name in sides))
+    rows = [
+        ("wall time (s)", "wall_s", "{:.1f}", 1.0),
+        ("  after imports (s)", "pipeline_s", "{:.1f}", 1.0),
+        ("CPU time (s)", "cpu_s", "{:.1f}", 1.0),
+        ("peak RSS (MiB)", "peak_rss_mib", "{:.0f}", 1.0),
+    ]
     if args.device == "cuda":
-        print(
-            f"{'peak GPU memory (MiB)':24s}{monai_best['gpu_peak'] / 2**20:18.0f}{ours_best['gpu_peak'] / 2**20:20.0f}"
-        )
-    print(f"time ratio (ours / MONAI): {ratio:.2f}")
-    print(f"{'label':16s}{'Dice ours-MONAI':>16s}{'ours-truth':>12s}{'MONAI-truth':>13s}")
+        rows.append(("peak GPU memory (MiB)", "gpu_peak", "{:.0f}", 1.0 / 2**20))
+    for label, key, fmt, scale in rows:
+        print(f"{label:26s}" + "".join(f"{fmt.format(best[name][key] * scale):>{width}s}" for name in sides))
+    monai_time = best["MONAI bundle run"]["wall_s"]
+    ratios = {name: best[name]["wall_s"] / monai_time for name in sides}
+    print(f"{'time ratio (x / MONAI)':26s}" + "".join(f"{ratios[name]:>{width}.2f}" for name in sides))
+    print(f"{'Dice vs MONAI / truth':26s}")
+    agreement = {name: dice_table(maps[name], reference, values) for name in sides}
     for value in values:
-        print(
-            f"{names[value]:16s}{agreement[value]:16.4f}{ours_truth[value]:12.3f}{theirs_truth[value]:13.3f}"
+        truth_dice = {name: dice_table(maps[name], truth, [value])[value] for name in sides}
+        cells = "".join(
+            f"{agreement[name][value]:>{width - 8}.4f} / {truth_dice[name]:.2f}" for name in sides
         )
-    for line in ours_best["stderr"].splitlines():
+        print(f"  {names[value]:24s}{cells}")
+    for line in best["segment"]["stderr"].splitlines():
         if "windows of" in line or "model grid" in line or line.startswith("done in"):
             print(f"segment: {line.strip()}")
-    present = [v for v in values if not np.isnan(agreement[v])]
-    ok = ratio <= 0.5 and all(agreement[v] >= 0.99 for v in present)
-    print("goal (ratio <= 0.5, Dice >= 0.99):", "met" if ok else "not met")
+    present = [v for v in values if not np.isnan(agreement["segment"][v])]
+    ok = ratios["segment"] <= 0.5 and all(agreement["segment"][v] >= 0.99 for v in present)
+    print("goal for segment (ratio <= 0.5, Dice >= 0.99):", "met" if ok else "not met")
     return 0
 
 
