@@ -94,7 +94,7 @@ def make_ct_phantom(folder: Path, seed: int = 1000, shape=CT_SHAPE, spacing=CT_S
     return image_path, truth_path
 
 
-def make_bundle(folder: Path, train_steps: int, seed: int = 0) -> Path:
+def make_bundle(folder: Path, train_steps: int, seed: int = 0, device: str = "cpu") -> Path:
     """A spleen-bundle-sized UNet, briefly trained on phantom cases, exported as a MONAI bundle."""
     import torch
     from MedSegNASLib.data.phantom import PHANTOM_LABELS, generate_phantom_case
@@ -142,14 +142,15 @@ def make_bundle(folder: Path, train_steps: int, seed: int = 0) -> Path:
             }
         )
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    network.to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
     transforms.set_random_state(seed)
     network.train()
     started = time.perf_counter()
     for step in range(train_steps):
         samples = transforms(cases[step % len(cases)])
-        x = torch.stack([s["image"].as_tensor() for s in samples])
-        y = torch.stack([s["label"].as_tensor() for s in samples])
+        x = torch.stack([s["image"].as_tensor() for s in samples]).to(device)
+        y = torch.stack([s["label"].as_tensor() for s in samples]).to(device)
         optimizer.zero_grad()
         loss = loss_fn(network(x), y)
         loss.backward()
@@ -158,7 +159,7 @@ def make_bundle(folder: Path, train_steps: int, seed: int = 0) -> Path:
             _log(
                 f"  step {step + 1}/{train_steps} loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)"
             )
-    network.eval()
+    network.eval().to("cpu")
     return export_bundle(
         bundle,
         network_def=NETWORK_DEF,
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work.expanduser().absolute()
     work.mkdir(parents=True, exist_ok=True)
     image_path, truth_path = make_ct_phantom(work)
-    bundle = make_bundle(work, args.train_steps)
+    bundle = make_bundle(work, args.train_steps, device=args.device)
     env = dict(os.environ)
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # MONAI's config picks CUDA when it sees one
@@ -369,6 +370,18 @@ def main(argv: list[str] | None = None) -> int:
     present = [v for v in values if not np.isnan(agreement["segment"][v])]
     ok = ratios["segment"] <= 0.5 and all(agreement["segment"][v] >= 0.99 for v in present)
     print("goal for segment (ratio <= 0.5, Dice >= 0.99):", "met" if ok else "not met")
+    summary = {
+        name: {
+            "wall_s": round(best[name]["wall_s"], 2),
+            "cpu_s": round(best[name]["cpu_s"], 2),
+            "peak_rss_mib": round(best[name]["peak_rss_mib"]),
+            "gpu_peak_mib": round(best[name].get("gpu_peak", 0) / 2**20),
+            "ratio": round(ratios[name], 3),
+            "min_dice_vs_monai": min((agreement[name][v] for v in present), default=float("nan")),
+        }
+        for name in sides
+    }
+    print("SUMMARY " + json.dumps({"device": args.device, "runs": summary}))
     return 0
 
 

@@ -11,10 +11,12 @@ bundle's inference config) computes; how it computes it is cheaper:
    so inside the body the blended prediction equals MONAI's exactly; only air is assumed to be
    background. ``--no-crop`` runs every window.
 3. **Resampling.** One trilinear pass from the input grid to the model grid (MONAI: an
-   orientation copy, then a float64 resampling of the whole image), restricted to the windows
-   that run when the intensity transforms are voxel-wise; one pass back for the probabilities
-   of the windows that ran, in slabs, each reduced to labels at once (MONAI: float64
-   probabilities of every class on the whole input grid).
+   orientation copy, then a float64 resampling of the whole image): float32 over the windows
+   that run when the intensity transforms are voxel-wise (CT windows), float64 over the whole
+   grid otherwise (a z-score of the non-zero voxels depends on which voxels are exactly zero).
+   One pass back, in slabs reduced to labels at once, over the box of voxels predicted as
+   foreground (elsewhere all 8 interpolation neighbours are background, so the result is too);
+   MONAI inverts float64 probabilities of every class on the whole input grid.
 4. **Inference.** ``monai.inferers.sliding_window_inference`` under ``torch.inference_mode``,
    float16 autocast on CUDA; on CUDA out-of-memory it retries with one window per batch and the
    stitched output in CPU memory, then on the CPU, and says so.
@@ -68,7 +70,9 @@ __all__ = [
 BACKGROUND_LOGIT = 30.0
 #: Flips (spatial dims of a batch) averaged by test-time augmentation, the identity first.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
-#: Fraction of the 99th percentile above which a non-CT voxel counts as foreground.
+#: Largest memory (GB) the model-grid image and predictions may take before a run is refused.
+MAX_MODEL_GRID_GB = 64.0
+#: Fraction of the 1-99 percentile range above which a non-CT voxel counts as foreground.
 FOREGROUND_FRACTION = 0.05
 
 
@@ -428,10 +432,11 @@ def segment_volume(
         warnings.simplefilter("ignore")
         geometry = _fast_geometry(model, in_grid) if options.fast else model.geometry
         m_grid = model_grid(in_grid, geometry)
-    if m_grid.num_voxels > 2_000_000_000 // max(1, model.num_classes):
+    needed_gb = m_grid.num_voxels * (model.num_classes + volume.num_channels + 1) * 4 / 1e9
+    if needed_gb > MAX_MODEL_GRID_GB:
         raise ImageFormatError(
-            f"{name}: the model grid would have {m_grid.num_voxels:,} voxels ({' x '.join(map(str, m_grid.shape))}); "
-            "is the image's voxel size right? try --fast"
+            f"{name}: on the model grid ({' x '.join(map(str, m_grid.shape))} voxels) the predictions would "
+            f"need {needed_gb:.0f} GB; is the image's voxel size right? --fast halves each side"
         )
     roi = tuple(options.roi) if options.roi else model.roi_size
     overlap = options.overlap if options.overlap is not None else model.overlap
@@ -482,6 +487,12 @@ def segment_volume(
             )
             break
         except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            if options.roi and not _is_out_of_memory(exc):
+                reason = " ".join(str(exc).split())[:200]
+                raise MedSegNASError(
+                    f"model '{model.name}' cannot run on {' x '.join(map(str, roi))} windows ({reason}); "
+                    f"use its own window size {' x '.join(map(str, model.roi_size or ()))} or another --roi"
+                ) from None
             if not _is_out_of_memory(exc) or number == len(attempts) - 1:
                 raise
             with contextlib.suppress(Exception):
@@ -505,7 +516,7 @@ def segment_volume(
         progress.step("postprocess", 1, 1)
     timings["postprocess"] = time.perf_counter() - clock
 
-    table = [lb for lb in model.labels]
+    table = list(model.labels)
     result = Volume(labels[None], volume.affine.copy(), {"labels": table, "model": model.name})
     stats = {
         "device": device_used.type,
@@ -557,6 +568,10 @@ def _run(
                 mode=model.interpolation,
                 padding_mode=model.padding_mode,
                 dst_offset=[a for a, _ in box],
+                # Statistics-based normalisation (z-score over non-zero voxels) tells exact zeros
+                # from tiny values: resample in float64 as MONAI's Spacing does, so that the same
+                # voxels are zero. Voxel-wise windows (CT) do not care: float32 is enough.
+                dtype=torch.float32 if model.pointwise else torch.float64,
                 out=image[region],
             )
             if model.post_intensity:

@@ -185,13 +185,14 @@ def resample(
     dtype: torch.dtype = torch.float32,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """All slabs of :func:`resample_slabs` in one ``(C, *dst_shape)`` tensor (``out`` if given)."""
+    """All slabs of :func:`resample_slabs` in one ``(C, *dst_shape)`` tensor (``out`` if given; it
+    may have another dtype than the computation, e.g. float64 computed into float32)."""
     if out is None:
         out = torch.empty((source.shape[0], *dst_shape), dtype=dtype, device=source.device)
     for start, stop, values in resample_slabs(
         source, matrix, dst_shape, mode=mode, padding_mode=padding_mode, dst_offset=dst_offset, dtype=dtype
     ):
-        out[:, start:stop] = values
+        out[:, start:stop] = values  # cast to ``out``'s dtype if it differs
     return out
 
 
