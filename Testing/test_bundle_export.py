@@ -31,7 +31,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 
-#: Top-level metadata fields of MONAI's bundle metadata schema (meta_schema_20220324) that
+#: Top-level metadata fields of MONAI's bundle metadata schema (meta_schema_20240725) that
 #: ``monai.bundle verify_metadata`` requires (checking against the schema itself needs a download).
 SCHEMA_FIELDS = (
     "version",

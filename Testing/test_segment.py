@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -136,6 +137,7 @@ def test_zip_bundle_and_job_events(unet, images, tmp_path) -> None:
     archive = Path(
         shutil.make_archive(str(tmp_path / "bundle"), "zip", unet["bundle"].parent, unet["bundle"].name)
     )
+    unpacked = set(Path(tempfile.gettempdir()).glob("medsegnas-bundle-*"))
     run_dir = tmp_path / "run"
     out = tmp_path / "out.nii.gz"
     assert segment(images["lps"], "--model", archive, "-o", out, "--run-dir", run_dir) == 0
@@ -148,7 +150,7 @@ def test_zip_bundle_and_job_events(unet, images, tmp_path) -> None:
     artifacts = [e for e in events if e["type"] == "artifact"]
     assert artifacts and artifacts[0]["kind"] == "labelmap"
     assert json.loads((run_dir / "status.json").read_text())["state"] == "done"
-    assert not list(tmp_path.glob("medsegnas-bundle-*"))  # the unpacked archive is gone
+    assert set(Path(tempfile.gettempdir()).glob("medsegnas-bundle-*")) == unpacked  # unpacked copy removed
 
 
 def test_fast_tta_and_postprocessing(unet, images, tmp_path, capsys) -> None:
@@ -175,6 +177,19 @@ def test_fast_tta_and_postprocessing(unet, images, tmp_path, capsys) -> None:
         assert np.array_equal(ndimage.binary_fill_holes(mask), mask)  # no enclosed holes
         assert np.all(reference[mask & (reference != value)] != value)
     assert np.all((labels["clean"] == reference) | (labels["clean"] == 0) | (reference == 0))
+
+
+def test_options_that_cannot_work_are_refused_clearly(unet, images, tmp_path, capsys) -> None:
+    import torch
+
+    out = tmp_path / "out.nii.gz"
+    # The UNet halves twice: a 21^3 window cannot go down and up again.
+    assert segment(images["oblique"], "--model", unet["bundle"], "-o", out, "--roi", "21", "21", "21") == 1
+    assert "cannot run on 21 x 21 x 21 windows" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert segment(images["oblique"], "--model", unet["bundle"], "-o", out, "--device", "cuda") == 1
+        assert "--device cuda: no CUDA GPU" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_postprocess_steps_on_a_known_label_map() -> None:

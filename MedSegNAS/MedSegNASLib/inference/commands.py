@@ -122,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="windows per network call (default: the bundle's on a GPU, 1 on the CPU)",
+        help="windows per network call (default: the bundle's sw_batch_size)",
     )
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument(
@@ -130,8 +130,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="amp",
         action="store_true",
         default=None,
-        help="reduced precision on the CPU too: bfloat16 on CPUs with Intel AMX, about 3x faster; label maps "
-        "differ from MONAI's at a few boundary voxels (default: float16 on CUDA only, float32 on the CPU)",
+        help="reduced precision on the CPU too: bfloat16 on CPUs with Intel AMX (faster; label maps then "
+        "differ from MONAI's at a few boundary voxels). Default: float16 on CUDA, float32 on the CPU",
     )
     precision.add_argument(
         "--no-amp", dest="amp", action="store_false", help="float32 everywhere, CUDA included"

@@ -49,7 +49,7 @@ __all__ = [
 
 #: The MONAI metadata schema published bundles declare (``monai.bundle verify_metadata`` fetches it).
 META_SCHEMA_URL = (
-    "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json"
+    "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 )
 #: Version of the ``medsegnas`` section of ``metadata.json``.
 MEDSEGNAS_METADATA_VERSION = 1
