@@ -24,10 +24,8 @@ def module_scripts(module: str) -> list[str]:
     top = sorted(p for p in lib.glob("*.py"))
     nested = sorted(p for p in lib.rglob("*.py") if p.parent != lib and "__pycache__" not in p.parts)
     files += [p.relative_to(folder).as_posix() for p in top + nested]
-    return [
-        f.replace(f"{module}Lib/", "${MODULE_NAME}Lib/").replace(f"{module}.py", "${MODULE_NAME}.py")
-        for f in files
-    ]
+    # Literal paths, not ${MODULE_NAME}...: a plain text search then finds every listed file.
+    return files
 
 
 def main() -> None:
