@@ -1,22 +1,16 @@
-"""MedSegNAS Slicer module: the panel, its parameter node, and a thin logic over ``MedSegNASLib``.
+"""MedSegNAS Slicer module: the panel and its parameter node, connected to ``MedSegNASLib.panel_logic``.
 
-Every long task runs as a background job (``MedSegNASLib.jobs``): the panel launches the worker,
-follows its event log from a ``qt.QTimer`` and never blocks. What the panel offers now:
-
-- Phantom data: write a synthetic CT dataset with organ labels (``medsegnas phantom``) and show
-  its first case.
-- Runs: the jobs of a runs folder (any kind, also those started from a shell or before Slicer
-  was restarted) with their state and progress; cancel one, open its folder.
+Every long task runs as a background job (``MedSegNASLib.jobs``) of Slicer's Python: the panel
+launches the worker, follows its event log from a ``qt.QTimer`` and never blocks; after a
+restart it re-attaches to the jobs still running in the runs folder. Everything the panel does
+without Qt (segment, load results, curves, tables, evaluation) is in ``MedSegNASLib.panel_logic``
+and tested with slicer-core; this file only connects widgets to it.
 
 No ``from __future__ import annotations`` here: ``parameterNodeWrapper`` reads the field types
 with ``typing.get_type_hints`` while Slicer is still loading this file.
 """
 
-import importlib.util
-import logging
-import os
-import shutil
-import sys
+import importlib
 import time
 from pathlib import Path
 from typing import Annotated
@@ -24,10 +18,11 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from MedSegNASLib.jobs import FINAL_STATES, RunDir, cancel, launch, list_runs, refresh_status
+from MedSegNASLib import panel_logic as pl
+from MedSegNASLib.jobs import FINAL_STATES, RunDir, launch, list_runs, refresh_status
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -36,32 +31,18 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-DOCUMENTATION_URL = "https://github.com/medsegnas/SlicerMedSegNAS#readme"
-
-#: Python packages a phantom job and loading its results need (import name -> pip requirement).
-#: torch: the job saves resumable checkpoints with it; it is installed through the PyTorch extension.
-PHANTOM_PACKAGES: dict[str, str] = {
-    "numpy": "numpy",
-    "scipy": "scipy>=1.10",
-    "SimpleITK": "SimpleITK>=2.3",
-    "nibabel": "nibabel>=5.0",
-    "torch": "torch>=2.4",
-}
-
-#: Milliseconds between two reads of a followed job's event log.
+#: Python packages a phantom job needs (import name -> pip requirement); torch saves its checkpoints.
+PHANTOM_PACKAGES = {name: pl.REQUIRED_PACKAGES[name] for name in ("scipy", "SimpleITK", "nibabel", "torch")}
+#: Milliseconds between two reads of the followed jobs, two refreshes of the runs table, two
+#: checks of a model import or download.
 JOB_POLL_INTERVAL_MS = 500
-#: Milliseconds between two refreshes of the runs table while a listed run is live.
 RUNS_REFRESH_INTERVAL_MS = 3000
+TASK_POLL_INTERVAL_MS = 200
 
 
 def _isChosen(path) -> bool:
-    """Whether a path setting holds a folder (an empty path line edit gives "" or ".")."""
+    """Whether a path setting holds something (an empty path line edit gives "" or ".")."""
     return str(path).strip() not in ("", ".")
-
-
-#
-# MedSegNAS
-#
 
 
 class MedSegNAS(ScriptedLoadableModule):
@@ -79,9 +60,12 @@ Segment organs in 3D images with deep-learning models: pretrained MONAI bundles 
 MedSegNAS finds by differentiable architecture search (DiNTS) on your own data. Long tasks run as
 background jobs that you can follow, cancel and resume, here or on a GPU cluster.
 <ul>
-<li><b>Phantom data</b>: write a synthetic abdominal CT dataset with liver, spleen and kidney labels
-(Medical Segmentation Decathlon layout) to try the workflow without patient data.</li>
-<li><b>Runs</b>: the jobs of a runs folder, with their state and progress; cancel a job or open its folder.</li>
+<li><b>Segment</b>: a volume and a model in, a named, colored segmentation out.</li>
+<li><b>Models</b>: import MONAI bundles (folder, zip, URL), download from the catalog; untrusted ones are marked.</li>
+<li><b>Search and train</b>: architecture search and training on a dataset, with live curves.</li>
+<li><b>Runs</b>: every job of a runs folder: status, curves, topology, Dice; use its model.</li>
+<li><b>Evaluate</b>: Dice, HD95 and surface Dice of a segmentation against a reference.</li>
+<li><b>Phantom data</b>: a synthetic CT dataset with organ labels to try it all.</li>
 </ul>
 See the <a href="https://github.com/medsegnas/SlicerMedSegNAS#readme">extension documentation</a>.
 """
@@ -95,40 +79,67 @@ Apache License 2.0.
         )
 
 
-#
-# MedSegNASParameterNode
-#
-
-
 @parameterNodeWrapper
 class MedSegNASParameterNode:
     """The panel's settings, saved with the scene.
 
-    runsFolder - where jobs create their run directories.
-    phantomFolder - dataset folder the phantom job writes (dataset.json, imagesTr/, labelsTr/, ...).
-    phantomCases, phantomUnlabeled - labelled training cases and unlabelled images to write.
-    phantomSize - voxels per axis of every phantom volume.
-    loadPhantomWhenDone - show the first case in the views when the phantom job is done.
-    phantomRun - run directory of the phantom job the panel follows ("" for none); kept here
-        so that the panel re-attaches to it after the module is reloaded.
+    Segment: inputVolume, extraChannelVolume (second model channel), model (registry id), device,
+    fast, tta, largestComponent, fillHoles, replaceExisting. Search and train: datasetPath, preset,
+    network (``searched``: the architecture of the run selected in Runs), epochs, patchSize,
+    memoryBudget (0: the preset's / automatic). Evaluate: evaluateSegmentation, evaluateReference.
+    Phantom: phantomFolder, phantomCases, phantomUnlabeled, phantomSize, loadPhantomWhenDone.
+    runsFolder: where jobs create their run folders. segmentRun, trainRun, phantomRun: the run
+    folders the panel follows, so that it re-attaches after the module is reloaded.
     """
 
     runsFolder: Path = Path.home() / "MedSegNAS" / "runs"
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    extraChannelVolume: slicer.vtkMRMLScalarVolumeNode
+    model: str = ""
+    device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
+    fast: bool = False
+    tta: bool = False
+    largestComponent: bool = False
+    fillHoles: bool = False
+    replaceExisting: bool = True
+    datasetPath: Path = Path.home() / "MedSegNAS" / "phantom"
+    preset: Annotated[str, Choice(["tiny", "small", "full"])] = "tiny"
+    network: Annotated[str, Choice(["searched", "unet", "segresnet", "swinunetr"])] = "searched"
+    epochs: Annotated[int, WithinRange(0, 100000)] = 0
+    patchSize: Annotated[int, WithinRange(0, 512)] = 0
+    memoryBudget: Annotated[int, WithinRange(0, 1000000)] = 0
+    evaluateSegmentation: slicer.vtkMRMLSegmentationNode
+    evaluateReference: slicer.vtkMRMLSegmentationNode
     phantomFolder: Path = Path.home() / "MedSegNAS" / "phantom"
     phantomCases: Annotated[int, WithinRange(1, 500)] = 4
     phantomUnlabeled: Annotated[int, WithinRange(0, 500)] = 2
     phantomSize: Annotated[int, WithinRange(16, 256)] = 64
     loadPhantomWhenDone: bool = True
+    segmentRun: str = ""
+    trainRun: str = ""
     phantomRun: str = ""
 
 
-#
-# MedSegNASWidget
-#
+class _JobArea:
+    """One area of the panel that follows a job: its start button turns into Cancel, its progress
+    bar and label show the job's stage, progress and ETA, ``onDone(run path)`` handles success."""
+
+    def __init__(self, buttons, progressBar, statusLabel, runParameter, kinds, onDone):
+        self.buttons, self.progressBar, self.statusLabel = buttons, progressBar, statusLabel
+        self.runParameter, self.kinds, self.onDone = runParameter, kinds, onDone
+        self.idleTexts = {kind: button.text for kind, button in buttons.items()}
+        self.follower = None
+        self.kind = None
+
+    def update(self, canStart=True) -> None:
+        for kind, button in self.buttons.items():
+            running = self.follower is not None and kind == self.kind
+            button.text = _("Cancel") if running else self.idleTexts[kind]
+            button.enabled = running or (self.follower is None and canStart)
 
 
 class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: widgets <-> parameter node <-> logic; jobs followed by timers, never waited for."""
+    """The panel: widgets <-> parameter node <-> panel_logic; jobs followed by timers, never waited for."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -136,12 +147,10 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._phantomJob = None  # RunDir of the followed phantom job
-        self._phantomEventOffset = 0
-        self._phantomTimer = None
-        self._runsTimer = None
         self._runStates = {}  # run folder -> state, as last listed
-        self._listedRunsFolder = None  # the runs folder the table shows
+        self._listedRunsFolder = None
+        self._curvesRun = None  # run whose curves are plotted (refreshed while it runs)
+        self._task = None  # model import/download in a thread
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -149,31 +158,53 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-
         self.logic = MedSegNASLogic()
-
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.ui.phantomButton.connect("clicked(bool)", self.onPhantomButton)
-        self.ui.runsRefreshButton.connect("clicked(bool)", self.refreshRuns)
-        self.ui.runsCancelButton.connect("clicked(bool)", self.onCancelRun)
-        self.ui.runsShowFolderButton.connect("clicked(bool)", self.onShowRunFolder)
-        self.ui.runsTableWidget.connect("itemSelectionChanged()", self._updateRunButtons)
-
-        self._phantomTimer = qt.QTimer()
-        self._phantomTimer.setInterval(JOB_POLL_INTERVAL_MS)
-        self._phantomTimer.connect("timeout()", self._pollPhantomJob)
-        self._runsTimer = qt.QTimer()
-        self._runsTimer.setInterval(RUNS_REFRESH_INTERVAL_MS)
-        self._runsTimer.connect("timeout()", self.refreshRuns)
-
+        ui = self.ui
+        self._areas = {
+            "segment": _JobArea({pl.SEGMENT: ui.segmentButton}, ui.segmentProgressBar, ui.segmentStatusLabel,
+                                "segmentRun", (pl.SEGMENT,), self._onSegmentDone),
+            "train": _JobArea({pl.SEARCH: ui.searchButton, pl.TRAIN: ui.trainButton}, ui.trainProgressBar,
+                              ui.trainStatusLabel, "trainRun", (pl.SEARCH, pl.TRAIN), self._onTrainingDone),
+            "phantom": _JobArea({pl.PHANTOM: ui.phantomButton}, ui.phantomProgressBar, ui.phantomStatusLabel,
+                                "phantomRun", (pl.PHANTOM,), self._onPhantomDone),
+        }  # fmt: skip
+        for name, area in self._areas.items():
+            for kind, button in area.buttons.items():
+                button.connect("clicked(bool)", lambda _checked, n=name, k=kind: self.onJobButton(n, k))
+        for button, slot in (
+            (ui.modelsImportButton, self.onImportModel), (ui.modelsDownloadButton, self.onDownloadModel),
+            (ui.modelsRemoveButton, self.onRemoveModel), (ui.modelsRefreshButton, self.refreshModels),
+            (ui.modelsBrowseFolderButton, lambda: self._browseModel(folder=True)),
+            (ui.modelsBrowseFileButton, lambda: self._browseModel(folder=False)),
+            (ui.modelsOpenFolderButton, lambda: self._openFolder(self.logic.registry().models_dir)),
+            (ui.runsRefreshButton, self.refreshRuns), (ui.runsCancelButton, self.onCancelRun),
+            (ui.runsResumeButton, self.onResumeRun), (ui.runsCurvesButton, self.onShowCurves),
+            (ui.runsShowFolderButton, lambda: self._openFolder(self._selectedRunPath())),
+            (ui.runsLoadPredictionsButton, self.onLoadPredictions), (ui.runsUseModelButton, self.onUseModel),
+            (ui.evaluateButton, self.onEvaluate),
+        ):  # fmt: skip
+            button.connect("clicked(bool)", lambda _checked=False, s=slot: s())
+        ui.runsTableWidget.connect("itemSelectionChanged()", self._onRunSelected)
+        ui.modelComboBox.connect("currentIndexChanged(int)", self._onModelChosen)
+        self._jobTimer = self._timer(JOB_POLL_INTERVAL_MS, self._pollJobs)
+        self._runsTimer = self._timer(RUNS_REFRESH_INTERVAL_MS, self.refreshRuns)
+        self._taskTimer = self._timer(TASK_POLL_INTERVAL_MS, self._pollTask)
         self.initializeParameterNode()
+        self.refreshModels()
+
+    @staticmethod
+    def _timer(interval, callback):
+        timer = qt.QTimer()
+        timer.setInterval(interval)
+        timer.connect("timeout()", callback)
+        return timer
 
     def cleanup(self) -> None:
         """The application closes: stop timers (jobs keep running; they outlive the GUI)."""
-        self._phantomTimer.stop()
-        self._runsTimer.stop()
+        for timer in (self._jobTimer, self._runsTimer, self._taskTimer):
+            timer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -181,13 +212,8 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshRuns()
 
     def exit(self) -> None:
-        self._runsTimer.stop()  # the phantom timer keeps going: the job's end must still be handled
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(
-                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified
-            )
+        self._runsTimer.stop()  # job timers keep going: the jobs' ends must still be handled
+        self.setParameterNode(None, keepNode=True)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -198,15 +224,29 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if self._phantomJob is None and self._parameterNode.phantomRun:
-            self._followPhantomJob(self._parameterNode.phantomRun)  # re-attach after a reload
+        params = self._parameterNode
+        if not params.inputVolume:
+            params.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        live = {}
+        if _isChosen(params.runsFolder):  # jobs started before Slicer was restarted
+            live = pl.live_runs(Path(params.runsFolder).expanduser())
+        for area in self._areas.values():
+            if area.follower is None:
+                path = getattr(params, area.runParameter) or next(
+                    (live[k] for k in area.kinds if k in live), ""
+                )
+                if path:
+                    self._follow(area, RunDir(path))
 
-    def setParameterNode(self, inputParameterNode) -> None:
+    def setParameterNode(self, inputParameterNode, keepNode=False) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(
                 self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified
             )
+            self._parameterNodeGuiTag = None
+        if keepNode:
+            return
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
@@ -214,150 +254,255 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        self._updateButtons()
-        if self._parameterNode and str(self._parameterNode.runsFolder) != self._listedRunsFolder:
+        params = self._parameterNode
+        self._areas["segment"].update(bool(params and params.inputVolume and params.model))
+        self._areas["train"].update(bool(params and _isChosen(params.datasetPath)))
+        self._areas["phantom"].update(bool(params and _isChosen(params.phantomFolder)))
+        self.ui.evaluateButton.enabled = bool(
+            params and params.evaluateSegmentation and params.evaluateReference
+        )
+        if params and str(params.runsFolder) != self._listedRunsFolder:
             self.refreshRuns()  # the user chose another runs folder
 
-    def _updateButtons(self) -> None:
-        following = self._phantomJob is not None
-        self.ui.phantomButton.text = _("Cancel") if following else _("Generate phantom dataset")
-        hasFolder = bool(self._parameterNode and _isChosen(self._parameterNode.phantomFolder))
-        self.ui.phantomButton.enabled = following or hasFolder
-        self.ui.phantomButton.toolTip = (
-            _("Stop the phantom job after the current case; the cases written so far are kept.")
-            if following
-            else _("Write the phantom dataset into the dataset folder as a background job.")
-        )
-        self._updateRunButtons()
+    # -- jobs -----------------------------------------------------------------------------------
 
-    # -- phantom data ---------------------------------------------------------------------------
-
-    def onPhantomButton(self) -> None:
-        if self._phantomJob is not None:
-            with slicer.util.tryWithErrorDisplay(_("Failed to cancel the phantom job."), waitCursor=True):
-                self.logic.cancelJob(self._phantomJob)
-                self.ui.phantomStatusLabel.text = _("Cancelling: finishing the current case...")
-                self.ui.phantomButton.enabled = False
+    def onJobButton(self, areaName, kind) -> None:
+        area = self._areas[areaName]
+        if area.follower is not None:
+            with slicer.util.tryWithErrorDisplay(_("Failed to cancel the job."), waitCursor=True):
+                pl.cancel_job(area.follower.run)
+                area.statusLabel.text = _("Cancelling: finishing the current step...")
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the phantom job."), waitCursor=True):
-            params = self._parameterNode
-            folder = Path(params.phantomFolder).expanduser()
-            if folder.is_dir() and any(folder.iterdir()) and not (folder / "dataset.json").exists():
-                if not slicer.util.confirmOkCancelDisplay(
-                    _("Folder {folder} is not empty. Write the phantom dataset into it?").format(
-                        folder=folder
-                    )
-                ):
-                    return
-            if not self.logic.ensurePackages(PHANTOM_PACKAGES):
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the job."), waitCursor=True):
+            if not self.logic.ensurePackages(
+                PHANTOM_PACKAGES if kind == pl.PHANTOM else pl.REQUIRED_PACKAGES
+            ):
                 return
-            job = self.logic.launchPhantomJob(
-                folder,
-                cases=params.phantomCases,
-                unlabeled=params.phantomUnlabeled,
-                size=params.phantomSize,
-                runsFolder=Path(params.runsFolder).expanduser(),
-            )
-            self._followPhantomJob(job)
+            p, runs = self._parameterNode, Path(self._parameterNode.runsFolder).expanduser()
+            if kind == pl.SEGMENT:
+                postprocess = ",".join(
+                    step
+                    for step, on in (("largest-component", p.largestComponent), ("fill-holes", p.fillHoles))
+                    if on
+                )
+                options = {
+                    "device": p.device,
+                    "fast": p.fast,
+                    "tta": p.tta,
+                    "postprocess": postprocess or None,
+                }
+                extra = [p.extraChannelVolume] if p.extraChannelVolume else []
+                job = pl.launch_segment_job(p.inputVolume, p.model, runs, options, extra_channel_nodes=extra)
+            elif kind == pl.PHANTOM:
+                job = self.logic.launchPhantomJob(
+                    p.phantomFolder, p.phantomCases, p.phantomUnlabeled, p.phantomSize, runsFolder=runs
+                )
+            else:
+                arch = network = None
+                if kind == pl.TRAIN and p.network == "searched":
+                    arch = self._selectedRunPath()
+                    if not arch:
+                        raise ValueError(
+                            _("Select a finished search run under Runs, or choose a baseline network.")
+                        )
+                elif kind == pl.TRAIN:
+                    network = p.network
+                overrides = pl.training_overrides(
+                    epochs=p.epochs, patch_size=p.patchSize, memory_budget_mb=p.memoryBudget
+                )
+                device = "auto" if p.device == "mps" else p.device
+                job = pl.launch_training_job(
+                    kind, p.datasetPath, runs, preset=p.preset, overrides=overrides, arch=arch, network=network,
+                    device=device,
+                )  # fmt: skip
+                self._curvesRun = str(job.path)
+            self._follow(area, job)
             self.refreshRuns()
 
-    def _followPhantomJob(self, job) -> None:
-        job = job if isinstance(job, RunDir) else RunDir(job)
+    def _follow(self, area, job) -> None:
         if not job.is_run_dir():
-            self._parameterNode.phantomRun = ""
+            setattr(self._parameterNode, area.runParameter, "")
             return
-        self._phantomJob = job
-        self._phantomEventOffset = 0
-        self._parameterNode.phantomRun = str(job.path)
-        self.ui.phantomProgressBar.value = 0
-        self.ui.phantomStatusLabel.text = _("Starting...")
-        self._updateButtons()
-        self._pollPhantomJob()
-        self._phantomTimer.start()
+        area.follower, area.kind = pl.JobFollower(job), None
+        area.kind = area.follower.kind or next(iter(area.buttons))
+        setattr(self._parameterNode, area.runParameter, str(job.path))
+        area.progressBar.value = 0
+        area.statusLabel.text = _("Starting...")
+        self._onParameterNodeModified()
+        self._jobTimer.start()
 
-    def _pollPhantomJob(self) -> None:
-        job = self._phantomJob
-        if job is None:
-            self._phantomTimer.stop()
-            return
-        try:
-            status, events, self._phantomEventOffset = self.logic.pollJob(job, self._phantomEventOffset)
-        except Exception as exc:  # a damaged run folder: stop following it, say why
-            self._stopFollowingPhantomJob(_("Cannot follow the job: {error}").format(error=exc))
-            return
-        for event in events:
-            if event.get("type") == "progress":
-                self.ui.phantomProgressBar.maximum = int(event.get("total") or 1)
-                self.ui.phantomProgressBar.value = int(event.get("step") or 0)
-                self.ui.phantomStatusLabel.text = _("Wrote {case} ({step} of {total})").format(
-                    case=(event.get("metrics") or {}).get("case", ""),
-                    step=event.get("step"),
-                    total=event.get("total"),
-                )
-            elif event.get("type") == "log":
-                self.ui.phantomStatusLabel.text = str(event.get("message", ""))
-        state = status.get("state")
-        if state not in FINAL_STATES:
-            return
-        dataset = (status.get("result") or {}).get("dataset") if state == "done" else None
-        if state == "done":
-            message = _("Done: {dataset}").format(dataset=dataset)
-        elif state == "cancelled":
-            message = _("Cancelled; the cases written so far are kept.")
-        else:
-            message = _("Failed: {error}").format(
-                error=status.get("error") or _("see worker.log in the run folder")
-            )
-        self._stopFollowingPhantomJob(message)  # first: if loading fails, the job is not polled again
-        if dataset and self._parameterNode and self._parameterNode.loadPhantomWhenDone:
-            with slicer.util.tryWithErrorDisplay(_("Failed to load the phantom case."), waitCursor=True):
-                volumeNode, _segmentationNode = self.logic.loadDatasetCase(dataset)
-                self.ui.phantomStatusLabel.text = _("Done: {dataset}; showing {name}").format(
-                    dataset=dataset, name=volumeNode.GetName()
-                )
+    def _pollJobs(self) -> None:
+        for area in self._areas.values():
+            if area.follower is None:
+                continue
+            try:
+                update = area.follower.poll()
+            except Exception as exc:  # a damaged run folder: stop following it, say why
+                self._stopFollowing(area, _("Cannot follow the job: {error}").format(error=exc))
+                continue
+            area.progressBar.maximum, area.progressBar.value = update.total, update.step
+            area.progressBar.format = f"{update.stage} %p%" if update.stage else "%p%"
+            area.statusLabel.text = update.text
+            if update.finished:
+                path = str(area.follower.run.path)
+                self._stopFollowing(area, update.text)  # first: if loading fails, it is not polled again
+                if update.state == "done":
+                    with slicer.util.tryWithErrorDisplay(
+                        _("Failed to load the job's result."), waitCursor=True
+                    ):
+                        area.onDone(path)
+        if self._curvesRun:
+            with slicer.util.tryWithErrorDisplay(_("Failed to update the curves.")):
+                pl.run_curves_to_plot_chart(self._curvesRun, slicer.mrmlScene)
+                if refresh_status(RunDir(self._curvesRun)).get("state") in FINAL_STATES:
+                    self._curvesRun = None
+        if not self._curvesRun and all(area.follower is None for area in self._areas.values()):
+            self._jobTimer.stop()
 
-    def _stopFollowingPhantomJob(self, message: str) -> None:
-        self._phantomTimer.stop()
-        self._phantomJob = None
+    def _stopFollowing(self, area, message) -> None:
+        area.follower = None
         if self._parameterNode:
-            self._parameterNode.phantomRun = ""
-        self.ui.phantomStatusLabel.text = message
-        self._updateButtons()
+            setattr(self._parameterNode, area.runParameter, "")
+        area.statusLabel.text = message
+        self._onParameterNodeModified()
         self.refreshRuns()
+
+    def _onSegmentDone(self, path) -> None:
+        segmentation = pl.load_segment_result(path, replace_existing=self._parameterNode.replaceExisting)
+        volume = segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole())
+        slicer.util.setSliceViewerLayers(background=volume, fit=True)
+        self.ui.segmentStatusLabel.text = _("Done: {name}").format(name=segmentation.GetName())
+
+    def _onTrainingDone(self, path) -> None:
+        self.refreshModels()  # train registers its model
+        self._showCurves(path)
+
+    def _onPhantomDone(self, path) -> None:
+        dataset = (refresh_status(RunDir(path)).get("result") or {}).get("dataset")
+        if dataset and self._parameterNode.loadPhantomWhenDone:
+            volume, _segmentation = self.logic.loadDatasetCase(dataset)
+            self.ui.phantomStatusLabel.text = _("Done: {dataset}; showing {name}").format(
+                dataset=dataset, name=volume.GetName()
+            )
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def refreshModels(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to read the model registry.")):
+            records = self.logic.registry().list()
+            table, combo = self.ui.modelsTableWidget, self.ui.modelComboBox
+            table.setRowCount(len(records))
+            wasBlocked = combo.blockSignals(True)
+            combo.clear()
+            for row, record in enumerate(records):
+                tooltip = pl.model_tooltip(record)
+                labels = ", ".join(str(item["name"]) for item in record.labels if item.get("value"))
+                cells = [pl.model_display_name(record), labels, record.modality or "", record.trust_state]
+                for column, text in enumerate(cells):
+                    item = qt.QTableWidgetItem(text)
+                    item.setToolTip(tooltip)
+                    item.setData(qt.Qt.UserRole, record.id)
+                    table.setItem(row, column, item)
+                combo.addItem(pl.model_display_name(record), record.id)
+                combo.setItemData(row, tooltip, qt.Qt.ToolTipRole)
+            combo.setCurrentIndex(max(combo.findData(self._parameterNode.model), 0) if records else -1)
+            combo.blockSignals(wasBlocked)
+            self._onModelChosen()
+            if self.ui.catalogComboBox.count == 0:
+                from MedSegNASLib.models.registry import load_catalog
+
+                self.ui.catalogComboBox.addItems(sorted(load_catalog()))
+
+    def _onModelChosen(self, index=None) -> None:
+        if self._parameterNode:
+            self._parameterNode.model = self.ui.modelComboBox.currentData or ""
+            self.ui.modelComboBox.toolTip = (
+                self.ui.modelComboBox.itemData(self.ui.modelComboBox.currentIndex, qt.Qt.ToolTipRole) or ""
+            )
+
+    def _browseModel(self, folder) -> None:
+        if folder:
+            path = qt.QFileDialog.getExistingDirectory(None, _("Bundle folder"))
+        else:
+            path = qt.QFileDialog.getOpenFileName(
+                None, _("Bundle archive"), "", "Bundles (*.zip *.tar.gz *.tgz)"
+            )
+        if path:
+            self.ui.modelSourceLineEdit.text = path
+
+    def onImportModel(self) -> None:
+        source = self.ui.modelSourceLineEdit.text.strip()
+        if source:
+            self._startTask(pl.import_model_task(source, trusted=self.ui.trustCheckBox.checked), source)
+
+    def onDownloadModel(self) -> None:
+        name = self.ui.catalogComboBox.currentText
+        if name:
+            self._startTask(pl.download_model_task(name), name)
+
+    def _startTask(self, task, what) -> None:
+        self._task = task
+        self.ui.modelsStatusLabel.text = _("Importing {what}...").format(what=what)
+        for button in (self.ui.modelsImportButton, self.ui.modelsDownloadButton):
+            button.enabled = False
+        self._taskTimer.start()
+
+    def _pollTask(self) -> None:
+        task = self._task
+        fraction = task.fraction if task else None
+        self.ui.modelsProgressBar.maximum = (
+            0 if fraction is None else 100
+        )  # busy bar when the size is unknown
+        self.ui.modelsProgressBar.value = int(100 * (fraction or 0))
+        if task is None or not task.finished:
+            return
+        self._taskTimer.stop()
+        self._task = None
+        self.ui.modelsProgressBar.maximum, self.ui.modelsProgressBar.value = 100, 100 if not task.error else 0
+        for button in (self.ui.modelsImportButton, self.ui.modelsDownloadButton):
+            button.enabled = True
+        if task.error is not None:
+            self.ui.modelsStatusLabel.text = _("Not imported: {error}").format(error=task.error)
+        else:
+            self.ui.modelsStatusLabel.text = _("Imported as '{id}'.").format(id=task.result.id)
+            self._parameterNode.model = task.result.id
+        self.refreshModels()
+
+    def onRemoveModel(self) -> None:
+        items = self.ui.modelsTableWidget.selectedItems()
+        modelId = items[0].data(qt.Qt.UserRole) if items else None
+        if modelId and slicer.util.confirmOkCancelDisplay(_("Delete model '{id}'?").format(id=modelId)):
+            with slicer.util.tryWithErrorDisplay(_("Failed to remove the model."), waitCursor=True):
+                self.logic.registry().remove(modelId)
+            self.refreshModels()
 
     # -- runs -----------------------------------------------------------------------------------
 
-    def refreshRuns(self, *args) -> None:
+    def refreshRuns(self) -> None:
         """Fill the runs table from the runs folder; keep refreshing while a run is live."""
         if not self._parameterNode:
             return
         self._listedRunsFolder = str(self._parameterNode.runsFolder)
         folder = Path(self._parameterNode.runsFolder).expanduser()
-        try:
-            runs = self.logic.listRuns(folder) if _isChosen(folder) else []
-        except Exception as exc:
-            runs = []
-            self.ui.runsStatusLabel.text = _("Cannot list {folder}: {error}").format(folder=folder, error=exc)
-        else:
-            if not _isChosen(folder):
-                self.ui.runsStatusLabel.text = _("Choose the runs folder.")
-            elif runs:
-                self.ui.runsStatusLabel.text = _("{count} run(s) in {folder}").format(
-                    count=len(runs), folder=folder
-                )
-            else:
-                self.ui.runsStatusLabel.text = _("No runs in {folder} yet.").format(folder=folder)
-        selectedPath = self._selectedRunPath()
-        table = self.ui.runsTableWidget
+        runs, message = [], _("Choose the runs folder.")
+        if _isChosen(folder):
+            try:
+                runs = list_runs(folder)
+                message = _("{count} run(s) in {folder}").format(count=len(runs), folder=folder)
+            except Exception as exc:
+                message = _("Cannot list {folder}: {error}").format(folder=folder, error=exc)
+        self.ui.runsStatusLabel.text = message
+        selectedPath, table = self._selectedRunPath(), self.ui.runsTableWidget
         table.setRowCount(len(runs))
         for row, run in enumerate(runs):
             percent = run.get("percent")
+            started = (run.get("started") or run.get("created") or "")[:19].replace("T", " ")
             cells = [
                 run["run_id"],
                 run["kind"],
                 run["state"],
                 f"{percent:.0f}%" if percent is not None else "",
-                (run.get("started") or run.get("created") or "")[:19].replace("T", " "),
+                started,
             ]
             for column, text in enumerate(cells):
                 item = qt.QTableWidgetItem(text)
@@ -368,81 +513,136 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 table.selectRow(row)
         self._runStates = {run["path"]: run["state"] for run in runs}
         live = any(state not in FINAL_STATES for state in self._runStates.values())
-        if live and self.parent.isEntered:
-            self._runsTimer.start()
-        else:
-            self._runsTimer.stop()
-        self._updateRunButtons()
+        (self._runsTimer.start if live and self.parent.isEntered else self._runsTimer.stop)()
+        self._onRunSelected()
 
     def _selectedRunPath(self):
         items = self.ui.runsTableWidget.selectedItems()
         return items[0].data(qt.Qt.UserRole) if items else None
 
-    def _updateRunButtons(self) -> None:
+    def _onRunSelected(self) -> None:
         path = self._selectedRunPath()
         state = self._runStates.get(path)
+        details = pl.run_details(path) if path and state != "damaged" else None
         self.ui.runsCancelButton.enabled = path is not None and state not in FINAL_STATES
-        self.ui.runsShowFolderButton.enabled = path is not None
+        self.ui.runsResumeButton.enabled = state in ("cancelled", "failed")
+        self.ui.runsShowFolderButton.enabled = self.ui.runsCurvesButton.enabled = path is not None
+        self.ui.runsLoadPredictionsButton.enabled = bool(details and details.predictions)
+        self.ui.runsUseModelButton.enabled = bool(details and details.model)
+        self.ui.runDetailsLabel.text = details.text() if details else ""
+        pixmap = qt.QPixmap(str(details.topology)) if details and details.topology else None
+        self.ui.topologyLabel.setPixmap(pixmap.scaledToWidth(360) if pixmap else qt.QPixmap())
+
+    def _withSelectedRun(self, message, action) -> None:
+        path = self._selectedRunPath()
+        if path:
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=True):
+                action(path)
+            self.refreshRuns()
 
     def onCancelRun(self) -> None:
-        path = self._selectedRunPath()
-        if path is None:
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to cancel the run."), waitCursor=True):
-            self.logic.cancelJob(RunDir(path))
-        self.refreshRuns()
+        self._withSelectedRun(_("Failed to cancel the run."), pl.cancel_job)
 
-    def onShowRunFolder(self) -> None:
-        path = self._selectedRunPath()
-        if path is not None:
-            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(path))
+    def onResumeRun(self) -> None:
+        def resume(path):
+            job = pl.resume_job(path)
+            area = next(a for a in self._areas.values() if job.read_job().get("kind") in a.kinds)
+            if area.follower is None:
+                self._follow(area, job)
 
+        self._withSelectedRun(_("Failed to resume the run."), resume)
 
-#
-# MedSegNASLogic
-#
+    def onShowCurves(self) -> None:
+        self._withSelectedRun(_("Failed to plot the run."), self._showCurves)
+
+    def _showCurves(self, path) -> None:
+        chart = pl.run_curves_to_plot_chart(path, slicer.mrmlScene)
+        slicer.modules.plots.logic().ShowChartInLayout(chart)
+        dice = pl.run_dice_table_node(path, slicer.mrmlScene)
+        if dice is not None:
+            self._showTable(dice)
+        if refresh_status(RunDir(path)).get("state") not in FINAL_STATES:
+            self._curvesRun = path
+            self._jobTimer.start()
+
+    def onLoadPredictions(self) -> None:
+        def load(path):
+            loaded = pl.load_validation_predictions(path, slicer.mrmlScene)
+            slicer.util.setSliceViewerLayers(background=loaded[0][0], fit=True)
+
+        self._withSelectedRun(_("Failed to load the predictions."), load)
+
+    def onUseModel(self) -> None:
+        def use(path):
+            record = pl.use_run_model(path, home=self.logic.registryHome)
+            self._parameterNode.model = record.id
+            self.refreshModels()
+            self.ui.runsStatusLabel.text = _("Registered as '{id}'; choose it under Segment.").format(
+                id=record.id
+            )
+
+        self._withSelectedRun(_("Failed to register the model."), use)
+
+    # -- evaluate and helpers -------------------------------------------------------------------
+
+    def onEvaluate(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to evaluate."), waitCursor=True):
+            p = self._parameterNode
+            table = pl.evaluate_segmentation_nodes(
+                p.evaluateSegmentation, p.evaluateReference, slicer.mrmlScene
+            )
+            self._showTable(table)
+            self.ui.evaluateStatusLabel.text = _("Scores in table '{name}'.").format(name=table.GetName())
+
+    @staticmethod
+    def _showTable(tableNode) -> None:
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager.layout != slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView:
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+        slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(tableNode.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+
+    @staticmethod
+    def _openFolder(path) -> None:
+        if path:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(path)))
 
 
 class MedSegNASLogic(ScriptedLoadableModuleLogic):
-    """What the panel does, usable from Slicer's Python console and tests without the panel.
+    """The panel's actions for Slicer's Python console and tests; the work is in ``panel_logic``.
 
-    Jobs: :meth:`launchJob` starts ``medsegnas <command>`` as a background worker (Slicer's
-    PythonSlicer), :meth:`pollJob` reads its new events and state, :meth:`cancelJob` asks it to
-    stop, :meth:`waitForJob` blocks (scripts and tests only). Results are loaded through
-    ``MedSegNASLib.slicer_bridge``. No computation happens here.
+    ``registryHome``: model registry folder (None: ``$MEDSEGNAS_HOME`` or ``~/.medsegnas``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, registryHome=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.registryHome = registryHome
 
     def getParameterNode(self):
         return MedSegNASParameterNode(super().getParameterNode())
 
-    # -- dependencies ---------------------------------------------------------------------------
+    def registry(self):
+        from MedSegNASLib.models.registry import ModelRegistry
 
-    @staticmethod
-    def missingPackages(packages) -> list:
-        """Import names of ``packages`` (names or a name -> requirement dict) that are not installed."""
-        return [name for name in packages if importlib.util.find_spec(name) is None]
+        return ModelRegistry(self.registryHome)
 
     @staticmethod
     def ensurePackages(packages: dict, askConfirmation: bool = True) -> bool:
         """Install the missing ``packages`` (import name -> pip requirement) into Slicer's Python.
 
         torch comes from the PyTorch extension (it picks the build for this machine's GPU); the
-        others are installed with pip. Packages that are present are never reinstalled or
-        upgraded, so Slicer's own numpy and SimpleITK stay as they are.
-
-        Returns:
-            True when everything is installed, False when the user declined.
+        others from pip. Packages that are present are never reinstalled or upgraded, so Slicer's
+        own numpy and SimpleITK stay as they are. Returns False when the user declined.
         """
-        missing = MedSegNASLogic.missingPackages(packages)
+        missing = pl.missing_packages(packages)
         if not missing:
             return True
+        question = _(
+            "MedSegNAS needs these Python packages, which are not installed: {names}.\nInstall them now?"
+        )
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-            _(
-                "MedSegNAS needs these Python packages, which are not installed: {names}.\nInstall them now?"
-            ).format(names=", ".join(missing))
+            question.format(names=", ".join(missing))
         ):
             return False
         if "torch" in missing:
@@ -450,9 +650,7 @@ class MedSegNASLogic(ScriptedLoadableModuleLogic):
                 import PyTorchUtils
             except ImportError:
                 raise RuntimeError(
-                    _(
-                        "PyTorch is missing and the PyTorch extension is not installed: install it from the Extensions Manager."
-                    )
+                    _("PyTorch is missing: install the PyTorch extension (Extensions Manager).")
                 ) from None
             if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
                 raise RuntimeError(_("PyTorch could not be installed; try the PyTorch Utils module."))
@@ -460,76 +658,36 @@ class MedSegNASLogic(ScriptedLoadableModuleLogic):
         if others:
             slicer.util.pip_install(others)
         importlib.invalidate_caches()
-        still_missing = MedSegNASLogic.missingPackages(packages)
-        if still_missing:
-            raise RuntimeError(_("Could not install: {names}").format(names=", ".join(still_missing)))
+        stillMissing = pl.missing_packages(packages)
+        if stillMissing:
+            raise RuntimeError(_("Could not install: {names}").format(names=", ".join(stillMissing)))
         return True
 
-    # -- jobs -----------------------------------------------------------------------------------
-
-    @staticmethod
-    def pythonExecutable() -> str:
-        """The Python that runs workers: Slicer's PythonSlicer (plain ``sys.executable`` elsewhere)."""
-        return shutil.which("PythonSlicer") or sys.executable
-
-    @staticmethod
-    def workerEnvironment() -> dict:
-        """Environment additions for workers: the module folders on PYTHONPATH, for ``-m MedSegNASLib.cli``."""
-        moduleFolder = os.path.dirname(os.path.abspath(__file__))
-        paths = [moduleFolder] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
-
-    def launchJob(self, argv: list, runsFolder: Path, entry=None) -> RunDir:
-        """Start ``medsegnas <argv>`` (or ``entry``'s command) as a background job in a new run folder.
-
-        Returns the run directory; its ``process`` is the worker. Raises ``JobError`` when the
-        job cannot start (message for the user).
-        """
-        runsFolder = Path(runsFolder).expanduser()
-        runsFolder.mkdir(parents=True, exist_ok=True)
-        return launch(
-            [str(token) for token in argv],
-            runs_root=runsFolder,
-            python=self.pythonExecutable(),
-            entry=entry,
-            cwd=runsFolder,
-            env=self.workerEnvironment(),
-        )
-
-    def launchPhantomJob(
-        self, datasetFolder: Path, cases: int, unlabeled: int, size: int, runsFolder: Path
-    ) -> RunDir:
+    def launchPhantomJob(self, datasetFolder, cases, unlabeled, size, runsFolder) -> RunDir:
         """Write a phantom dataset (``medsegnas phantom``) into ``datasetFolder`` as a background job."""
-        folder = Path(datasetFolder).expanduser().absolute()
-        options = {"--cases": cases, "--unlabeled": unlabeled, "--size": size}
-        return self.launchJob(
-            ["phantom", folder, *(str(token) for item in options.items() for token in item)], runsFolder
-        )
+        runsFolder = Path(runsFolder).expanduser().absolute()
+        runsFolder.mkdir(parents=True, exist_ok=True)
+        argv = ["phantom", Path(datasetFolder).expanduser().absolute(), "--cases", cases]
+        argv += ["--unlabeled", unlabeled, "--size", size]
+        return launch(
+            [str(token) for token in argv], runs_root=runsFolder, python=pl.worker_python(), cwd=runsFolder,
+            env=pl.worker_environment(),
+        )  # fmt: skip
 
     @staticmethod
-    def pollJob(job: RunDir, eventOffset: int = 0) -> tuple:
-        """``(status, new events, next offset)`` of a job; quick, for a ``qt.QTimer`` callback.
-
-        Reaps the worker if this process started it, and marks a worker that died without a
-        word as failed (``refresh_status``).
-        """
+    def pollJob(job, eventOffset: int = 0) -> tuple:
+        """``(status, new events, next offset)`` of a job (reaps a worker this process started)."""
         if getattr(job, "process", None) is not None:
             job.process.poll()
         events, nextOffset = job.read_events(eventOffset)
         return refresh_status(job), events, nextOffset
 
     @staticmethod
-    def cancelJob(job: RunDir) -> str:
-        """Ask a job to stop (SIGTERM to its process group) and return at once: ``'cancelling'``,
-        or the final state if it had already ended. It saves a checkpoint and ends ``cancelled``."""
-        return cancel(job, wait=False)
-
-    @staticmethod
-    def waitForJob(job: RunDir, timeoutSeconds: float = 600.0) -> dict:
+    def waitForJob(job, timeoutSeconds: float = 600.0) -> dict:
         """Block until the job ends and return its status (scripts and tests; the panel polls)."""
         deadline = time.monotonic() + timeoutSeconds
         while True:
-            status, _events, _offset = MedSegNASLogic.pollJob(job)
+            status = MedSegNASLogic.pollJob(job)[0]
             if status.get("state") in FINAL_STATES:
                 return status
             if time.monotonic() > deadline:
@@ -537,52 +695,17 @@ class MedSegNASLogic(ScriptedLoadableModuleLogic):
             time.sleep(0.2)
 
     @staticmethod
-    def listRuns(runsFolder: Path) -> list:
+    def listRuns(runsFolder) -> list:
         """Summaries of the runs in ``runsFolder`` (newest first), see ``MedSegNASLib.jobs.list_runs``."""
         return list_runs(Path(runsFolder).expanduser())
 
-    # -- results --------------------------------------------------------------------------------
-
     @staticmethod
     def loadDatasetCase(dataset, caseIndex: int = 0, scene=None, show: bool = True) -> tuple:
-        """Load training case ``caseIndex`` of a dataset as a volume node and a segmentation node.
-
-        Args:
-            dataset: ``dataset.json``, its folder, or a datalist.
-            caseIndex: index into the dataset's training cases.
-            scene: MRML scene (default: the application's).
-            show: put the volume in the slice views (needs the application).
-
-        Returns:
-            ``(volumeNode, segmentationNode)``; the segmentation is ``None`` for an unlabelled case.
-        """
-        from MedSegNASLib.data.datasets import load_dataset
-        from MedSegNASLib.data.io import read_volume
-        from MedSegNASLib.slicer_bridge import labelmap_to_segmentation_node, volume_to_volume_node
-
-        description = load_dataset(dataset)
-        if not 0 <= caseIndex < len(description.cases):
-            raise ValueError(
-                f"dataset {description.path} has {len(description.cases)} training case(s); no case {caseIndex}"
-            )
-        case = description.cases[caseIndex]
-        scene = scene if scene is not None else slicer.mrmlScene
-        volumeNode = volume_to_volume_node(read_volume(case.images[0]), scene, name=case.name)
-        segmentationNode = None
-        if case.label is not None:
-            labels = description.labels or None
-            segmentationNode = labelmap_to_segmentation_node(
-                case.label, labels, scene, reference_volume_node=volumeNode, name=f"{case.name} labels"
-            )
+        """Training case ``caseIndex`` of a dataset as ``(volume node, segmentation node or None)``."""
+        volumeNode, segmentationNode = pl.load_dataset_case(dataset, caseIndex, scene)
         if show:
             slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
-        logging.info(f"loaded {case.name} from {description.path}")
         return volumeNode, segmentationNode
-
-
-#
-# MedSegNASTest
-#
 
 
 class MedSegNASTest(ScriptedLoadableModuleTest):
@@ -592,47 +715,66 @@ class MedSegNASTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_phantom_case_loads_as_volume_and_segmentation()
-        self.setUp()
-        self.test_phantom_job_runs_in_the_background()
+        for test in (
+            self.test_phantom_case_loads_as_volume_and_segmentation,
+            self.test_segment_phantom_with_a_bundle,
+        ):
+            self.setUp()
+            test()
+
+    def _phantomDataset(self, folder):
+        from MedSegNASLib.data.phantom import write_phantom_dataset
+
+        return write_phantom_dataset(folder, cases=1, size=32, unlabeled=0, test_cases=0)
 
     def test_phantom_case_loads_as_volume_and_segmentation(self):
-        """A tiny phantom written by the Lib loads with its geometry and named organ segments."""
+        """A small phantom written by the Lib loads with its geometry and named organ segments."""
         import tempfile
 
-        from MedSegNASLib.data.phantom import PHANTOM_LABELS, write_phantom_dataset
+        from MedSegNASLib.data.phantom import PHANTOM_LABELS
 
-        self.delayDisplay("Writing a 24^3 phantom case")
         with tempfile.TemporaryDirectory() as folder:
-            datasetJson = write_phantom_dataset(folder, cases=1, size=24, unlabeled=0, test_cases=0)
-            volumeNode, segmentationNode = MedSegNASLogic.loadDatasetCase(datasetJson, show=False)
-        self.assertEqual(volumeNode.GetImageData().GetDimensions(), (24, 24, 24))
-        self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(volumeNode.GetID()))
+            volumeNode, segmentationNode = MedSegNASLogic.loadDatasetCase(
+                self._phantomDataset(folder), show=False
+            )
+        self.assertEqual(volumeNode.GetImageData().GetDimensions(), (32, 32, 32))
         segmentation = segmentationNode.GetSegmentation()
-        names = {
-            segmentation.GetNthSegment(index).GetName() for index in range(segmentation.GetNumberOfSegments())
-        }
-        organs = {label.name for label in PHANTOM_LABELS if label.value != 0}
-        self.assertTrue(names and names <= organs, f"segments {names} are not organs of {organs}")
+        names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+        self.assertTrue(names and names <= {label.name for label in PHANTOM_LABELS if label.value})
         self.delayDisplay("Phantom case loaded")
 
-    def test_phantom_job_runs_in_the_background(self):
-        """``medsegnas phantom`` runs as a job from Slicer and its run folder says done."""
+    def test_segment_phantom_with_a_bundle(self):
+        """A bundle segments the phantom in the background; the result is named, colored, on its grid."""
         import tempfile
 
-        logic = MedSegNASLogic()
-        missing = logic.missingPackages(PHANTOM_PACKAGES)
+        missing = pl.missing_packages()
         if missing:  # not skipTest: that would hide the other tests' results run by runTest
-            self.delayDisplay(f"Phantom job test not run: {', '.join(missing)} not installed")
+            self.delayDisplay(f"Segment test not run: {', '.join(missing)} not installed")
             return
+        from MedSegNASLib.data.phantom import PHANTOM_LABELS
+        from MedSegNASLib.data.preprocessing import PreprocessingSpec
+        from MedSegNASLib.models.export import export_bundle
+        from monai.networks.nets import UNet
+
+        network = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 5,
+                   "channels": [8, 16], "strides": [2], "num_res_units": 1}  # fmt: skip
+        spec = PreprocessingSpec(channels=["CT"], spacing=[6.0, 6.0, 8.0], patch_size=[32, 32, 32],
+                                 intensity={"kind": "ct_window", "a_min": -100.0, "a_max": 250.0})  # fmt: skip
         with tempfile.TemporaryDirectory() as folder:
-            job = logic.launchPhantomJob(
-                Path(folder) / "data", cases=1, unlabeled=1, size=24, runsFolder=Path(folder) / "runs"
-            )
-            status = logic.waitForJob(job, timeoutSeconds=300)
+            volumeNode, _truth = MedSegNASLogic.loadDatasetCase(self._phantomDataset(Path(folder) / "data"))
+            weights = UNet(**{k: v for k, v in network.items() if k != "_target_"}).state_dict()
+            bundle = export_bundle(Path(folder) / "phantom_unet", network_def=network, state_dict=weights,
+                                   labels=PHANTOM_LABELS, preprocessing=spec, name="phantom UNet")  # fmt: skip
+            job = pl.launch_segment_job(volumeNode, bundle, Path(folder) / "runs", {"device": "cpu"})
+            status = MedSegNASLogic.waitForJob(job, timeoutSeconds=300)
             self.assertEqual(status["state"], "done", status.get("error"))
-            self.assertTrue((Path(folder) / "data" / "dataset.json").is_file())
-            runs = logic.listRuns(Path(folder) / "runs")
-            self.assertEqual([(run["kind"], run["state"]) for run in runs], [("phantom", "done")])
-        self.delayDisplay("Phantom job done")
+            segmentationNode = pl.load_segment_result(job, volumeNode)
+        self.assertEqual(segmentationNode.GetName(), f"{volumeNode.GetName()} - phantom_unet")
+        segmentation = segmentationNode.GetSegmentation()
+        names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+        self.assertEqual(names, [label.name for label in PHANTOM_LABELS if label.value])
+        reference = segmentationNode.GetNodeReference(
+            segmentationNode.GetReferenceImageGeometryReferenceRole()
+        )
+        self.assertEqual(reference.GetID(), volumeNode.GetID())
+        self.delayDisplay("Phantom segmented in the background")

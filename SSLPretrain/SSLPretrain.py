@@ -1,30 +1,20 @@
 """SSLPretrain Slicer module: the panel, its parameter node, and a thin logic over ``SSLPretrainLib``.
 
-Self-supervised pretraining of Swin UNETR encoders runs as a background job of the MedSegNAS job
-protocol (its commands arrive with their issue). What the panel offers now:
-
-- Environment: what a pretraining job would run with (``sslpretrain info``: PyTorch and its CUDA
-  build, MONAI, the GPUs), checked in a background process; install what is missing.
-- Pretraining data: read a dataset description (MSD ``dataset.json`` or a datalist) and report
-  the images it offers for pretraining and any missing file.
-
-No ``from __future__ import annotations`` here: ``parameterNodeWrapper`` reads the field types
-with ``typing.get_type_hints`` while Slicer is still loading this file.
+Pretraining, fine-tuning and the few-shot comparison are background jobs followed by a ``qt.QTimer``;
+all that needs no Qt is in ``SSLPretrainLib.panel_logic`` (tested with slicer-core). No ``from
+__future__ import annotations``: ``parameterNodeWrapper`` reads the field types while Slicer loads this.
 """
 
-import importlib.util
-import json
-import os
-import subprocess
-import time
+import tempfile
 from pathlib import Path
+from typing import Annotated
 
 import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -32,22 +22,12 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from SSLPretrainLib.cli import REQUIRED_PACKAGES, format_environment
+from SSLPretrainLib import panel_logic
+from SSLPretrainLib.cli import format_environment
 
-#: pip requirements of the packages a pretraining job needs (torch comes from the PyTorch extension).
-PRETRAIN_PACKAGES: dict[str, str] = {
-    "torch": "torch>=2.4",
-    "monai": "monai>=1.5,<1.7",
-    "einops": "einops>=0.6",
-}
-
-#: Milliseconds between two checks of the background environment check.
+#: Milliseconds between two checks of the background environment check, and of followed jobs.
 PROCESS_POLL_INTERVAL_MS = 300
-
-
-#
-# SSLPretrain
-#
+JOB_POLL_INTERVAL_MS = 1000
 
 
 class SSLPretrain(ScriptedLoadableModule):
@@ -62,15 +42,12 @@ class SSLPretrain(ScriptedLoadableModule):
         self.parent.contributors = ["MedSegNAS contributors (https://github.com/medsegnas/SlicerMedSegNAS)"]
         self.parent.helpText = _(
             """
-Pretrain the encoder of a Swin UNETR segmentation network on unlabelled volumes with
-self-supervised learning (masked-volume inpainting, rotation prediction and contrastive coding),
-then fine-tune it on a few labelled cases.
-<ul>
-<li><b>Environment</b>: the PyTorch, MONAI and GPU a pretraining job would use; install what is missing.</li>
-<li><b>Pretraining data</b>: check a dataset description (dataset.json or datalist) and count the
-images it offers for pretraining.</li>
-</ul>
-See the <a href="https://github.com/medsegnas/SlicerMedSegNAS#readme">extension documentation</a>.
+Pretrain the encoder of a Swin UNETR segmentation network on unlabelled volumes (a folder, a dataset
+or scene volumes) with self-supervised learning (masked-volume inpainting, rotation prediction,
+contrastive coding), as a background job: live loss curves, latest reconstructions, cancel and
+resume. Then fine-tune it on a labelled dataset and use the model to segment, or compare it with
+random initialisation for a few numbers of labelled cases (table and plot). See the
+<a href="https://github.com/medsegnas/SlicerMedSegNAS#readme">extension documentation</a>.
 """
         )
         self.parent.acknowledgementText = _(
@@ -82,28 +59,30 @@ Developed by the MedSegNAS contributors, Apache License 2.0.
         )
 
 
-#
-# SSLPretrainParameterNode
-#
-
-
 @parameterNodeWrapper
 class SSLPretrainParameterNode:
-    """The panel's settings, saved with the scene.
-
-    datasetFolder - dataset.json, its folder, or a datalist JSON listing the pretraining images.
-    """
+    """The panel's settings, saved with the scene (what each one means: the tooltips in the .ui file)."""
 
     datasetFolder: Path = Path.home() / "MedSegNAS" / "phantom"
-
-
-#
-# SSLPretrainWidget
-#
+    useSceneVolumes: bool = False
+    preset: Annotated[str, Choice(["tiny", "small", "full"])] = "tiny"
+    steps: Annotated[int, WithinRange(1, 10000000)] = 200
+    cropSize: Annotated[int, WithinRange(32, 256)] = 32
+    featureSize: Annotated[int, WithinRange(12, 96)] = 12
+    batchSize: Annotated[int, WithinRange(1, 64)] = 2
+    rotationWeight: Annotated[float, WithinRange(0.0, 100.0)] = 1.0
+    contrastiveWeight: Annotated[float, WithinRange(0.0, 100.0)] = 1.0
+    inpaintingWeight: Annotated[float, WithinRange(0.0, 100.0)] = 1.0
+    device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
+    runsFolder: Path = Path.home() / "MedSegNAS" / "runs"
+    labelledDataset: Path = Path.home() / "MedSegNAS" / "phantom"
+    labelledCases: Annotated[int, WithinRange(0, 100000)] = 0
+    shots: str = "2,4,8"
+    budget: Annotated[int, WithinRange(0, 10000000)] = 0
 
 
 class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: widgets <-> parameter node <-> logic; background checks followed by a timer."""
+    """The panel: widgets <-> parameter node <-> logic; jobs followed by a timer."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -112,8 +91,9 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._environmentProcess = None
-        self._environmentTimer = None
         self._missingPackages = []
+        self._followers = {}  # job kind -> panel_logic.JobFollower of the run the panel shows
+        self._chartNode = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -121,25 +101,33 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-
         self.logic = SSLPretrainLogic()
-
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.ui.environmentCheckButton.connect("clicked(bool)", self.onCheckEnvironment)
-        self.ui.environmentInstallButton.connect("clicked(bool)", self.onInstallPackages)
-        self.ui.datasetCheckButton.connect("clicked(bool)", self.onCheckDataset)
-
-        self._environmentTimer = qt.QTimer()
-        self._environmentTimer.setInterval(PROCESS_POLL_INTERVAL_MS)
-        self._environmentTimer.connect("timeout()", self._pollEnvironmentCheck)
-
+        for button, handler in (
+            (self.ui.environmentCheckButton, self.onCheckEnvironment),
+            (self.ui.environmentInstallButton, self.onInstallPackages),
+            (self.ui.datasetCheckButton, self.onCheckDataset),
+            (self.ui.startButton, self.onStart),
+            (self.ui.cancelButton, self.onCancel),
+            (self.ui.resumeButton, self.onResume),
+            (self.ui.refreshRunsButton, self.refreshRuns),
+            (self.ui.loadReconstructionsButton, self.onLoadReconstructions),
+            (self.ui.finetuneButton, self.onFinetune),
+            (self.ui.useModelButton, self.onUseModel),
+            (self.ui.fewshotButton, self.onFewshot),
+        ):
+            button.connect("clicked(bool)", handler)
+        self.ui.presetComboBox.connect("activated(int)", self.onPresetChosen)
+        self.ui.runComboBox.connect("activated(int)", self.onRunChosen)
+        self._environmentTimer = _timer(PROCESS_POLL_INTERVAL_MS, self._pollEnvironmentCheck)
+        self._jobTimer = _timer(JOB_POLL_INTERVAL_MS, self._pollJobs)
         self.initializeParameterNode()
-        self._updateButtons()
+        self.refreshRuns()
 
     def cleanup(self) -> None:
         self._environmentTimer.stop()
+        self._jobTimer.stop()  # jobs go on without the panel; it re-attaches when opened again
         if self._environmentProcess is not None and self._environmentProcess.poll() is None:
             self._environmentProcess.kill()
         self.removeObservers()
@@ -155,6 +143,7 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        self._chartNode = None
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -171,47 +160,56 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-            self._updateButtons()
+        self._updateButtons()
+
+    def _state(self, kind):  # of the run followed for ``kind``; None when there is none
+        follower = self._followers.get(kind)
+        return follower.run.read_status().get("state") if follower else None
 
     def _updateButtons(self, caller=None, event=None) -> None:
-        checking = self._environmentProcess is not None
+        checking, missing, p = (
+            self._environmentProcess is not None,
+            self._missingPackages,
+            self._parameterNode,
+        )
         self.ui.environmentCheckButton.enabled = not checking
-        self.ui.environmentInstallButton.enabled = not checking and bool(self._missingPackages)
-        self.ui.environmentInstallButton.toolTip = (
-            _("Install {names} into Slicer's Python.").format(names=", ".join(self._missingPackages))
-            if self._missingPackages
-            else _(
-                "Everything a pretraining job needs is installed (or the environment was not checked yet)."
-            )
+        self.ui.environmentInstallButton.enabled = not checking and bool(missing)
+        self.ui.environmentInstallButton.toolTip = _("Install {names} into Slicer's Python.").format(
+            names=", ".join(missing) or "PyTorch, MONAI"
         )
-        hasDataset = bool(
-            self._parameterNode and str(self._parameterNode.datasetFolder).strip() not in ("", ".")
-        )
-        self.ui.datasetCheckButton.enabled = hasDataset
-
-    # -- environment ----------------------------------------------------------------------------
+        self.ui.datasetCheckButton.enabled = bool(p) and _isChosen(p.datasetFolder)
+        self.ui.sceneVolumesCheckableNodeComboBox.enabled = bool(p and p.useSceneVolumes)
+        state, pretrain = self._state("pretrain"), self._followers.get("pretrain")
+        self.ui.cancelButton.enabled = state in panel_logic.LIVE_STATES
+        self.ui.resumeButton.enabled = state in ("cancelled", "failed")
+        hasReconstructions = bool(pretrain and panel_logic.reconstruction_records(pretrain.run)[1])
+        self.ui.loadReconstructionsButton.enabled = hasReconstructions
+        for kind, button, idleText in (
+            ("finetune", self.ui.finetuneButton, _("Fine-tune")),
+            ("fewshot", self.ui.fewshotButton, _("Run few-shot comparison")),
+        ):
+            running = self._state(kind) in panel_logic.LIVE_STATES
+            button.text = _("Cancel") if running else idleText
+            button.enabled = running or state == "done"  # a finished pretraining run has an encoder
+        finetune = self._followers.get("finetune") if self._state("finetune") == "done" else None
+        self.ui.useModelButton.enabled = bool(finetune and panel_logic.find_bundle(finetune.run))
 
     def onCheckEnvironment(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start the environment check."), waitCursor=True):
-            self._environmentProcess = self.logic.startEnvironmentCheck()
+            self._environmentProcess = panel_logic.start_environment_check()
             self.ui.environmentStatusLabel.text = _("Checking (importing PyTorch takes a few seconds)...")
             self._updateButtons()
             self._environmentTimer.start()
 
     def _pollEnvironmentCheck(self) -> None:
         try:
-            environment = self.logic.environmentCheckResult(self._environmentProcess)
+            environment = panel_logic.environment_check_result(self._environmentProcess)
+            if environment is None:
+                return  # still running
+            self._missingPackages = panel_logic.missing_packages(environment)
+            summary, details = self.logic.environmentSummary(environment), format_environment(environment)
         except Exception as exc:
-            self._finishEnvironmentCheck(_("The check failed: {error}").format(error=exc), "")
-            return
-        if environment is None:
-            return  # still running
-        self._missingPackages = self.logic.missingPackages(environment)
-        self._finishEnvironmentCheck(
-            self.logic.environmentSummary(environment), format_environment(environment)
-        )
-
-    def _finishEnvironmentCheck(self, summary: str, details: str) -> None:
+            summary, details = _("The check failed: {error}").format(error=exc), ""
         self._environmentTimer.stop()
         self._environmentProcess = None
         self.ui.environmentStatusLabel.text = summary
@@ -223,25 +221,157 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self.logic.installPackages():
                 self.onCheckEnvironment()
 
-    # -- pretraining data -----------------------------------------------------------------------
-
     def onCheckDataset(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to read the dataset."), waitCursor=True):
             try:
-                summary = self.logic.describeDataset(Path(self._parameterNode.datasetFolder).expanduser())
+                summary = self.logic.describeDataset(self._parameterNode.datasetFolder)
             except Exception as exc:
                 self.ui.datasetStatusLabel.text = str(exc)
                 raise
             self.ui.datasetStatusLabel.text = self.logic.datasetSummaryText(summary)
 
+    def onPresetChosen(self, index) -> None:
+        """Fill in the chosen preset's settings (the user changes them afterwards if wanted)."""
+        defaults, p = panel_logic.preset_defaults(self.ui.presetComboBox.currentText), self._parameterNode
+        p.steps, p.cropSize = defaults["steps"], defaults["crop_size"]
+        p.featureSize, p.batchSize = defaults["feature_size"], defaults["batch_size"]
+        weights = defaults["loss_weights"]
+        p.rotationWeight, p.contrastiveWeight = weights["rotation"], weights["contrastive"]
+        p.inpaintingWeight = weights["reconstruction"]
 
-#
-# SSLPretrainLogic
-#
+    def onStart(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to start pretraining."), waitCursor=True):
+            checked = self.ui.sceneVolumesCheckableNodeComboBox.checkedNodes()
+            run = self.logic.startPretraining(
+                self._parameterNode, checked if self._parameterNode.useSceneVolumes else []
+            )
+            self.refreshRuns(select=run)
+
+    def onCancel(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to cancel the run."), waitCursor=True):
+            panel_logic.cancel_job(self._followers["pretrain"].run)
+            self._updateButtons()
+
+    def onResume(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to resume the run."), waitCursor=True):
+            run = panel_logic.resume_job(self._followers["pretrain"].run)
+            self.refreshRuns(select=run)
+
+    def refreshRuns(self, *args, select=None) -> None:
+        """List the pretraining runs (``select``: a run just started) and re-attach to running fine-tunings."""
+        if not self._parameterNode:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to list the runs."), waitCursor=True):
+            runsFolder = self._parameterNode.runsFolder if _isChosen(self._parameterNode.runsFolder) else None
+            if select is not None:  # follow the launcher's RunDir: it reaps the worker process
+                self._followers["pretrain"], self._chartNode = panel_logic.JobFollower(select), None
+            followed, choices = self._followers.get("pretrain"), panel_logic.run_choices(runsFolder)
+            self.ui.runComboBox.clear()
+            for label, path in choices:
+                self.ui.runComboBox.addItem(label, path)
+            paths = [path for _label, path in choices]
+            current = str(followed.run.path) if followed else None
+            self.ui.runComboBox.currentIndex = (
+                paths.index(current) if current in paths else min(0, len(paths) - 1)
+            )
+            panel_logic.attach_live_runs(self._followers, runsFolder, ["finetune", "fewshot"])
+            self.onRunChosen()
+
+    def onRunChosen(self, index=None) -> None:
+        path = self.ui.runComboBox.currentData
+        followed = self._followers.get("pretrain")
+        if not path:
+            self._followers.pop("pretrain", None)
+        elif followed is None or str(followed.run.path) != path:
+            self._followers["pretrain"] = panel_logic.JobFollower(path)
+            self._chartNode = None
+        self._pollJobs()
+        self._jobTimer.start()
+
+    def _pollJobs(self) -> None:
+        """Timer tick: read the followed runs' new events; update progress, curves and results."""
+        widgets = {
+            "pretrain": (self.ui.pretrainProgressBar, self.ui.pretrainStatusLabel),
+            "finetune": (self.ui.finetuneProgressBar, self.ui.finetuneStatusLabel),
+            "fewshot": (self.ui.fewshotProgressBar, self.ui.fewshotStatusLabel),
+        }
+        live = False
+        for kind, follower in list(self._followers.items()):
+            update = follower.poll()
+            live = live or not update.finished
+            widgets[kind][0].value = follower.percent()
+            widgets[kind][1].text = follower.progress_text(update.status)
+            newCurves = update.curves_changed or self._chartNode is None
+            if kind == "pretrain" and newCurves and len(follower.curves):
+                self._chartNode = self.logic.showLossCurves(follower, self._chartNode)
+            if kind == "fewshot" and any(e.get("type") in ("artifact", "done") for e in update.events):
+                self._showFewshotResults(follower)
+        if not live:
+            self._jobTimer.stop()
+        self._updateButtons()
+
+    def onLoadReconstructions(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the reconstructions."), waitCursor=True):
+            self.logic.loadReconstructions(self._followers["pretrain"].run)
+
+    def _startOrCancel(self, kind, start, options) -> None:
+        """Cancel the running ``kind`` job, or start one from the selected pretraining run."""
+        p = self._parameterNode
+        if self._state(kind) in panel_logic.LIVE_STATES:
+            panel_logic.cancel_job(self._followers[kind].run)
+        else:
+            values = {"labelled": p.labelledCases, "preset": p.preset, "device": p.device}
+            values.update(shots=p.shots, budget=p.budget)
+            pretrained = self._followers["pretrain"].run.path
+            run = start(p.runsFolder, pretrained, p.labelledDataset, **{key: values[key] for key in options})
+            self._followers[kind] = panel_logic.JobFollower(run)
+            self._jobTimer.start()
+        self._pollJobs()
+
+    def onFinetune(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to start or cancel fine-tuning."), waitCursor=True):
+            self._startOrCancel("finetune", panel_logic.start_finetuning, ["labelled", "preset", "device"])
+
+    def onFewshot(self) -> None:
+        with slicer.util.tryWithErrorDisplay(
+            _("Failed to start or cancel the few-shot comparison."), waitCursor=True
+        ):
+            self._startOrCancel("fewshot", panel_logic.start_fewshot, ["shots", "budget", "preset", "device"])
+
+    def onUseModel(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to add the model to the registry."), waitCursor=True):
+            record = panel_logic.use_model(self._followers["finetune"].run)
+            self.ui.finetuneStatusLabel.text = _(
+                "Model '{id}' added: choose it in the MedSegNAS module to segment."
+            ).format(id=record.id)
+
+    def _showFewshotResults(self, follower) -> None:
+        files = panel_logic.fewshot_files(follower.run)
+        if "csv" in files:
+            self.logic.showTable(panel_logic.fewshot_table_node(follower.run, slicer.mrmlScene))
+        if "plot" in files:
+            pixmap = qt.QPixmap(str(files["plot"]))
+            self.ui.fewshotPlotLabel.setPixmap(
+                pixmap.scaledToWidth(min(pixmap.width(), 400), qt.Qt.SmoothTransformation)
+            )
+
+
+def _timer(intervalMs, callback):
+    timer = qt.QTimer()
+    timer.setInterval(intervalMs)
+    timer.connect("timeout()", callback)
+    return timer
+
+
+def _isChosen(path) -> bool:
+    """Whether a path setting holds a path (an empty path line edit gives "" or ".")."""
+    return str(path).strip() not in ("", ".")
 
 
 class SSLPretrainLogic(ScriptedLoadableModuleLogic):
-    """What the panel does, usable from Slicer's Python console and tests without the panel."""
+    """For the panel, the Python console and tests; the work is in ``SSLPretrainLib.panel_logic``."""
+
+    describeDataset = staticmethod(panel_logic.describe_dataset)
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -249,67 +379,10 @@ class SSLPretrainLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return SSLPretrainParameterNode(super().getParameterNode())
 
-    # -- environment ----------------------------------------------------------------------------
-
-    @staticmethod
-    def workerCommand(*args: str) -> tuple:
-        """``(argv, environment)`` to run ``sslpretrain <args>`` in a worker Python (PythonSlicer)."""
-        from MedSegNAS import MedSegNASLogic
-
-        folders = [os.path.dirname(os.path.abspath(__file__))]
-        medsegnasLib = importlib.util.find_spec("MedSegNASLib")
-        if medsegnasLib is not None and medsegnasLib.submodule_search_locations:
-            folders.append(os.path.dirname(list(medsegnasLib.submodule_search_locations)[0]))
-        folders += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(folders))}
-        return [MedSegNASLogic.pythonExecutable(), "-m", "SSLPretrainLib.cli", *args], environment
-
-    def startEnvironmentCheck(self) -> subprocess.Popen:
-        """Start ``sslpretrain info --json`` in the background (torch takes seconds to import)."""
-        argv, environment = self.workerCommand("info", "--json")
-        return subprocess.Popen(
-            argv,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    @staticmethod
-    def environmentCheckResult(process: subprocess.Popen):
-        """The environment dict once ``process`` has ended, ``None`` while it runs.
-
-        Raises RuntimeError with the worker's last error line when it printed no report.
-        """
-        if process.poll() is None:
-            return None
-        output, errors = process.communicate()
-        try:
-            return json.loads(output)
-        except ValueError:
-            lines = [line for line in (errors or "").splitlines() if line.strip()]
-            raise RuntimeError(lines[-1] if lines else f"exit code {process.returncode}, no output") from None
-
-    def checkEnvironment(self, timeoutSeconds: float = 120.0) -> dict:
-        """Run the environment check and wait for it (scripts and tests; the panel polls)."""
-        process = self.startEnvironmentCheck()
-        deadline = time.monotonic() + timeoutSeconds
-        while (environment := self.environmentCheckResult(process)) is None:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise TimeoutError(f"the environment check did not finish in {timeoutSeconds:g} s")
-            time.sleep(0.1)
-        return environment
-
-    @staticmethod
-    def missingPackages(environment: dict) -> list:
-        return [name for name in REQUIRED_PACKAGES if environment["packages"].get(name) is None]
-
     @staticmethod
     def environmentSummary(environment: dict) -> str:
-        """One line for the panel: what is missing, or where pretraining would run."""
-        missing = SSLPretrainLogic.missingPackages(environment)
+        """One line for the panel: what is missing, or where jobs would run."""
+        missing = panel_logic.missing_packages(environment)
         broken = [name for name in missing if name in environment.get("problems", {})]
         if missing and len(broken) < len(missing):
             return _("Not installed: {names}.").format(names=", ".join(n for n in missing if n not in broken))
@@ -317,14 +390,13 @@ class SSLPretrainLogic(ScriptedLoadableModuleLogic):
             return _("Installed but failing to import: {names} (details below).").format(
                 names=", ".join(broken)
             )
-        packages = environment["packages"]
         if environment["devices"]:
             device = environment["devices"][0]
             where = f"{device['name']} ({device['description']})"
         else:
             where = _("the CPU only (no GPU found): pretraining will be very slow")
         return _("PyTorch {torch}, MONAI {monai}; pretraining runs on {where}.").format(
-            torch=packages["torch"], monai=packages["monai"], where=where
+            torch=environment["packages"]["torch"], monai=environment["packages"]["monai"], where=where
         )
 
     @staticmethod
@@ -332,59 +404,63 @@ class SSLPretrainLogic(ScriptedLoadableModuleLogic):
         """Install PyTorch (through the PyTorch extension) and MONAI if missing; False if declined."""
         from MedSegNAS import MedSegNASLogic
 
-        return MedSegNASLogic.ensurePackages(PRETRAIN_PACKAGES, askConfirmation=askConfirmation)
-
-    # -- pretraining data -----------------------------------------------------------------------
-
-    @staticmethod
-    def describeDataset(dataset: Path) -> dict:
-        """Images a dataset offers for pretraining, read from its JSON (no image is opened).
-
-        Returns a dict with ``name``, ``path``, ``modalities``, ``unlabeled``, ``training``,
-        ``validation``, ``test`` (numbers of cases) and ``missing`` (image files that do not exist,
-        relative to the dataset root).
-        """
-        from MedSegNASLib.data.datasets import load_dataset
-
-        description = load_dataset(dataset)
-        summary = {
-            "name": description.name,
-            "path": str(description.path),
-            "modalities": description.modalities,
-        }
-        missing = []
-        for role, cases in description.groups():
-            summary[role] = len(cases)
-            for case in cases:
-                missing += [description.display_path(image) for image in case.images if not image.is_file()]
-        summary["missing"] = missing
-        return summary
+        return MedSegNASLogic.ensurePackages(panel_logic.PRETRAIN_PACKAGES, askConfirmation=askConfirmation)
 
     @staticmethod
     def datasetSummaryText(summary: dict) -> str:
-        labelled = summary["training"] + summary["validation"]
         text = _(
             "{name}: {unlabeled} unlabelled image(s); {labelled} labelled and {test} test image(s) can also be used "
             "for pretraining. Channels: {channels}."
         ).format(
             name=summary["name"],
             unlabeled=summary["unlabeled"],
-            labelled=labelled,
+            labelled=summary["training"] + summary["validation"],
             test=summary["test"],
             channels=", ".join(summary["modalities"]),
         )
-        if summary["missing"]:
-            text += " " + _("{count} image file(s) missing, e.g. {example}.").format(
-                count=len(summary["missing"]), example=summary["missing"][0]
+        if not summary["missing"]:
+            return text + " " + _("All image files are present.")
+        found = _("{count} image file(s) missing, e.g. {example}.")
+        return text + " " + found.format(count=len(summary["missing"]), example=summary["missing"][0])
+
+    @staticmethod
+    def startPretraining(p, volumeNodes=()):
+        """Start pretraining with the panel's settings ``p`` on ``volumeNodes``, or on ``p.datasetFolder``."""
+        options, images = panel_logic.PretrainOptions.from_panel(p), None if volumeNodes else p.datasetFolder
+        return panel_logic.start_pretraining(
+            p.runsFolder, options, images=images, volume_nodes=list(volumeNodes)
+        )
+
+    @staticmethod
+    def showLossCurves(follower, chartNode=None):
+        """The run's loss chart (updated in place), shown in the plot view."""
+        chart = panel_logic.update_loss_plot(
+            follower.curves, slicer.mrmlScene, follower.run.run_id, chart_node=chartNode
+        )
+        if chartNode is None:
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+        return chart
+
+    @staticmethod
+    def loadReconstructions(run, show: bool = True) -> list:
+        """Load the run's latest reconstructions; show the first sample's input with its reconstruction."""
+        samples = panel_logic.load_reconstructions(run, slicer.mrmlScene)
+        if show and samples:
+            slicer.util.setSliceViewerLayers(
+                background=samples[0]["input"],
+                foreground=samples[0]["reconstruction"],
+                foregroundOpacity=0.5,
+                fit=True,
             )
-        else:
-            text += " " + _("All image files are present.")
-        return text
+        return samples
 
-
-#
-# SSLPretrainTest
-#
+    @staticmethod
+    def showTable(tableNode) -> None:
+        """Show a table node in the table view (the layout with a plot and a table view: curves beside it)."""
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        selectionNode = slicer.app.applicationLogic().GetSelectionNode()
+        selectionNode.SetActiveTableID(tableNode.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
 
 
 class SSLPretrainTest(ScriptedLoadableModuleTest):
@@ -395,35 +471,29 @@ class SSLPretrainTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        self.test_phantom_dataset_is_described_and_its_images_load()
-        self.setUp()
-        self.test_environment_check_reports_packages()
+        self.test_pretraining_on_scene_volumes()
 
-    def test_phantom_dataset_is_described_and_its_images_load(self):
-        """A tiny phantom dataset written by the Lib: counted right, its unlabelled image loads."""
-        import tempfile
-
-        from MedSegNASLib.data.datasets import load_dataset
-        from MedSegNASLib.data.io import read_volume
-        from MedSegNASLib.data.phantom import write_phantom_dataset
+    def test_pretraining_on_scene_volumes(self):
+        """Phantom dataset counted; 2 tiny steps on 2 scene volumes: 4 loss curves, 32^3 reconstructions."""
+        from MedSegNASLib.data import read_volume, write_phantom_dataset
         from MedSegNASLib.slicer_bridge import volume_to_volume_node
 
         logic = SSLPretrainLogic()
+        p = logic.getParameterNode()
         with tempfile.TemporaryDirectory() as folder:
-            write_phantom_dataset(folder, cases=1, size=24, unlabeled=2, test_cases=0)
-            summary = logic.describeDataset(Path(folder))
-            self.assertEqual((summary["unlabeled"], summary["training"], summary["test"]), (2, 1, 0))
-            self.assertEqual(summary["missing"], [])
-            image = load_dataset(folder).unlabeled[0].images[0]
-            volumeNode = volume_to_volume_node(read_volume(image), slicer.mrmlScene, name="unlabelled")
-            os.remove(image)
-            self.assertIn(image.name, logic.describeDataset(Path(folder))["missing"][0])
-        self.assertEqual(volumeNode.GetImageData().GetDimensions(), (24, 24, 24))
-        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("unlabelled"))
-        self.delayDisplay("Pretraining data checked")
-
-    def test_environment_check_reports_packages(self):
-        environment = SSLPretrainLogic().checkEnvironment()
-        self.assertIn("torch", environment["packages"])
-        self.assertIn(environment["default_device"], ("cuda", "mps", "cpu"))
-        self.delayDisplay(SSLPretrainLogic.environmentSummary(environment))
+            write_phantom_dataset(folder, cases=1, size=32, unlabeled=2, test_cases=0)
+            summary = logic.describeDataset(folder)
+            self.assertEqual((summary["unlabeled"], summary["training"], summary["missing"]), (2, 1, []))
+            images = sorted(Path(folder, "imagesUnlabeled").glob("*.nii.gz"))
+            nodes = [
+                volume_to_volume_node(read_volume(path), slicer.mrmlScene, name=path.name) for path in images
+            ]
+            p.runsFolder, p.steps, p.batchSize = Path(folder) / "runs", 2, 1
+            follower = panel_logic.JobFollower(logic.startPretraining(p, nodes))
+            self.assertEqual(follower.wait(timeout_s=600).state, "done", follower.run.worker_log.read_text())
+            chart = logic.showLossCurves(follower)
+            self.assertEqual(chart.GetNumberOfPlotSeriesNodes(), 4)
+            self.assertEqual(chart.GetNthPlotSeriesNode(0).GetTableNode().GetNumberOfRows(), 2)
+            samples = logic.loadReconstructions(follower.run)
+            self.assertEqual(samples[0]["input"].GetImageData().GetDimensions(), (32, 32, 32))
+        self.delayDisplay(logic.datasetSummaryText(summary))

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import numpy as np
 import pytest
 from MedSegNASLib.cli import COMMAND_MODULES, build_parser
 from MedSegNASLib.data.datasets import load_dataset, validate_dataset
+from MedSegNASLib.data.io import read_volume
 
 
 def medsegnas(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -59,9 +61,9 @@ def test_usage_errors_exit_2_and_failures_exit_1_with_one_line(tmp_path: Path) -
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
-def test_demo_writes_a_checked_dataset_a_picture_and_a_finished_job(tmp_path: Path) -> None:
+def test_demo_runs_the_whole_pipeline_and_reports_where_everything_is(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = medsegnas("demo", "--out", str(out), "--cases", "3", "--size", "32")
+    result = medsegnas("demo", "--out", str(out), "--cases", "3", "--size", "32", "--quick")
     assert result.returncode == 0, result.stderr
 
     dataset = load_dataset(out / "dataset" / "dataset.json")
@@ -72,11 +74,29 @@ def test_demo_writes_a_checked_dataset_a_picture_and_a_finished_job(tmp_path: Pa
     assert picture.ndim == 3 and picture.shape[0] >= 300 and picture.shape[1] >= 800
     assert picture[..., :3].std() > 0.05  # an actual image, not a blank canvas
 
-    (run,) = (out / "runs").iterdir()
-    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    runs = {run.name.split("-")[0]: run for run in (out / "runs").iterdir()}
+    assert set(runs) == {"phantom", "search", "train"}
+    for run in runs.values():
+        assert json.loads((run / "status.json").read_text())["state"] == "done", run
+    assert (runs["search"] / "artifacts" / "arch.json").is_file()
+    assert (runs["search"] / "artifacts" / "topology.png").is_file()
+    bundle = runs["train"] / "artifacts" / "model"
+    assert (bundle / "configs" / "inference.json").is_file() and (bundle / "models" / "model.pt").is_file()
+
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    csv_rows = (out / "evaluation.csv").read_text().strip().splitlines()
+    validation_cases = {row["case"] for row in evaluation["rows"]}
+    assert len(csv_rows) == 1 + 4 * len(validation_cases)
+
+    segmentation = out / "segmentation" / f"{dataset.test[0].name}.seg.nrrd"
+    label = read_volume(segmentation)
+    image = read_volume(dataset.test[0].images[0])
+    assert label.spatial_shape == image.spatial_shape and np.allclose(label.affine, image.affine, atol=1e-4)
+
     for organ in ("liver", "spleen", "right kidney", "left kidney"):
         assert organ in result.stdout
-    assert str(out / "phantom_preview.png") in result.stdout
+    for path in (out / "phantom_preview.png", bundle, segmentation, out / "evaluation.json"):
+        assert str(path) in result.stdout
 
 
 @pytest.mark.parametrize("args", [["--cases", "0"], ["--size", "8"]])

@@ -416,6 +416,7 @@ WIDGET_SUFFIX_CLASSES: dict[str, tuple[str, ...]] = {
     "CheckBox": ("QCheckBox", "ctkCheckBox"),
     "ComboBox": ("QComboBox", "ctkComboBox"),
     "NodeComboBox": ("qMRMLNodeComboBox",),
+    "CheckableNodeComboBox": ("qMRMLCheckableNodeComboBox",),
     "SpinBox": ("QSpinBox", "QDoubleSpinBox", "ctkDoubleSpinBox"),
     "PathLineEdit": ("ctkPathLineEdit",),
     "LineEdit": ("QLineEdit",),
@@ -673,7 +674,12 @@ class _Base:
 
 module("qt")
 module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text)
-module("slicer.parameterNodeWrapper", parameterNodeWrapper=lambda cls: cls, WithinRange=lambda *bounds: None)
+module(
+    "slicer.parameterNodeWrapper",
+    parameterNodeWrapper=lambda cls: cls,
+    WithinRange=lambda *bounds: None,
+    Choice=lambda choices: None,
+)
 module(
     "slicer.ScriptedLoadableModule",
     **{name: type(name, (_Base,), {}) for name in (

@@ -38,6 +38,16 @@ pytestmark = [
 VIEWS = ("oblique", "lps", "ras_permuted")
 
 
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch) -> Path:
+    """A registry home of this test only: nothing is read from or written to ``~/.medsegnas``."""
+    from MedSegNASLib.models.registry import HOME_ENV
+
+    path = tmp_path / "medsegnas-home"
+    monkeypatch.setenv(HOME_ENV, str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> dict[str, Path]:
     return sf.write_test_images(tmp_path_factory.mktemp("seg") / "images")
@@ -133,7 +143,7 @@ def test_seg_nrrd_output_has_named_colored_segments_and_the_same_voxels(unet, im
         np.testing.assert_allclose(names[label.value][1], label.color, atol=1e-6)
 
 
-def test_zip_bundle_and_job_events(unet, images, tmp_path) -> None:
+def test_zip_bundle_and_job_events(unet, images, tmp_path, home) -> None:
     archive = Path(
         shutil.make_archive(str(tmp_path / "bundle"), "zip", unet["bundle"].parent, unet["bundle"].name)
     )
@@ -150,7 +160,62 @@ def test_zip_bundle_and_job_events(unet, images, tmp_path) -> None:
     artifacts = [e for e in events if e["type"] == "artifact"]
     assert artifacts and artifacts[0]["kind"] == "labelmap"
     assert json.loads((run_dir / "status.json").read_text())["state"] == "done"
-    assert set(Path(tempfile.gettempdir()).glob("medsegnas-bundle-*")) == unpacked  # unpacked copy removed
+    assert set(Path(tempfile.gettempdir()).glob("medsegnas-bundle-*")) == unpacked  # no temporary copy
+    # The archive is unpacked once into the registry's cache (keyed by its sha256), not per run.
+    cached = list((home / "cache" / "bundles").glob("*/bundle/models/model.pt"))
+    assert len(cached) == 1
+    assert segment(images["lps"], "--model", archive, "-o", tmp_path / "again.nii.gz") == 0
+    assert list((home / "cache" / "bundles").glob("*/bundle/models/model.pt")) == cached
+
+
+def test_a_registered_model_runs_by_id_like_its_folder(unet, images, tmp_path, capsys) -> None:
+    """``--model ID``: the registry's copy gives the folder's label map; unknown ids name close ones."""
+    assert medsegnas_main(["models", "import", str(unet["bundle"]), "--name", "tiny-unet"]) == 0
+    capsys.readouterr()
+    by_id, by_folder = tmp_path / "by_id.nii.gz", tmp_path / "by_folder.nii.gz"
+    assert segment(images["lps"], "--model", "tiny-unet", "-o", by_id, "--run-dir", tmp_path / "run") == 0
+    assert segment(images["lps"], "--model", unet["bundle"], "-o", by_folder) == 0
+    ours, affine = sf.read_labels(by_id)
+    np.testing.assert_array_equal(ours, sf.read_labels(by_folder)[0])
+    np.testing.assert_allclose(affine, sf.read_labels(images["lps"])[1], atol=1e-4)
+    assert json.loads((tmp_path / "run" / "job.json").read_text())["config"]["model"] == "tiny-unet"
+    capsys.readouterr()
+
+    missing = tmp_path / "missing.nii.gz"
+    assert segment(images["lps"], "--model", "tiny-unte", "-o", missing) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: model 'tiny-unte' is neither a registered model id")
+    assert "did you mean tiny-unet?" in lines[-1] and "medsegnas models list" in lines[-1]
+    assert "Traceback" not in "\n".join(lines) and not missing.exists()
+
+
+def test_the_trust_stored_in_the_registry_applies_to_segment(unet, images, tmp_path, capsys) -> None:
+    """An imported bundle that needs code is refused by id (naming --trust) and runs nothing, until
+    it is trusted in the registry (or --trust is given); then its expression runs, as MONAI's would."""
+    marker = tmp_path / "expression-ran"
+    bundle = tmp_path / "needs_code"
+    shutil.copytree(unet["bundle"], bundle)
+    config_path = bundle / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    config["network_def"]["channels"] = f"$__import__('os').system('touch {marker}') or [8, 16, 32]"
+    config_path.write_text(json.dumps(config))
+    assert medsegnas_main(["models", "import", str(bundle), "--name", "needs-code"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "out.nii.gz"
+    assert segment(images["oblique"], "--model", "needs-code", "-o", out) == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: model 'needs-code' needs code to run") and "__import__" in message
+    assert "--trust" in message and "medsegnas models trust needs-code" in message
+    assert not marker.exists() and not out.exists()
+
+    assert segment(images["oblique"], "--model", "needs-code", "-o", out, "--trust") == 0
+    assert marker.exists() and out.exists()
+    marker.unlink()
+    out.unlink()
+    assert medsegnas_main(["models", "trust", "needs-code"]) == 0
+    assert segment(images["oblique"], "--model", "needs-code", "-o", out) == 0  # the stored flag
+    assert marker.exists()
+    assert_same_as_monai(out, unet["monai"] / "oblique_seg.nii.gz", images["oblique"])
 
 
 def test_fast_tta_and_postprocessing(unet, images, tmp_path, capsys) -> None:
@@ -266,3 +331,54 @@ def test_untrusted_bundle_code_never_runs(unet, images, tmp_path, capsys) -> Non
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "model.pt" in message and "--trust" in message
     assert not marker.exists() and not out.exists()
+
+
+def test_separable_resampling_and_boundary_argmax_equal_grid_sample() -> None:
+    """The fast paths for axis-aligned grids (flips, permutations, voxel sizes) give what the
+    general ``grid_sample`` path gives: the same values to rounding, the same labels."""
+    import torch
+    from MedSegNASLib.inference.engine import argmax_channels
+    from MedSegNASLib.inference.geometry import (
+        argmax_of_interpolation,
+        axis_aligned,
+        resample,
+        resample_slabs,
+    )
+
+    rng = np.random.default_rng(0)
+
+    def reference(source, matrix, shape, **options):
+        out = torch.empty((source.shape[0], *shape), dtype=torch.float32)
+        for start, stop, values in resample_slabs(source, matrix, shape, **options):
+            out[:, start:stop] = values
+        return out
+
+    for _ in range(12):
+        src_shape = tuple(int(n) for n in rng.integers(6, 24, 3))
+        matrix = np.eye(4)
+        matrix[:3, :3] = 0.0
+        for axis, source_axis in enumerate(rng.permutation(3)):  # a flip, scale and shift per axis
+            matrix[source_axis, axis] = rng.uniform(0.4, 2.2) * rng.choice([-1.0, 1.0])
+            matrix[source_axis, 3] = rng.uniform(-2.0, src_shape[source_axis] + 2.0)
+        shape = tuple(int(n) for n in rng.integers(5, 20, 3))
+        offset = tuple(int(n) for n in rng.integers(0, 4, 3))
+        assert axis_aligned(matrix) is not None
+        source = torch.from_numpy(rng.normal(0.0, 100.0, size=(2, *src_shape)).astype(np.float32))
+        for mode in ("bilinear", "nearest"):
+            for padding in ("border", "zeros"):
+                options = {"mode": mode, "padding_mode": padding, "dst_offset": offset}
+                fast = resample(source, matrix, shape, **options)
+                np.testing.assert_allclose(fast, reference(source, matrix, shape, **options), atol=1e-3)
+        # Smooth logits: large one-label regions and boundaries between them.
+        logits = torch.from_numpy(rng.normal(0.0, 1.0, size=(5, *src_shape)).astype(np.float32))
+        logits = torch.nn.functional.avg_pool3d(logits[None], 3, 1, 1)[0] * 8.0
+        expected = argmax_channels(reference(torch.softmax(logits, 0), matrix, shape, dst_offset=offset))
+        labels = argmax_channels(logits)
+        for layout in (logits, logits[None].contiguous(memory_format=torch.channels_last_3d)[0]):
+            got = argmax_of_interpolation(
+                layout, labels, axis_aligned(matrix), shape, dst_offset=offset, chunk=97
+            )
+            assert torch.equal(got, expected)
+    oblique = np.eye(4)
+    oblique[:2, :2] = [[0.99, -0.14], [0.14, 0.99]]
+    assert axis_aligned(oblique) is None

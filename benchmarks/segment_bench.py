@@ -3,6 +3,8 @@
     python benchmarks/segment_bench.py                        # CPU, 512 x 512 x 150 at 0.8 x 0.8 x 2.5 mm
     python benchmarks/segment_bench.py --device cuda --amp    # the GPU check
     python benchmarks/segment_bench.py --profile              # where our time goes (cProfile, top 25)
+    git archive HEAD~3 MedSegNAS | tar -x -C /tmp/before       # an older version ...
+    python benchmarks/segment_bench.py --repeat 2 --baseline-src /tmp/before/MedSegNAS   # ... in the same run
 
 What it does, in one run:
 
@@ -273,6 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile-monai", action="store_true", help="print where MONAI's time goes (cProfile)"
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run `segment` from another source tree (the folder holding its MedSegNASLib, e.g. "
+        "MedSegNAS/ of an older checkout made with `git archive`), alternating with the others: "
+        "before/after figures from one run",
+    )
     parser.add_argument("--ours-extra", nargs=argparse.REMAINDER, default=[], help="more `segment` options")
     args = parser.parse_args(argv)
 
@@ -311,17 +322,29 @@ def main(argv: list[str] | None = None) -> int:
             work / "ours.nii.gz",
         ),
     }
+    envs = {name: env for name in sides}
+    if args.baseline_src is not None:
+        baseline_env = dict(env)
+        source = str(args.baseline_src.expanduser().absolute())
+        baseline_env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
+        sides["segment (baseline)"] = (
+            _OURS_RUNNER,
+            ours_cfg | {"out": str(work / "baseline.nii.gz"), "extra": precision + args.ours_extra},
+            work / "baseline.nii.gz",
+        )
+        envs["segment (baseline)"] = baseline_env
     if args.device == "cpu" and not args.no_bf16 and cpu_has_fast_bfloat16():
         sides["segment --amp"] = (
             _OURS_RUNNER,
             ours_cfg | {"out": str(work / "ours_amp.nii.gz"), "extra": ["--amp", *args.ours_extra]},
             work / "ours_amp.nii.gz",
         )
+        envs["segment --amp"] = env
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     for attempt in range(args.repeat):
         for name, (code, config, _) in sides.items():
             _log(f"[{attempt + 1}/{args.repeat}] {name} ...")
-            runs[name].append(_run_measured(code, config, env))
+            runs[name].append(_run_measured(code, config, envs[name]))
             _log(f"  {runs[name][-1]['wall_s']:.1f} s")
     if args.profile:
         profiled = _run_measured(_OURS_RUNNER, sides["segment"][1] | {"profile": True}, env)
@@ -341,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         f"CT phantom {' x '.join(map(str, CT_SHAPE))} at {' x '.join(map(str, CT_SPACING))} mm, "
         f"int16 NIfTI; device {args.device}; bundle: UNet 16-32-64-128-256, 96^3 windows, overlap 0.5"
     )
-    width = 20
+    width = 22
     print(f"{'':26s}" + "".join(f"{name:>{width}s}" for name in sides))
     rows = [
         ("wall time (s)", "wall_s", "{:.1f}", 1.0),
@@ -364,9 +387,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{agreement[name][value]:>{width - 8}.4f} / {truth_dice[name]:.2f}" for name in sides
         )
         print(f"  {names[value]:24s}{cells}")
-    for line in best["segment"]["stderr"].splitlines():
-        if "windows of" in line or "model grid" in line or line.startswith("done in"):
-            print(f"segment: {line.strip()}")
+    for name in sides:
+        for line in best[name]["stderr"].splitlines() if name.startswith("segment") else []:
+            if "windows of" in line or "model grid" in line or line.startswith("done in"):
+                print(f"{name}: {line.strip()}")
     present = [v for v in values if not np.isnan(agreement["segment"][v])]
     ok = ratios["segment"] <= 0.5 and all(agreement["segment"][v] >= 0.99 for v in present)
     print("goal for segment (ratio <= 0.5, Dice >= 0.99):", "met" if ok else "not met")

@@ -48,6 +48,7 @@ __all__ = [
     "save_segmentation",
     "segment_id_for_label",
     "segmentation_node_to_labelmap",
+    "segments_to_labelmap",
     "volume_node_to_volume",
     "volume_to_volume_node",
 ]
@@ -516,13 +517,43 @@ def segmentation_node_to_labelmap(
         65535) on the reference volume's grid, and the reference volume's affine (linear parent
         transforms applied, as :func:`volume_node_to_volume` gives it).
     """
+    return segments_to_labelmap(
+        segmentation_node, reference_volume_node, _segment_values(segmentation_node, labels)
+    )
+
+
+def segments_to_labelmap(
+    segmentation_node: Any,
+    reference_volume_node: Any,
+    segment_values: Sequence[tuple[str, int]],
+) -> Volume:
+    """The label map of chosen segments, each painted with a chosen value, on the grid of a volume node.
+
+    Args:
+        segmentation_node: the segmentation.
+        reference_volume_node: the volume node whose voxel grid the label map takes (it need not
+            be in a scene).
+        segment_values: ``(segment ID, label value > 0)`` pairs; where segments overlap, the later
+            pair wins. Segments not listed are left out.
+
+    Returns:
+        Volume as :func:`segmentation_node_to_labelmap` returns it.
+    """
     _ensure_segmentation_converters()
     reference_image = reference_volume_node.GetImageData()
     if reference_image is None:
         raise ImageFormatError(f"reference volume {_node_label(reference_volume_node)} has no voxel data")
     affine = _world_affine(reference_volume_node)
     size_i, size_j, size_k = reference_image.GetDimensions()
-    pairs = _segment_values(segmentation_node, labels)
+    pairs = list(segment_values)
+    segmentation = segmentation_node.GetSegmentation()
+    for segment_id, value in pairs:
+        if segmentation.GetSegment(segment_id) is None:
+            raise MedSegNASError(
+                f"segmentation {_node_label(segmentation_node)} has no segment {segment_id!r}"
+            )
+        if int(value) <= 0:
+            raise MedSegNASError(f"segment {segment_id!r}: label value {value} must be > 0 (0 is background)")
     highest = max([value for _, value in pairs] + [0])
     dtype = np.uint8 if highest <= 255 else np.uint16 if highest <= 65535 else np.int32
     meta = {"node_name": segmentation_node.GetName(), "labelmap": True}

@@ -26,8 +26,12 @@ from MedSegNASLib.errors import MedSegNASError
 
 from . import __version__
 
-#: Modules that add sub-commands, in the order they appear in ``--help`` (finetune, fewshot: to come).
-COMMAND_MODULES: tuple[str, ...] = ("SSLPretrainLib.commands",)  # pretrain
+#: Modules that add sub-commands, in the order they appear in ``--help``.
+COMMAND_MODULES: tuple[str, ...] = (
+    "SSLPretrainLib.commands",  # pretrain
+    "SSLPretrainLib.finetune",  # finetune
+    "SSLPretrainLib.fewshot",  # fewshot
+)
 
 #: Packages a pretraining worker cannot run without.
 REQUIRED_PACKAGES: tuple[str, ...] = ("torch", "monai")

@@ -212,3 +212,328 @@ def load_encoder_weights(path: str | os.PathLike[str]) -> EncoderWeights:
         monai_version=info.get("monai_version"),
         path=path,
     )
+
+
+# -- pretrained weights for fine-tuning ---------------------------------------------------------
+
+#: Least fraction of the encoder's tensors a pretrained file must fill (with the right shapes)
+#: for fine-tuning to start from it. A complete encoder fills 100%; 95% leaves room for the
+#: patch embedding of an image with another number of channels (2 of 126 tensors), while a
+#: renaming that went wrong (the classic silent failure) fills next to nothing and is refused.
+MIN_LOADED_FRACTION = 0.95
+#: Children of MONAI's ``SwinTransformer`` with weights: a key starting with one of these is an
+#: encoder saved alone (MONAI's published SSL weights) and gets :data:`ENCODER_PREFIX`.
+_ENCODER_CHILDREN = ("patch_embed.", "layers1.", "layers2.", "layers3.", "layers4.")
+#: Layouts :func:`read_pretrained_encoder` recognises.
+LAYOUTS = ("sslpretrain-encoder", "sslpretrain-checkpoint", "monai-swin-ssl", "swin-unetr")
+
+
+def normalise_encoder_key(key: str) -> str:
+    """The ``SwinUNETR.state_dict()`` key that a pretrained tensor's ``key`` stands for.
+
+    MONAI's published Swin UNETR SSL weights (``model_swinvit.pt``, the layout
+    ``SwinUNETR.load_from`` reads) name the encoder's tensors ``module.patch_embed.proj.weight``,
+    ``module.layers1.0.blocks.0.mlp.fc1.weight``, ...; the research code's own checkpoints use
+    ``module.swin_vit.``. The rules, applied in this order:
+
+    1. every leading ``module.`` is removed (``DataParallel``/``DistributedDataParallel``);
+    2. ``swin_vit.`` becomes ``swinViT.`` (the research code's attribute name);
+    3. a key starting with a child of the encoder (``patch_embed.``, ``layers1.`` ... ``layers4.``)
+       gets the ``swinViT.`` prefix (an encoder saved alone);
+    4. ``.mlp.fc1.``/``.mlp.fc2.`` become ``.mlp.linear1.``/``.mlp.linear2.`` (MONAI's ``MLPBlock``).
+
+    Other keys (decoder, SSL heads) pass unchanged and simply match no encoder tensor.
+    """
+    while key.startswith("module."):
+        key = key[len("module.") :]
+    if key.startswith("swin_vit."):
+        key = ENCODER_PREFIX + key[len("swin_vit.") :]
+    elif key.startswith(_ENCODER_CHILDREN):
+        key = ENCODER_PREFIX + key
+    if key.startswith(ENCODER_PREFIX):
+        key = key.replace(".mlp.fc1.", ".mlp.linear1.").replace(".mlp.fc2.", ".mlp.linear2.")
+    return key
+
+
+@dataclass
+class PretrainedEncoder:
+    """Pretrained encoder weights for fine-tuning, read by :func:`read_pretrained_encoder`.
+
+    Attributes:
+        state_dict: every tensor of the file, keys normalised by :func:`normalise_encoder_key`
+            (the encoder's carry the ``swinViT.`` prefix).
+        path: the file read.
+        layout: one of :data:`LAYOUTS`: our exported ``encoder.pt``, our pretraining checkpoint,
+            MONAI's published SSL weights (``module.patch_embed...``), or a plain ``SwinUNETR``
+            state dict (``swinViT.``, e.g. a fine-tuned bundle's ``model.pt``).
+        monai_version: MONAI version that saved them (``None`` when the file does not say).
+        renamed: how many keys the published-layout rules renamed.
+        warnings: what the user should know (another MONAI version, an unfinished pretraining run).
+        info: facts about the pretraining (``steps``, ``modality``, ...), when recorded.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    path: Path
+    layout: str
+    monai_version: str | None = None
+    renamed: int = 0
+    warnings: list[str] | None = None
+    info: dict[str, Any] | None = None
+
+    def _embedding(self) -> torch.Tensor | None:
+        return self.state_dict.get(ENCODER_PREFIX + "patch_embed.proj.weight")
+
+    @property
+    def feature_size(self) -> int | None:
+        """Feature size of the encoder (output channels of the patch embedding), if present."""
+        weight = self._embedding()
+        return int(weight.shape[0]) if weight is not None and weight.ndim == 5 else None
+
+    @property
+    def in_channels(self) -> int | None:
+        """Image channels the encoder was pretrained on (input channels of the patch embedding)."""
+        weight = self._embedding()
+        return int(weight.shape[1]) if weight is not None and weight.ndim == 5 else None
+
+    @property
+    def encoder_keys(self) -> list[str]:
+        return [key for key in self.state_dict if key.startswith(ENCODER_PREFIX)]
+
+
+def resolve_pretrained_path(source: str | os.PathLike[str]) -> Path:
+    """The weights file behind ``source``: a file as is; a pretraining run directory gives its
+    ``artifacts/encoder.pt`` (finished run) or else its ``checkpoints/last.pt`` (stopped run); a
+    Swin UNETR bundle folder gives its ``models/model.pt``."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        candidates = (
+            path / "artifacts" / "encoder.pt",
+            path / "checkpoints" / "last.pt",
+            path / "models" / "model.pt",
+        )
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise MedSegNASError(
+            f"{path} holds no pretrained encoder (no artifacts/encoder.pt, checkpoints/last.pt or models/model.pt); "
+            "give a pretraining run directory of 'sslpretrain pretrain', or a weights file"
+        )
+    if not path.is_file():
+        raise MedSegNASError(
+            f"pretrained weights not found: {path} (give a pretraining run directory or a .pt file)"
+        )
+    return path
+
+
+def _tensor_mapping(obj: Any) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {str(k): v for k, v in obj.items()}
+    return None
+
+
+def _is_exported_encoder(path: Path) -> bool:
+    """Whether ``path`` has the JSON sidecar of :func:`export_encoder` beside it."""
+    try:
+        info = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("format") == "sslpretrain-swin-encoder"
+
+
+def read_pretrained_encoder(source: str | os.PathLike[str]) -> PretrainedEncoder:
+    """Read pretrained Swin encoder weights in any layout fine-tuning accepts.
+
+    ``source``: a pretraining run directory (see :func:`resolve_pretrained_path`), our exported
+    ``encoder.pt`` (with its ``encoder.json``), our checkpoint ``last.pt``, MONAI's published SSL
+    weights (``{"state_dict": {"module.patch_embed.proj.weight": ...}}`` or the bare dict), or a
+    ``SwinUNETR`` state dict. Always read with ``torch.load(weights_only=True)``: no code runs.
+    Issues :class:`MonaiVersionWarning` when the weights come from another MONAI major.minor
+    version, or do not say which (the published ones predate MONAI 1.5).
+
+    Raises:
+        MedSegNASError: missing or unreadable file, or a file that holds no state dict of tensors.
+    """
+    path = resolve_pretrained_path(source)
+    notes: list[str] = []
+    if _is_exported_encoder(path):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MonaiVersionWarning)
+            exported = load_encoder_weights(path)
+        notes += [str(w.message) for w in caught if issubclass(w.category, MonaiVersionWarning)]
+        for note in notes:
+            warnings.warn(note, MonaiVersionWarning, stacklevel=2)
+        info = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+        extra = {key: info[key] for key in ("steps", "modality", "preprocessing") if key in info}
+        return PretrainedEncoder(
+            dict(exported.state_dict), path, "sslpretrain-encoder", exported.monai_version, 0, notes, extra
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MedSegNASError(
+            f"cannot load {path} as weights ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+            "only state dicts of tensors are read (torch.load with weights_only=True), not pickled models"
+        ) from None
+    info: dict[str, Any] = {}
+    recorded: str | None = None
+    if isinstance(obj, Mapping) and str(obj.get("format", "")).startswith("sslpretrain-checkpoint"):
+        layout, state = "sslpretrain-checkpoint", _tensor_mapping(obj.get("model"))
+        recorded = obj.get("monai_version")
+        steps = (obj.get("config") or {}).get("steps")
+        info = {"step": obj.get("step"), "steps": steps}
+        if steps is not None and obj.get("step") is not None and obj["step"] < steps:
+            notes.append(
+                f"{path} is the checkpoint of an unfinished pretraining run (step {obj['step']} of {steps})"
+            )
+    else:
+        layout = "swin-unetr"
+        state = _tensor_mapping(obj)
+        if state is None and isinstance(obj, Mapping):
+            for wrapper in ("state_dict", "model", "network", "model_state_dict"):
+                state = _tensor_mapping(obj.get(wrapper))
+                if state is not None:
+                    break
+            if isinstance(obj.get("monai_version"), str):
+                recorded = obj["monai_version"]
+    if state is None:
+        kind = type(obj).__name__ if not isinstance(obj, Mapping) else f"a dict with keys {list(obj)[:6]}"
+        raise MedSegNASError(
+            f"{path} holds no state dict of tensors ({kind}); expected encoder weights such as "
+            "RUN/artifacts/encoder.pt or MONAI's model_swinvit.pt"
+        )
+    normalised: dict[str, torch.Tensor] = {}
+    renamed = 0
+    for key, value in state.items():
+        new_key = normalise_encoder_key(key)
+        bare = key[len("module.") :] if key.startswith("module.") else key
+        renamed += new_key not in (key, bare)
+        normalised[new_key] = value
+    if layout == "swin-unetr" and renamed:
+        layout = "monai-swin-ssl"
+    message = warn_if_other_monai(recorded, f"pretrained weights {path}")
+    if message:
+        notes.insert(0, message)
+    return PretrainedEncoder(normalised, path, layout, recorded, renamed, notes, info)
+
+
+def load_pretrained_encoder(
+    network: nn.Module,
+    pretrained: PretrainedEncoder | str | os.PathLike[str],
+    *,
+    min_fraction: float = MIN_LOADED_FRACTION,
+) -> dict[str, Any]:
+    """Copy pretrained encoder weights into a Swin UNETR's encoder (``network.swinViT``), checked.
+
+    Every encoder tensor of ``network`` (keys ``swinViT.*`` of its state dict) is filled from
+    the pretrained tensor of the same normalised name when the shapes agree; the copies are then
+    read back and compared. Nothing else of ``network`` changes. The counts are of the encoder's
+    learned tensors (118 for Swin UNETR): the ``relative_position_index`` buffers are the same
+    constants in every network, so loading them proves nothing (they are copied all the same).
+
+    Returns:
+        The load report: ``loaded`` (learned tensors copied), ``total_encoder_tensors``,
+        ``loaded_fraction``, ``missing`` (encoder keys the file lacks), ``mismatched``
+        (``{"key", "pretrained_shape", "network_shape"}``), ``skipped`` (the file's keys that are
+        not encoder tensors, e.g. SSL heads), ``buffers_loaded``, ``source``, ``layout``,
+        ``renamed``, ``monai_version``, ``feature_size`` and ``warnings``.
+
+    Raises:
+        MedSegNASError: ``network`` has no Swin encoder, or fewer than ``min_fraction`` of its
+            encoder tensors (or none at all) could be loaded: fine-tuning would silently start
+            from random weights.
+    """
+    if not isinstance(pretrained, PretrainedEncoder):
+        pretrained = read_pretrained_encoder(pretrained)
+    target = network.state_dict()
+    learned = {name for name, _ in network.named_parameters() if name.startswith(ENCODER_PREFIX)}
+    encoder_keys = [key for key in target if key.startswith(ENCODER_PREFIX)]
+    if not learned:
+        raise MedSegNASError(
+            f"the network ({type(network).__name__}) has no Swin encoder ({ENCODER_PREFIX}* weights) to load "
+            "pretrained weights into; fine-tune a Swin UNETR"
+        )
+    source = pretrained.state_dict
+    to_load: dict[str, torch.Tensor] = {}
+    mismatched: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for key in encoder_keys:
+        if key not in source:
+            if key in learned:
+                missing.append(key)
+        elif tuple(source[key].shape) != tuple(target[key].shape):
+            mismatched.append(
+                {
+                    "key": key,
+                    "pretrained_shape": list(source[key].shape),
+                    "network_shape": list(target[key].shape),
+                }
+            )
+        else:
+            to_load[key] = source[key].to(dtype=target[key].dtype)
+    encoder_set = set(encoder_keys)
+    skipped = [key for key in source if key not in encoder_set]
+    loaded = sum(key in learned for key in to_load)
+    total = len(learned)
+    fraction = loaded / total
+    where = f"{pretrained.path} ({pretrained.layout} layout)"
+    network_features = int(target[ENCODER_PREFIX + "patch_embed.proj.weight"].shape[0])
+    if pretrained.feature_size is not None and pretrained.feature_size != network_features:
+        hint = (
+            f"the weights are for feature size {pretrained.feature_size}, the network has feature size "
+            f"{network_features}"
+        )
+    else:
+        hint = "the weights are for another architecture (depths, heads) or were renamed wrongly"
+    if loaded == 0:
+        if mismatched:
+            first = mismatched[0]
+            detail = (
+                f"{len(mismatched)} name(s) matched but with other shapes, e.g. {first['key']} "
+                f"{tuple(first['pretrained_shape'])} in the file vs {tuple(first['network_shape'])} in the "
+                f"network ({hint})"
+            )
+        else:
+            examples = ", ".join(list(source)[:3]) or "none"
+            detail = f"its {len(source)} tensor(s) have keys such as {examples}, none of which names an encoder tensor"
+        raise MedSegNASError(
+            f"none of the {total} encoder tensors of the Swin UNETR could be loaded from {where}: {detail}; "
+            "give a pretraining run of 'sslpretrain pretrain', its encoder.pt, or MONAI's Swin UNETR SSL weights"
+        )
+    if fraction < min_fraction:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:2])})")
+        if mismatched:
+            first = mismatched[0]
+            parts.append(
+                f"{len(mismatched)} with other shapes (e.g. {first['key']} {tuple(first['pretrained_shape'])} vs "
+                f"{tuple(first['network_shape'])})"
+            )
+        raise MedSegNASError(
+            f"only {loaded} of the {total} encoder tensors ({100 * fraction:.0f}%) could be loaded from {where}; "
+            f"at least {100 * min_fraction:.0f}% are needed: {'; '.join(parts)}; {hint}"
+        )
+    result = network.load_state_dict(to_load, strict=False)
+    if result.unexpected_keys:  # pragma: no cover - keys were taken from the network itself
+        raise MedSegNASError(f"unexpected keys while loading the encoder: {result.unexpected_keys[:3]}")
+    after = network.state_dict()
+    differing = [
+        key for key, value in to_load.items() if not torch.equal(after[key], value.to(after[key].device))
+    ]
+    if differing:  # pragma: no cover - a module whose state_dict does not alias its parameters
+        raise MedSegNASError(f"encoder weights did not take: {len(differing)} tensor(s) differ after loading")
+    return {
+        "loaded": loaded,
+        "total_encoder_tensors": total,
+        "loaded_fraction": round(fraction, 4),
+        "missing": missing,
+        "mismatched": mismatched,
+        "skipped": skipped,
+        "buffers_loaded": len(to_load) - loaded,
+        "source": str(pretrained.path),
+        "layout": pretrained.layout,
+        "renamed": pretrained.renamed,
+        "monai_version": pretrained.monai_version,
+        "feature_size": pretrained.feature_size,
+        "warnings": list(pretrained.warnings or []),
+    }

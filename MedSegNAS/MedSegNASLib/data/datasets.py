@@ -386,8 +386,13 @@ def load_dataset(path: str | os.PathLike, *, dataroot: str | os.PathLike | None 
     if root_value is not None and not isinstance(root_value, str | os.PathLike):
         problems.append(f"'dataroot' must be a folder path, got {root_value!r}")
         root_value = None
-    root = folder if root_value is None else Path(os.path.expanduser(root_value))
-    root = Path(os.path.normpath(root if root.is_absolute() else folder / root))
+    if root_value is None:
+        root = folder
+    else:
+        # A relative dataroot is relative to the JSON's folder (not to the working directory).
+        root = Path(os.path.expanduser(root_value))
+        root = root if root.is_absolute() else folder / root
+    root = Path(os.path.normpath(root))
 
     label_names: dict[int, str] = {}
     if "labels" in data:

@@ -3,6 +3,7 @@
 Importing this package loads neither torch nor MONAI.
 
     model = load_model("bundle/")                                    # model.py: safe bundle reading
+    model = load_resolved_model("spleen_ct_segmentation")           # or a registry id (or folder/zip)
     result = segment_volume(read_volume("ct.nii.gz"), model)        # engine.py
     write_volume(result.labels, "labels.seg.nrrd", labels=model.labels)
 

@@ -1,5 +1,6 @@
 """``medsegnas segment``: segment an image with a MONAI bundle, as a job.
 
+    medsegnas segment ct.nii.gz --model spleen_ct_segmentation -o spleen.seg.nrrd   # a registry id
     medsegnas segment ct.nii.gz --model spleen_bundle/ -o spleen.seg.nrrd
     medsegnas segment t2.nii.gz adc.nii.gz --model prostate.zip -o labels.nii.gz --device cpu --tta
 
@@ -11,8 +12,10 @@ when something fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -75,7 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "on one voxel grid",
     )
     parser.add_argument(
-        "--model", "-m", required=True, type=Path, metavar="MODEL", help="bundle folder, .zip or .tar.gz"
+        "--model",
+        "-m",
+        required=True,
+        metavar="MODEL",
+        help="a registered model id (medsegnas models list), or a bundle folder, .zip or .tar.gz",
     )
     parser.add_argument(
         "--output",
@@ -149,7 +156,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--trust",
         action="store_true",
-        help="run the bundle's code and pickles (only for bundles from a source you trust)",
+        help="run the bundle's code and pickles (only for bundles from a source you trust; a registered "
+        "model trusted with 'medsegnas models trust ID' needs no --trust)",
     )
     add_job_arguments(parser)
     parser.set_defaults(func=segment_command)
@@ -184,7 +192,7 @@ def segment_command(args: argparse.Namespace) -> int:
 
     output = check_output_path(args.output)
     inputs = [p.expanduser().absolute() for p in args.inputs]
-    model_path = args.model.expanduser().absolute()
+    model_spec = _model_spec(args.model)
     options = SegmentOptions(
         device=args.device,
         fast=args.fast,
@@ -198,7 +206,7 @@ def segment_command(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     config: dict[str, Any] = {
-        "model": str(model_path),
+        "model": model_spec,
         "output": str(output),
         "device": args.device,
         "fast": args.fast,
@@ -213,26 +221,61 @@ def segment_command(args: argparse.Namespace) -> int:
     }
 
     def body(ctx) -> dict[str, Any]:
-        return segment_files(inputs, model_path, output, options, ctx, trusted=args.trust)
+        return segment_files(inputs, model_spec, output, options, ctx, trusted=args.trust)
 
     return run_job_command("segment", args, body, config, inputs={"images": [str(p) for p in inputs]})
 
 
+def _model_spec(text: str) -> str:
+    """``--model`` as given when it may be a registry id (looked up first, as resolve_model does),
+    else as an absolute path, so that job.json names the bundle unambiguously."""
+    from .model import looks_like_path
+
+    return str(Path(text).expanduser().absolute()) if looks_like_path(text) else text
+
+
+def _import_monai() -> None:
+    """Import the parts of MONAI that opening and running a bundle needs (errors surface later)."""
+    with contextlib.suppress(Exception):
+        import monai.bundle  # noqa: F401
+        import monai.data  # noqa: F401
+        import monai.networks.nets  # noqa: F401
+        import monai.transforms  # noqa: F401
+
+
 def segment_files(
-    inputs: list[Path], model_path: Path, output: Path, options: Any, ctx: Any, *, trusted: bool = False
+    inputs: list[Path],
+    model: str | Path,
+    output: Path,
+    options: Any,
+    ctx: Any,
+    *,
+    trusted: bool = False,
 ) -> dict[str, Any]:
-    """Load, segment, write; reports through the job context ``ctx``. Returns the job summary."""
+    """Load, segment, write; reports through the job context ``ctx``. Returns the job summary.
+
+    ``model`` is a registry id, a bundle folder or an archive (:func:`~.model.load_resolved_model`);
+    ``trusted``: the user passed ``--trust``.
+    """
     import numpy as np
 
     from ..data.io import read_volumes, write_volume
     from .engine import Progress, segment_volume
-    from .model import load_model
+    from .model import load_resolved_model
 
     started = time.perf_counter()
-    volume = read_volumes(inputs)  # first: a bad image fails before the (slower) model loads
+    # MONAI's import (about 2 s) runs while the image is read (file reading and decompression
+    # release the GIL); the model itself is opened only once the image has been read, so that
+    # a bad image still fails first, before anything of the bundle is touched.
+    importer = threading.Thread(target=_import_monai, name="import-monai", daemon=True)
+    importer.start()
+    try:
+        volume = read_volumes(inputs)  # first: a bad image fails before the (slower) model loads
+    finally:
+        importer.join()  # never leave an import running while the process exits
     volume.meta.setdefault("path", str(inputs[0]))
     ctx.progress(1, 2, stage="load")
-    model = load_model(model_path, trusted=trusted)
+    model = load_resolved_model(model, trust=trusted)
     ctx.log(
         f"model '{model.name}': {model.in_channels} input channel(s), {model.num_classes} classes "
         f"({', '.join(lb.name for lb in model.labels[1:])}); preprocessing: {', '.join(model.steps)}"

@@ -12,13 +12,19 @@ bundle's inference config) computes; how it computes it is cheaper:
    background. ``--no-crop`` runs every window.
 3. **Resampling.** One trilinear pass from the input grid to the model grid (MONAI: an
    orientation copy, then a float64 resampling of the whole image): float32 over the windows
-   that run when the intensity transforms are voxel-wise (CT windows), float64 over the whole
-   grid otherwise (a z-score of the non-zero voxels depends on which voxels are exactly zero).
-   One pass back, in slabs reduced to labels at once, over the box of voxels predicted as
-   foreground (elsewhere all 8 interpolation neighbours are background, so the result is too);
-   MONAI inverts float64 probabilities of every class on the whole input grid.
-4. **Inference.** ``monai.inferers.sliding_window_inference`` under ``torch.inference_mode``,
-   float16 autocast on CUDA; on CUDA out-of-memory it retries with one window per batch and the
+   that run when the intensity transforms are voxel-wise (CT windows), as three separable 1D
+   passes when the grids are axis-aligned (the usual case: the model grid keeps the image's
+   directions); float64 with ``grid_sample`` over the whole grid otherwise (a z-score of the
+   non-zero voxels depends on which voxels are exactly zero, and ``grid_sample`` leaves the
+   same rounding leaks as MONAI's resampling). Back to the input grid, over the box of voxels
+   predicted as foreground: on axis-aligned grids the probabilities are interpolated only where
+   the 8 model voxels around an input voxel disagree (:func:`~.geometry.argmax_of_interpolation`),
+   elsewhere in slabs reduced to labels at once; MONAI inverts float64 probabilities of every
+   class on the whole input grid.
+4. **Inference.** MONAI's sliding-window scheme (same padding, windows and blending, MONAI's
+   own ``sliding_window_inference`` for networks whose output window differs from the input's)
+   under ``torch.inference_mode``, the window sum kept channels-last on the CPU; float16
+   autocast on CUDA; on CUDA out-of-memory it retries with one window per batch and the
    stitched output in CPU memory, then on the CPU, and says so.
 
 Options: flip test-time augmentation (probabilities averaged over the identity and a flip of
@@ -45,10 +51,13 @@ from ..errors import ImageFormatError, MedSegNASError
 from . import DEVICES
 from .geometry import (
     Grid,
+    argmax_of_interpolation,
+    axis_aligned,
     index_map,
     map_box,
     model_grid,
     resample,
+    resample_axis_aligned,
     resample_slabs,
     window_padding,
     window_starts,
@@ -349,16 +358,90 @@ class _Runner:
 
     def infer(self, image: torch.Tensor, plan: _Plan | None, total_windows: int) -> torch.Tensor:
         """``(C_in, *grid)`` -> ``(C_out, *grid)`` logits (or probabilities with TTA)."""
-        from monai.inferers import sliding_window_inference
-
-        batch = image[None].to(self.device)
         if plan is None:  # the bundle runs the whole image at once (SimpleInferer)
-            out = self.forward(batch)
+            out = self.forward(image[None].to(self.device))
             self.progress.step("infer", 1, 1)
             return out[0].to(self.output_device)
+        try:
+            return self._stitch(image, plan, total_windows)
+        except _OtherOutputShape:
+            return self._monai_sliding_window(image, plan, total_windows)
+
+    def _stitch(self, image: torch.Tensor, plan: _Plan, total_windows: int) -> torch.Tensor:
+        """MONAI's ``sliding_window_inference`` (same padding, windows, blending), minus its costs.
+
+        The sum of the window outputs is kept in the network's memory layout (channels-last on
+        the CPU, so each addition reads and writes contiguous memory); with constant blending
+        there is no multiplication by an all-ones weight map, and the count of windows per voxel
+        is the outer product of the counts per axis (exact small integers, as MONAI's sum).
+        Windows outside the body add the background logit to the background channel only.
+        """
+        from monai.data.utils import compute_importance_map
+
+        model = self.model
+        roi = tuple(int(r) for r in plan.roi)
+        spatial = tuple(int(s) for s in image.shape[1:])
+        pad: list[int] = []  # torch.nn.functional.pad order: last axis first, as MONAI
+        for axis in (2, 1, 0):
+            missing = max(roi[axis] - spatial[axis], 0)
+            pad += [missing // 2, missing - missing // 2]
+        if any(pad):
+            image = torch.nn.functional.pad(image[None], pad, mode=model.pad_mode, value=model.cval)[0]
+        padded = tuple(int(s) for s in image.shape[1:])
+        num_classes = model.num_classes
+        channels_last = self.device.type == "cpu"
+        if channels_last:
+            total = torch.zeros((*padded, num_classes), dtype=torch.float32, device=self.output_device)
+            total = total.permute(3, 0, 1, 2)
+        else:
+            total = torch.zeros((num_classes, *padded), dtype=torch.float32, device=self.output_device)
+        weights = None
+        if model.blend_mode != "constant":
+            weights = compute_importance_map(
+                roi, mode=model.blend_mode, sigma_scale=model.sigma_scale, device=self.output_device
+            ).float()
+        background = 1.0 if self.probabilities else BACKGROUND_LOGIT
+        kept = [start for start in plan.starts if start in plan.keep]
+        for start in plan.starts:
+            if start not in plan.keep:
+                region = total[(0, *_window_slices(start, roi))]
+                region.add_(weights * background if weights is not None else background)
+        batch_size = max(1, int(self.sw_batch_size))
+        for first in range(0, len(kept), batch_size):
+            starts = kept[first : first + batch_size]
+            windows = torch.stack([image[(slice(None), *_window_slices(start, roi))] for start in starts])
+            outputs = self.forward(windows.to(self.device))
+            if tuple(outputs.shape[2:]) != roi or int(outputs.shape[1]) != num_classes:
+                raise _OtherOutputShape
+            outputs = outputs.to(self.output_device)
+            for start, output in zip(starts, outputs, strict=True):
+                if weights is not None:
+                    output = output * weights
+                total[(slice(None), *_window_slices(start, roi))] += output
+            self.done += len(starts)
+            self.progress.step("infer", self.done, total_windows, windows=total_windows)
+            self.progress.check_stop()
+        if weights is None:
+            count = _window_counts(plan.starts, roi, padded, self.output_device)
+        else:
+            count = torch.zeros(padded, dtype=torch.float32, device=self.output_device)
+            for start in plan.starts:
+                count[_window_slices(start, roi)] += weights
+        total /= count
+        if any(pad):
+            before = pad[::-1][1::2]  # per axis 0, 1, 2: the padding added before it
+            total = total[(slice(None), *(slice(b, b + n) for b, n in zip(before, spatial, strict=True)))]
+        return total
+
+    def _monai_sliding_window(self, image: torch.Tensor, plan: _Plan, total_windows: int) -> torch.Tensor:
+        """``monai.inferers.sliding_window_inference`` itself, for networks whose output has
+        another size than their input window."""
+        from monai.inferers import sliding_window_inference
+
         num_classes = self.model.num_classes
         background = torch.zeros((1, num_classes, *plan.roi), dtype=torch.float32, device=self.device)
         background[:, 0] = 1.0 if self.probabilities else BACKGROUND_LOGIT
+        self.done = 0
 
         def predictor(windows: torch.Tensor, coords: list) -> torch.Tensor:
             flags = [tuple(int(s.start) for s in c[2:]) in plan.keep for c in coords]
@@ -377,7 +460,7 @@ class _Runner:
 
         model = self.model
         out = sliding_window_inference(
-            batch,
+            image[None].to(self.device),
             roi_size=plan.roi,
             sw_batch_size=self.sw_batch_size,
             predictor=predictor,
@@ -390,6 +473,28 @@ class _Runner:
             with_coord=True,
         )
         return out[0]
+
+
+class _OtherOutputShape(Exception):
+    """The network's output window is not its input window (MONAI then rescales the windows)."""
+
+
+def _window_slices(start: Sequence[int], roi: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(int(a), int(a) + int(r)) for a, r in zip(start, roi, strict=True))
+
+
+def _window_counts(
+    starts: Sequence[Sequence[int]], roi: Sequence[int], shape: Sequence[int], device: torch.device
+) -> torch.Tensor:
+    """How many windows cover each voxel: the outer product of the per-axis counts."""
+    per_axis = []
+    for axis, (size, window) in enumerate(zip(shape, roi, strict=True)):
+        counts = torch.zeros(int(size), dtype=torch.float32)
+        for first in sorted({int(start[axis]) for start in starts}):
+            counts[first : first + int(window)] += 1.0
+        per_axis.append(counts)
+    count = per_axis[0][:, None, None] * per_axis[1][None, :, None] * per_axis[2][None, None, :]
+    return count.to(device)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -573,6 +678,7 @@ def _run(
                 # voxels are zero. Voxel-wise windows (CT) do not care: float32 is enough.
                 dtype=torch.float32 if model.pointwise else torch.float64,
                 out=image[region],
+                separable=model.pointwise,
             )
             if model.post_intensity:
                 image[region] = _apply_transforms(model.post_intensity, image[region])
@@ -600,10 +706,13 @@ def _run(
 def argmax_channels(values: torch.Tensor) -> torch.Tensor:
     """``values.argmax(dim=0)`` as uint8 (int16 beyond 256 channels), for ``(C, ...)`` tensors.
 
-    One comparison pass per channel over contiguous memory: about 2.5x faster on the CPU than
-    ``argmax`` over the first dimension. Ties go to the lower channel, as with ``argmax``.
+    Channels-last memory (channels innermost): ``argmax`` over the contiguous last dimension.
+    Otherwise one comparison pass per channel over contiguous memory: about 2.5x faster on the
+    CPU than ``argmax`` over the first dimension. Ties go to the lower channel, as with ``argmax``.
     """
     dtype = torch.uint8 if values.shape[0] <= 256 else torch.int16
+    if values.dim() > 1 and values.stride(0) == 1 and values.shape[0] > 1:
+        return values.movedim(0, -1).argmax(dim=-1).to(dtype)
     labels = torch.zeros(values.shape[1:], dtype=dtype, device=values.device)
     best = values[0].clone()
     for channel in range(1, int(values.shape[0])):
@@ -613,24 +722,31 @@ def argmax_channels(values: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def _foreground_box(prediction: torch.Tensor, box: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    """The model-grid box of the voxels predicted as non-background, one voxel wider.
+def _model_labels(prediction: torch.Tensor, box: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Argmax labels of the model grid: computed inside ``box`` (the windows that ran), 0 outside."""
+    dtype = torch.uint8 if prediction.shape[0] <= 256 else torch.int16
+    labels = torch.zeros(prediction.shape[1:], dtype=dtype, device=prediction.device)
+    if all(b > a for a, b in box):
+        labels[_box_slices(box)] = argmax_channels(prediction[(slice(None), *_box_slices(box))])
+    return labels
+
+
+def _foreground_box(labels: torch.Tensor) -> tuple[tuple[int, int], ...]:
+    """The model-grid box of the voxels labelled non-background, one voxel wider.
 
     An input voxel is interpolated from the 8 model voxels around it. Where all 8 are background
     by argmax, the interpolated probabilities are too (a convex combination keeps the order), so
     only input voxels in this box need interpolating: the rest is background exactly.
     """
-    if any(b <= a for a, b in box):
-        return tuple((0, 0) for _ in box)
-    foreground = argmax_channels(prediction[(slice(None), *_box_slices(box))]) != 0
+    foreground = labels != 0
     bounds = []
     for axis in range(3):
         others = tuple(a for a in range(3) if a != axis)
         hits = torch.nonzero(foreground.any(dim=others[1]).any(dim=others[0]))
         if hits.numel() == 0:
-            return tuple((0, 0) for _ in box)
-        lo, hi = int(hits.min()) + box[axis][0], int(hits.max()) + box[axis][0] + 1
-        bounds.append((max(lo - 1, 0), min(hi + 1, int(prediction.shape[axis + 1]))))
+            return tuple((0, 0) for _ in range(3))
+        lo, hi = int(hits.min()), int(hits.max()) + 1
+        bounds.append((max(lo - 1, 0), min(hi + 1, int(labels.shape[axis]))))
     return tuple(bounds)
 
 
@@ -643,20 +759,47 @@ def _invert(
     *,
     softmax: bool,
 ) -> np.ndarray:
-    """Model-grid predictions ``(C, *m_grid)`` -> ``(I, J, K)`` labels on the input grid."""
+    """Model-grid predictions ``(C, *m_grid)`` -> ``(I, J, K)`` labels on the input grid.
+
+    Axis-aligned grids go through :func:`~.geometry.argmax_of_interpolation` (probabilities
+    interpolated only at label boundaries) or a separable nearest-neighbour gather; other grids
+    are resampled in slabs with ``grid_sample``.
+    """
     dtype = np.uint8 if model.num_classes <= 256 else np.uint16
     labels = np.zeros(in_grid.shape, dtype=dtype)
     if prediction is None:
         return labels
-    box = _foreground_box(prediction, plan.box if plan is not None else tuple((0, s) for s in m_grid.shape))
-    in_box = _input_box(m_grid, in_grid, box)
+    model_labels = _model_labels(
+        prediction, plan.box if plan is not None else tuple((0, s) for s in m_grid.shape)
+    )
+    in_box = _input_box(m_grid, in_grid, _foreground_box(model_labels))
     if any(b <= a for a, b in in_box):
         return labels
     to_model = index_map(m_grid, in_grid)
     shape = [b - a for a, b in in_box]
     offset = [a for a, _ in in_box]
+    target = labels[_box_slices(in_box)]
+    aligned = axis_aligned(to_model)
+    if aligned is not None and model.invert == "nearest" and model.padding_mode in ("border", "zeros"):
+        values = resample_axis_aligned(
+            model_labels[None], aligned, shape, mode="nearest", padding_mode=model.padding_mode,
+            dst_offset=offset, dtype=None,
+        )[0]  # fmt: skip
+        target[...] = values.cpu().numpy()
+        return labels
+    if (
+        aligned is not None
+        and model.invert != "nearest"
+        and model.padding_mode == "border"
+        and model.num_classes < 255
+    ):
+        values = argmax_of_interpolation(
+            prediction, model_labels, aligned, shape, dst_offset=offset, softmax=softmax
+        )
+        target[...] = values.cpu().numpy()
+        return labels
     if model.invert == "nearest":
-        source = argmax_channels(prediction)[None].float()
+        source = model_labels[None].float()
         mode, reduce = "nearest", lambda values: values[0].round()
         transform = None
     else:
@@ -671,8 +814,5 @@ def _invert(
         dst_offset=offset,
         source_transform=transform,
     ):
-        rows = slice(offset[0] + start, offset[0] + stop)
-        labels[rows, in_box[1][0] : in_box[1][1], in_box[2][0] : in_box[2][1]] = (
-            reduce(values).cpu().numpy().astype(dtype, copy=False)
-        )
+        target[start:stop] = reduce(values).cpu().numpy().astype(dtype, copy=False)
     return labels

@@ -1,5 +1,7 @@
 """A MONAI bundle opened for segmentation: network, weights, preprocessing, window settings, labels.
 
+:func:`load_resolved_model` opens what ``--model`` names: a registry id (with the trust stored in
+the registry), a bundle folder or an archive, through :func:`~MedSegNASLib.models.registry.resolve_model`.
 :func:`load_model` reads a bundle folder or archive (.zip/.tar.gz) without running code from it
 (unless ``trusted``): the archive goes through :func:`~MedSegNASLib.models.safe_extract`, the
 config through :func:`~MedSegNASLib.models.safe_parse_bundle_config` (allow-listed ``_target_``,
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import colorsys
 import contextlib
+import os
 import shutil
 import tempfile
 import warnings
@@ -37,7 +40,7 @@ import torch
 from ..data.volume import LabelInfo
 from ..errors import MedSegNASError
 
-__all__ = ["SegmentationModel", "load_model", "ARCHIVE_SUFFIXES", "CT_BODY_HU"]
+__all__ = ["SegmentationModel", "load_model", "load_resolved_model", "ARCHIVE_SUFFIXES", "CT_BODY_HU"]
 
 #: Archive names accepted as ``--model``.
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -453,6 +456,94 @@ def load_model(source: str | Path, *, trusted: bool = False) -> SegmentationMode
     finally:
         for folder in scratch:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def looks_like_path(spec: str) -> bool:
+    """As :func:`~MedSegNASLib.models.registry.resolve_model` decides: a path, not an id."""
+    return (
+        "/" in spec
+        or os.sep in spec
+        or spec.startswith((".", "~"))
+        or spec.lower().endswith(ARCHIVE_SUFFIXES)
+    )
+
+
+def _unknown_model_error(spec: str, home: str | Path | None) -> MedSegNASError:
+    """``--model SPEC`` names neither a registered id nor a file: say which ids come close."""
+    import difflib
+
+    from ..models.registry import ModelRegistry
+
+    registry = ModelRegistry(home)
+    try:
+        known = [record.id for record in registry.list()]
+    except MedSegNASError:
+        known = []
+    close = difflib.get_close_matches(spec, known, n=3, cutoff=0.5)
+    lowered = spec.lower()
+    close += [k for k in known if lowered in k.lower() and k not in close][: 3 - len(close)]
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return MedSegNASError(
+        f"model {spec!r} is neither a registered model id nor a bundle folder or archive; {hint}"
+        f"see medsegnas models list (registry {registry.models_dir})"
+    )
+
+
+def _apply_record(model: SegmentationModel, record: Any) -> None:
+    """Use a registry record's label table (catalog names and colors) when it covers the outputs."""
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        table = sorted(record.labels, key=lambda item: int(item["value"]))
+        if [int(item["value"]) for item in table] == list(range(model.num_classes)):
+            model.labels = [
+                LabelInfo(int(item["value"]), str(item["name"]), tuple(float(c) for c in item["color"]))  # type: ignore[arg-type]
+                for item in table
+            ]
+
+
+def load_resolved_model(
+    spec: str | Path, *, trust: bool = False, home: str | Path | None = None
+) -> SegmentationModel:
+    """Open what ``--model SPEC`` names: a registry id, a bundle folder or a bundle archive.
+
+    The lookup is :func:`~MedSegNASLib.models.registry.resolve_model` (an id first unless ``spec``
+    looks like a path; archives are unpacked once into ``<home>/cache/bundles``). A registered
+    model runs code from its bundle when it was trusted in the registry (``medsegnas models
+    trust ID`` or an import with ``--trust``) or when ``trust`` is given; folders and archives only
+    with ``trust``. A registered model known to need code is refused before anything is read.
+
+    Args:
+        spec: registry id, bundle folder, or .zip/.tar.gz of one.
+        trust: the user passed ``--trust``.
+        home: registry home (default ``$MEDSEGNAS_HOME``, else ``~/.medsegnas``).
+
+    Raises:
+        MedSegNASError: unknown id (close ids named), a model that needs ``--trust``, or any error
+            of :func:`load_model`.
+    """
+    from ..models.registry import TRUST_COMMAND, resolve_model
+    from ..models.safety import ModelFileError
+
+    text = str(spec)
+    try:
+        resolved = resolve_model(text, home=home)
+    except ModelFileError:
+        if isinstance(spec, Path) or looks_like_path(text) or Path(text).expanduser().exists():
+            raise
+        raise _unknown_model_error(text, home) from None
+    record = resolved.record
+    trusted = bool(trust or resolved.trusted)
+    if record is not None and record.problems and not trusted:
+        first = record.problems[0] + (
+            f" (and {len(record.problems) - 1} more)" if len(record.problems) > 1 else ""
+        )
+        raise MedSegNASError(
+            f"model '{record.id}' needs code to run ({first}); run it with --trust, or mark it trusted with "
+            f"{TRUST_COMMAND.format(id=record.id)}, only if you trust its source"
+        )
+    model = load_model(resolved.path, trusted=trusted)
+    if record is not None:
+        _apply_record(model, record)
+    return model
 
 
 def _network_in_channels(config: dict) -> int | None:

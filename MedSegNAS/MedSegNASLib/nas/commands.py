@@ -1,9 +1,11 @@
-"""``medsegnas search``: DiNTS topology search as a job (foreground, background, several processes).
+"""``medsegnas search`` and ``medsegnas train``: DiNTS search and retraining as jobs.
 
 One process::
 
     medsegnas search --dataset DATA --run-dir RUN --preset tiny
     medsegnas search --dataset DATA --run-dir RUN --resume          # continue after a stop or a crash
+    medsegnas train --dataset DATA --run-dir RUN2 --arch RUN/artifacts/arch.json --preset tiny
+    medsegnas train --dataset DATA --run-dir RUN3 --network unet --preset tiny
 
 Several processes (one per GPU, or gloo on CPUs); only rank 0 writes the run directory::
 
@@ -22,7 +24,7 @@ from ..errors import JobError, MedSegNASError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``search``."""
+    """Add ``search`` and ``train``."""
     from ..jobs.runner import add_job_arguments
     from .search import SEARCH_PRESETS
 
@@ -69,6 +71,83 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_job_arguments(search)
     search.set_defaults(func=search_command)
+    _register_train(subparsers)
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    from ..jobs.runner import add_job_arguments
+    from .train import TRAIN_PRESETS
+
+    train = subparsers.add_parser(
+        "train",
+        help="train a searched DiNTS architecture or a MONAI baseline and export it as a bundle",
+        description="Train a segmentation network on a labelled dataset with the search's data pipeline "
+        "(preprocessing configured from the dataset statistics, class-balanced crops) and keep the "
+        "network with the best mean validation Dice. Give the searched architecture with --arch "
+        "(arch.json of 'medsegnas search', retrained at full width) or a baseline with --network. "
+        "Results: RUN/artifacts/model (MONAI bundle), summary.json, val_dice.json, curves.png, "
+        "predictions/<case>.nii.gz (validation label maps) and TensorBoard logs; the bundle is added to "
+        "the model registry unless --no-register. Stop with SIGTERM or Ctrl-C and continue with "
+        "--resume; run under 'torchrun --nproc_per_node N -m MedSegNASLib.cli train ...' for several "
+        "GPUs (or CPU processes).",
+    )
+    train.add_argument(
+        "--dataset", required=True, type=Path, metavar="DATA", help="dataset.json, its folder, or a datalist"
+    )
+    train.add_argument(
+        "--dataroot",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder that relative paths in the dataset JSON are relative to (default: the JSON's folder)",
+    )
+    train.add_argument(
+        "--arch",
+        type=Path,
+        default=None,
+        metavar="ARCH.json",
+        help="searched DiNTS architecture (arch.json written by medsegnas search, or its run directory)",
+    )
+    train.add_argument(
+        "--network",
+        default=None,
+        metavar="NAME",
+        help="a MONAI baseline instead of a searched architecture: unet, segresnet or swinunetr",
+    )
+    train.add_argument(
+        "--preset",
+        choices=list(TRAIN_PRESETS),
+        default="full",
+        help="schedule and baseline sizes: tiny (CPU demo, minutes), small (one GPU), full (published "
+        "DiNTS retraining; default)",
+    )
+    train.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON or YAML file overriding any training setting (e.g. epochs, patch_size, network_kwargs)",
+    )
+    train.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to compute (default: auto)"
+    )
+    train.add_argument(
+        "--seed", type=int, default=None, metavar="N", help="random seed (default: the config's, 0)"
+    )
+    train.add_argument(
+        "--register",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add the trained bundle to the model registry (default: yes)",
+    )
+    train.add_argument(
+        "--name",
+        default=None,
+        metavar="ID",
+        help="registry id and bundle name (default: <network>-<run directory name>)",
+    )
+    add_job_arguments(train)
+    train.set_defaults(func=train_command)
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -115,7 +194,24 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _recorded_config(run_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
+def _train_request(args: argparse.Namespace) -> dict[str, Any]:
+    request = _request(args)
+    request.update(
+        {
+            "arch": None if args.arch is None else str(args.arch.expanduser().absolute()),
+            "network": args.network,
+            "train_cases": None,
+            "validation_cases": None,
+            "register": bool(args.register),
+            "name": args.name,
+        }
+    )
+    return request
+
+
+def _recorded_config(
+    run_dir: Path, request: dict[str, Any], *, section: str = "search", options: str = ""
+) -> dict[str, Any]:
     """The resolved configuration of the run being resumed, after checking that the request matches."""
     from ..jobs.rundir import RunDir
 
@@ -124,9 +220,9 @@ def _recorded_config(run_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
         raise JobError(f"cannot resume {run_dir}: it is not a run directory (no job.json or status.json)")
     job = run.read_job()
     resolved = job.get("config") if job else None
-    if not isinstance(resolved, dict) or "search" not in resolved:
+    if not isinstance(resolved, dict) or section not in resolved:
         raise JobError(
-            f"cannot resume {run_dir}: its job.json records no resolved search configuration (the run failed "
+            f"cannot resume {run_dir}: its job.json records no resolved {section} configuration (the run failed "
             "before training started); start a new run"
         )
     recorded = json.loads(json.dumps(resolved.get("request")))
@@ -134,7 +230,7 @@ def _recorded_config(run_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
         changed = sorted(key for key in request if recorded.get(key) != request.get(key))
         raise JobError(
             f"{run_dir} was started with other settings ({', '.join(changed)} differ); resume it with the same "
-            "--dataset, --dataroot, --preset, --config and --seed, or start a new run"
+            f"--dataset, --dataroot, --preset, --config{options} and --seed, or start a new run"
         )
     return resolved
 
@@ -202,3 +298,62 @@ def search_command(args: argparse.Namespace) -> int:
 
 def _unused_body(ctx) -> None:  # pragma: no cover - a detached command never runs its body here
     raise RuntimeError("unreachable")
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """Resolve the configuration (or read it back when resuming), then train as a job."""
+    from ..jobs.runner import run_job_command
+    from .distributed import (
+        init_distributed,
+        resolve_device,
+        run_worker_rank,
+        shutdown_distributed,
+        torchrun_rank,
+    )
+    from .train import _check_request, resolve_train_config, run_train
+
+    rank, local_rank, world = torchrun_rank()
+    if world > 1 and args.detach:
+        raise JobError("--detach cannot be used under torchrun; detach the torchrun command itself")
+    if args.run_dir is None and not args.detach:
+        raise JobError(
+            "train writes its results (model bundle, predictions, checkpoints) to a run directory: give "
+            "--run-dir RUN, or --detach to create one under --runs-root"
+        )
+    request = _train_request(args)
+    _check_request(request)  # neither or both of --arch and --network: fail before anything else
+    inputs = {"dataset": request["dataset"], **({"arch": request["arch"]} if request["arch"] else {})}
+
+    if args.detach:
+        return run_job_command("train", args, _unused_body, None, inputs=inputs)  # type: ignore[arg-type]
+
+    if args.resume:
+        resolved = _recorded_config(
+            args.run_dir, request, section="train", options=", --arch/--network, --register, --name"
+        )
+    else:
+        device_type = resolve_device(args.device, local_rank).type
+        log = (lambda message: print(message, file=sys.stderr, flush=True)) if rank == 0 else None
+        try:
+            resolved = resolve_train_config(request, device_type=device_type, log=log)
+        except MedSegNASError as exc:
+            if rank != 0:
+                raise
+            error = exc
+
+            def failed(ctx) -> None:
+                raise error
+
+            # Record the failure in the run directory like any other job failure.
+            return run_job_command("train", args, failed, {"request": request}, inputs=inputs)
+
+    def body(ctx) -> dict[str, Any]:
+        info = init_distributed(args.device)
+        try:
+            return run_train(ctx, resolved, info)
+        finally:
+            shutdown_distributed()
+
+    if rank == 0:
+        return run_job_command("train", args, body, resolved, inputs=inputs)
+    return run_worker_rank(body, resuming=bool(args.resume))
