@@ -410,6 +410,14 @@ def read_pretrained_encoder(source: str | os.PathLike[str]) -> PretrainedEncoder
         normalised[new_key] = value
     if layout == "swin-unetr" and renamed:
         layout = "monai-swin-ssl"
+    if recorded is None and path.parent.name == "models":  # a MONAI bundle records it in its metadata
+        try:
+            metadata = json.loads(
+                (path.parent.parent / "configs" / "metadata.json").read_text(encoding="utf-8")
+            )
+            recorded = str(metadata["monai_version"]) if isinstance(metadata, dict) else None
+        except (OSError, ValueError, KeyError):
+            recorded = None
     message = warn_if_other_monai(recorded, f"pretrained weights {path}")
     if message:
         notes.insert(0, message)

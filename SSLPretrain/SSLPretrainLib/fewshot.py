@@ -682,7 +682,7 @@ def fewshot_command(args: argparse.Namespace) -> int:
     from MedSegNASLib.jobs import RunDir, run_job_command
     from MedSegNASLib.nas.distributed import resolve_device, torchrun_rank
 
-    from .finetune import _read_overrides
+    from .finetune import read_train_overrides
 
     if torchrun_rank()[2] > 1:
         raise JobError(
@@ -710,7 +710,7 @@ def fewshot_command(args: argparse.Namespace) -> int:
             "dataroot": None if args.dataroot is None else str(args.dataroot.expanduser().absolute()),
             "pretrained": str(args.pretrained.expanduser().absolute()),
             "preset": args.preset,
-            "overrides": _read_overrides(args.config),
+            "overrides": read_train_overrides(args.config),
             "config": None if args.config is None else str(args.config.expanduser().absolute()),
             "seed": args.seed,
             "shots": parse_shots(args.shots),

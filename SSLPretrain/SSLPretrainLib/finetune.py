@@ -305,7 +305,8 @@ def split_labelled(names: Sequence[str], labelled: int | None) -> tuple[list[str
 # --------------------------------------------------------------------------------------------
 
 
-def _read_overrides(path: Path | None) -> dict[str, Any]:
+def read_train_overrides(path: Path | None) -> dict[str, Any]:
+    """The training settings of a --config file (none without one)."""
     if path is None:
         return {}
     from MedSegNASLib.nas.commands import load_config_file
@@ -425,7 +426,7 @@ def finetune_command(args: argparse.Namespace) -> int:
             dataset=args.dataset,
             dataroot=args.dataroot,
             preset=args.preset,
-            overrides=_read_overrides(args.config),
+            overrides=read_train_overrides(args.config),
             seed=args.seed,
             feature_size=None if facts is None else facts["feature_size"],
             train_cases=train_cases,

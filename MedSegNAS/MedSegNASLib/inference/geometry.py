@@ -197,6 +197,14 @@ def _along(
     return torch.as_tensor(values, dtype=dtype, device=like.device).reshape(shape)
 
 
+def _take(values: torch.Tensor, dim: int, index: np.ndarray) -> torch.Tensor:
+    """``values.index_select(dim, index)``; on the CPU through ``numpy.take`` (several times
+    faster for small integer types)."""
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.take(values.numpy(), index, axis=dim))
+    return values.index_select(dim, torch.as_tensor(index, device=values.device))
+
+
 def resample_axis_aligned(
     source: torch.Tensor,
     axis_map: AxisMap,
@@ -237,7 +245,7 @@ def resample_axis_aligned(
             index, inside = _nearest_taps(coords, size, padding_mode)
             first = int(index.min())
             values = values.narrow(dim, first, int(index.max()) - first + 1)
-            values = values.index_select(dim, torch.as_tensor(index - first, device=values.device))
+            values = _take(values, dim, index - first)
             if inside is not None and not inside.all():
                 values = values * _along(inside, dim, values, values.dtype)
             continue
@@ -245,8 +253,8 @@ def resample_axis_aligned(
         first = int(lower.min())
         values = values.narrow(dim, first, int(upper.max()) - first + 1)  # only the rows sampled
         work = dtype or torch.float32
-        low = values.index_select(dim, torch.as_tensor(lower - first, device=values.device)).to(work)
-        high = values.index_select(dim, torch.as_tensor(upper - first, device=values.device)).to(work)
+        low = _take(values, dim, lower - first).to(work)
+        high = _take(values, dim, upper - first).to(work)
         values = low.mul_(_along(lower_weight, dim, low, work)).addcmul_(
             high, _along(upper_weight, dim, high, work)
         )
@@ -272,14 +280,6 @@ def _softmax_columns(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the first dimension of a ``(C, N)`` tensor, in place (row-wise vector ops)."""
     scores.sub_(scores.amax(dim=0, keepdim=True)).exp_()
     return scores.div_(scores.sum(dim=0, keepdim=True))
-
-
-def _take(values: torch.Tensor, dim: int, index: np.ndarray) -> torch.Tensor:
-    """``values.index_select(dim, index)``; on the CPU through ``numpy.take`` (several times
-    faster for small integer types)."""
-    if values.device.type == "cpu":
-        return torch.from_numpy(np.take(values.numpy(), index, axis=dim))
-    return values.index_select(dim, torch.as_tensor(index, device=values.device))
 
 
 def _argmax_rows(values: torch.Tensor) -> torch.Tensor:
@@ -369,37 +369,41 @@ def argmax_of_interpolation(
     slot = slot.view(-1)
     del needed, corners, scores
 
-    # Per destination axis: flat offsets (into the region) of the lower/upper model voxel, weights.
+    # Flat offsets (into the region) and weights of the lower/upper model voxel: per destination
+    # axis 0, and per destination row (axes 1 and 2 together) for the 4 in-row corners.
     region_strides = [int(np.prod([r.stop - r.start for r in region[axis + 1 :]])) for axis in range(3)]
-    axis_taps = []
+    offsets, weights = [], []
     for d in range(3):
         axis = axis_map.source_axis[d]
         lower, upper, lower_weight, upper_weight = taps[d]
-        axis_taps.append(
-            [
-                torch.as_tensor((index - region[axis].start) * region_strides[axis], device=device)
-                for index in (lower, upper)
-            ]
-            + [
-                torch.as_tensor(weight, dtype=torch.float32, device=device)
-                for weight in (lower_weight, upper_weight)
-            ]
+        offsets.append([(index - region[axis].start) * region_strides[axis] for index in (lower, upper)])
+        weights.append([lower_weight, upper_weight])
+    first_offsets = [torch.as_tensor(o, device=device) for o in offsets[0]]
+    first_weights = [torch.as_tensor(w, dtype=torch.float32, device=device) for w in weights[0]]
+    row_offsets = [
+        torch.as_tensor((offsets[1][a][:, None] + offsets[2][b][None, :]).reshape(-1), device=device)
+        for a in (0, 1)
+        for b in (0, 1)
+    ]
+    row_weights = [
+        torch.as_tensor(
+            (weights[1][a][:, None] * weights[2][b][None, :]).reshape(-1), dtype=torch.float32, device=device
         )
+        for a in (0, 1)
+        for b in (0, 1)
+    ]
+    row_size = dst_shape[1] * dst_shape[2]
     flat_out = out.view(-1)
     for begin in range(0, int(boundary.shape[0]), chunk):
         voxels = boundary[begin : begin + chunk]
-        position = [
-            voxels // (dst_shape[1] * dst_shape[2]),
-            (voxels // dst_shape[2]) % dst_shape[1],
-            voxels % dst_shape[2],
-        ]
-        per_axis = [[values[position[d]] for values in axis_taps[d]] for d in range(3)]
+        plane, in_row = voxels // row_size, voxels % row_size
         total = torch.zeros((num_classes, int(voxels.shape[0])), dtype=torch.float32, device=device)
-        for corner in range(8):
-            sides = [(corner >> (2 - d)) & 1 for d in range(3)]
-            flat = per_axis[0][sides[0]] + per_axis[1][sides[1]] + per_axis[2][sides[2]]
-            weight = per_axis[0][2 + sides[0]] * per_axis[1][2 + sides[1]] * per_axis[2][2 + sides[2]]
-            total.addcmul_(probabilities.index_select(1, slot[flat]), weight[None])
+        for side in (0, 1):
+            plane_offset, plane_weight = first_offsets[side][plane], first_weights[side][plane]
+            for row_offset, row_weight in zip(row_offsets, row_weights, strict=True):
+                flat = row_offset[in_row].add_(plane_offset)
+                weight = row_weight[in_row].mul_(plane_weight)
+                total.addcmul_(probabilities.index_select(1, slot[flat]), weight[None])
         flat_out[voxels] = _argmax_rows(total)
     return out
 
