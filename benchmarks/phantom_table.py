@@ -63,7 +63,7 @@ def train(network: str, arch: Path | None, args: argparse.Namespace, dataset: Pa
         "network": network,
         "run": str(run),
         "parameters": summary.get("parameters"),
-        "train_seconds": summary.get("wall_time_s", seconds),
+        "train_seconds": summary.get("wall_s", seconds),
         "evaluation": json.loads(evaluation.read_text()),
     }
 

@@ -45,6 +45,7 @@ __all__ = [
     "DiNTSRegularizers",
     "SearchConfig",
     "SearchMemoryModel",
+    "check_pipeline_settings",
     "SupernetTrainer",
     "lr_milestone_epochs",
     "resolve_search_config",
@@ -248,28 +249,7 @@ class SearchConfig:
             and all(_number(b) and 0 <= b < 1 for b in self.arch_betas)
         ):
             problems.append(f"arch_betas must be two numbers in [0, 1), got {self.arch_betas!r}")
-        if self.amp not in ("auto", True, False):
-            problems.append(f"amp must be 'auto', true or false, got {self.amp!r}")
-        for name in ("patch_size", "max_patch_size"):
-            value = getattr(self, name)
-            if value is None and name == "patch_size":
-                continue
-            if not (isinstance(value, list) and len(value) == 3 and all(_int(v) and v >= 1 for v in value)):
-                problems.append(f"{name} must be a list of three positive integers, got {value!r}")
-        if self.spacing is not None and not (
-            isinstance(self.spacing, list)
-            and len(self.spacing) == 3
-            and all(_positive_number(v) for v in self.spacing)
-        ):
-            problems.append(f"spacing must be three positive numbers (mm) or null, got {self.spacing!r}")
-        if self.memory_budget_mb is not None and not _positive_number(self.memory_budget_mb):
-            problems.append(
-                f"memory_budget_mb must be a positive number or null, got {self.memory_budget_mb!r}"
-            )
-        if self.intensity is not None and not isinstance(self.intensity, Mapping):
-            problems.append(
-                f"intensity must be a mapping such as {{'kind': 'zscore'}} or null, got {self.intensity!r}"
-            )
+        check_pipeline_settings(self, problems)
         if problems:
             raise MedSegNASError("invalid search config: " + "; ".join(problems))
         try:
@@ -283,6 +263,36 @@ class SearchConfig:
                 IntensitySpec(**self.intensity)
             except (TypeError, ValueError) as exc:
                 raise MedSegNASError(f"invalid search config: intensity: {exc}") from None
+
+
+def check_pipeline_settings(config: Any, problems: list[str]) -> None:
+    """Append to ``problems`` what is wrong with the data-pipeline settings of ``config``.
+
+    Search and training share these fields (``amp``, ``patch_size``, ``max_patch_size``,
+    ``spacing``, ``memory_budget_mb``, ``intensity``) and their rules.
+    """
+    if config.amp not in ("auto", True, False):
+        problems.append(f"amp must be 'auto', true or false, got {config.amp!r}")
+    for name in ("patch_size", "max_patch_size"):
+        value = getattr(config, name)
+        if value is None and name == "patch_size":
+            continue
+        if not (isinstance(value, list) and len(value) == 3 and all(_int(v) and v >= 1 for v in value)):
+            problems.append(f"{name} must be a list of three positive integers, got {value!r}")
+    if config.spacing is not None and not (
+        isinstance(config.spacing, list)
+        and len(config.spacing) == 3
+        and all(_positive_number(v) for v in config.spacing)
+    ):
+        problems.append(f"spacing must be three positive numbers (mm) or null, got {config.spacing!r}")
+    if config.memory_budget_mb is not None and not _positive_number(config.memory_budget_mb):
+        problems.append(
+            f"memory_budget_mb must be a positive number or null, got {config.memory_budget_mb!r}"
+        )
+    if config.intensity is not None and not isinstance(config.intensity, Mapping):
+        problems.append(
+            f"intensity must be a mapping such as {{'kind': 'zscore'}} or null, got {config.intensity!r}"
+        )
 
 
 def _number(value: Any) -> bool:

@@ -245,7 +245,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise :class:`MedSegNASError` listing every invalid value."""
-        from .search import _int, _number, _positive_number
+        from .search import _int, _number, _positive_number, check_pipeline_settings
 
         problems: list[str] = []
         for name, minimum in (
@@ -289,28 +289,7 @@ class TrainConfig:
             problems.append(f"cache_rate must be in [0, 1], got {self.cache_rate!r}")
         if not _number(self.val_overlap) or not 0 <= self.val_overlap < 1:
             problems.append(f"val_overlap must be in [0, 1), got {self.val_overlap!r}")
-        if self.amp not in ("auto", True, False):
-            problems.append(f"amp must be 'auto', true or false, got {self.amp!r}")
-        for name in ("patch_size", "max_patch_size"):
-            value = getattr(self, name)
-            if value is None and name == "patch_size":
-                continue
-            if not (isinstance(value, list) and len(value) == 3 and all(_int(v) and v >= 1 for v in value)):
-                problems.append(f"{name} must be a list of three positive integers, got {value!r}")
-        if self.spacing is not None and not (
-            isinstance(self.spacing, list)
-            and len(self.spacing) == 3
-            and all(_positive_number(v) for v in self.spacing)
-        ):
-            problems.append(f"spacing must be three positive numbers (mm) or null, got {self.spacing!r}")
-        if self.memory_budget_mb is not None and not _positive_number(self.memory_budget_mb):
-            problems.append(
-                f"memory_budget_mb must be a positive number or null, got {self.memory_budget_mb!r}"
-            )
-        if self.intensity is not None and not isinstance(self.intensity, Mapping):
-            problems.append(
-                f"intensity must be a mapping such as {{'kind': 'zscore'}} or null, got {self.intensity!r}"
-            )
+        check_pipeline_settings(self, problems)
         if not isinstance(self.network_kwargs, Mapping):
             problems.append(
                 f"network_kwargs must be a mapping of MONAI arguments, got {self.network_kwargs!r}"
