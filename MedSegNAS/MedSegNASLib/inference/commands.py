@@ -12,10 +12,8 @@ when something fails.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -234,15 +232,6 @@ def _model_spec(text: str) -> str:
     return str(Path(text).expanduser().absolute()) if looks_like_path(text) else text
 
 
-def _import_monai() -> None:
-    """Import the parts of MONAI that opening and running a bundle needs (errors surface later)."""
-    with contextlib.suppress(Exception):
-        import monai.bundle  # noqa: F401
-        import monai.data  # noqa: F401
-        import monai.networks.nets  # noqa: F401
-        import monai.transforms  # noqa: F401
-
-
 def segment_files(
     inputs: list[Path],
     model: str | Path,
@@ -264,15 +253,7 @@ def segment_files(
     from .model import load_resolved_model
 
     started = time.perf_counter()
-    # MONAI's import (about 2 s) runs while the image is read (file reading and decompression
-    # release the GIL); the model itself is opened only once the image has been read, so that
-    # a bad image still fails first, before anything of the bundle is touched.
-    importer = threading.Thread(target=_import_monai, name="import-monai", daemon=True)
-    importer.start()
-    try:
-        volume = read_volumes(inputs)  # first: a bad image fails before the (slower) model loads
-    finally:
-        importer.join()  # never leave an import running while the process exits
+    volume = read_volumes(inputs)  # first: a bad image fails before the (slower) model loads
     volume.meta.setdefault("path", str(inputs[0]))
     ctx.progress(1, 2, stage="load")
     model = load_resolved_model(model, trust=trusted)
