@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -237,17 +238,10 @@ def _recorded_config(
 
 def search_command(args: argparse.Namespace) -> int:
     """Resolve the configuration (or read it back when resuming), then run the search as a job."""
-    from ..jobs.runner import run_job_command
-    from .distributed import (
-        init_distributed,
-        resolve_device,
-        run_worker_rank,
-        shutdown_distributed,
-        torchrun_rank,
-    )
+    from .distributed import torchrun_rank
     from .search import resolve_search_config, run_search
 
-    rank, local_rank, world = torchrun_rank()
+    _, _, world = torchrun_rank()
     if world > 1 and args.detach:
         raise JobError("--detach cannot be used under torchrun; detach the torchrun command itself")
     if world > 1 and args.run_dir is None and args.resume:
@@ -259,20 +253,45 @@ def search_command(args: argparse.Namespace) -> int:
         )
     request = _request(args)
     inputs = {"dataset": request["dataset"]}
+    return _run_training_job("search", args, request, inputs, resolve_search_config, run_search)
 
+
+def _run_training_job(
+    kind: str,
+    args: argparse.Namespace,
+    request: dict[str, Any],
+    inputs: dict[str, Any],
+    resolve: Callable[..., dict[str, Any]],
+    run: Callable[..., dict[str, Any]],
+    *,
+    resume_options: str = "",
+) -> int:
+    """What search and train share once the request is checked: detach, or resume from ``job.json``,
+    or resolve the configuration, then run ``run(ctx, resolved, dist_info)`` on every rank (rank 0
+    as the job worker)."""
+    from ..jobs.runner import run_job_command
+    from .distributed import (
+        init_distributed,
+        resolve_device,
+        run_worker_rank,
+        shutdown_distributed,
+        torchrun_rank,
+    )
+
+    rank, local_rank, _ = torchrun_rank()
     if args.detach:
         # The background worker resolves the configuration and records it in job.json.
-        return run_job_command("search", args, _unused_body, None, inputs=inputs)  # type: ignore[arg-type]
+        return run_job_command(kind, args, _unused_body, None, inputs=inputs)  # type: ignore[arg-type]
 
     if args.resume:
         if args.run_dir is None:
-            raise JobError("--resume needs --run-dir RUN: the run directory of the search to continue")
-        resolved = _recorded_config(args.run_dir, request)
+            raise JobError(f"--resume needs --run-dir RUN: the run directory of the {kind} to continue")
+        resolved = _recorded_config(args.run_dir, request, section=kind, options=resume_options)
     else:
         device_type = resolve_device(args.device, local_rank).type
         log = (lambda message: print(message, file=sys.stderr, flush=True)) if rank == 0 else None
         try:
-            resolved = resolve_search_config(request, device_type=device_type, log=log)
+            resolved = resolve(request, device_type=device_type, log=log)
         except MedSegNASError as exc:
             if rank != 0 or args.run_dir is None:
                 raise
@@ -282,17 +301,17 @@ def search_command(args: argparse.Namespace) -> int:
                 raise error
 
             # Record the failure in the run directory like any other job failure.
-            return run_job_command("search", args, failed, {"request": request}, inputs=inputs)
+            return run_job_command(kind, args, failed, {"request": request}, inputs=inputs)
 
     def body(ctx) -> dict[str, Any]:
         info = init_distributed(args.device)
         try:
-            return run_search(ctx, resolved, info)
+            return run(ctx, resolved, info)
         finally:
             shutdown_distributed()
 
     if rank == 0:
-        return run_job_command("search", args, body, resolved, inputs=inputs)
+        return run_job_command(kind, args, body, resolved, inputs=inputs)
     return run_worker_rank(body, resuming=bool(args.resume))
 
 
@@ -302,17 +321,10 @@ def _unused_body(ctx) -> None:  # pragma: no cover - a detached command never ru
 
 def train_command(args: argparse.Namespace) -> int:
     """Resolve the configuration (or read it back when resuming), then train as a job."""
-    from ..jobs.runner import run_job_command
-    from .distributed import (
-        init_distributed,
-        resolve_device,
-        run_worker_rank,
-        shutdown_distributed,
-        torchrun_rank,
-    )
+    from .distributed import torchrun_rank
     from .train import _check_request, resolve_train_config, run_train
 
-    rank, local_rank, world = torchrun_rank()
+    _, _, world = torchrun_rank()
     if world > 1 and args.detach:
         raise JobError("--detach cannot be used under torchrun; detach the torchrun command itself")
     if args.run_dir is None and not args.detach:
@@ -324,36 +336,12 @@ def train_command(args: argparse.Namespace) -> int:
     _check_request(request)  # neither or both of --arch and --network: fail before anything else
     inputs = {"dataset": request["dataset"], **({"arch": request["arch"]} if request["arch"] else {})}
 
-    if args.detach:
-        return run_job_command("train", args, _unused_body, None, inputs=inputs)  # type: ignore[arg-type]
-
-    if args.resume:
-        resolved = _recorded_config(
-            args.run_dir, request, section="train", options=", --arch/--network, --register, --name"
-        )
-    else:
-        device_type = resolve_device(args.device, local_rank).type
-        log = (lambda message: print(message, file=sys.stderr, flush=True)) if rank == 0 else None
-        try:
-            resolved = resolve_train_config(request, device_type=device_type, log=log)
-        except MedSegNASError as exc:
-            if rank != 0:
-                raise
-            error = exc
-
-            def failed(ctx) -> None:
-                raise error
-
-            # Record the failure in the run directory like any other job failure.
-            return run_job_command("train", args, failed, {"request": request}, inputs=inputs)
-
-    def body(ctx) -> dict[str, Any]:
-        info = init_distributed(args.device)
-        try:
-            return run_train(ctx, resolved, info)
-        finally:
-            shutdown_distributed()
-
-    if rank == 0:
-        return run_job_command("train", args, body, resolved, inputs=inputs)
-    return run_worker_rank(body, resuming=bool(args.resume))
+    return _run_training_job(
+        "train",
+        args,
+        request,
+        inputs,
+        resolve_train_config,
+        run_train,
+        resume_options=", --arch/--network, --register, --name",
+    )
