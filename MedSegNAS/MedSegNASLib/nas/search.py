@@ -703,6 +703,20 @@ def describe_config(resolved: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def seed_run(seed: int, device: Any, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch with ``seed`` and set cuDNN's determinism for ``device``."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) generator states, in types ``torch.load(weights_only=True)`` accepts."""
     import torch
@@ -993,14 +1007,7 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
 
     if main:
         ctx.log(describe_config(resolved))
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.deterministic
-        torch.backends.cudnn.deterministic = config.deterministic
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_run(config.seed, device, config.deterministic)
 
     # ---- data -------------------------------------------------------------------------------
     dataset = load_dataset(resolved["dataset"]["path"], dataroot=resolved["request"].get("dataroot"))

@@ -40,7 +40,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -924,7 +923,7 @@ def run_train(
         training_transforms,
         validation_dice,
     )
-    from .search import _current_rss_mb, _mean_over_ranks, capture_rng_state, restore_rng_state
+    from .search import _current_rss_mb, _mean_over_ranks, capture_rng_state, restore_rng_state, seed_run
 
     started = time.monotonic()
     config = TrainConfig.from_dict(resolved["train"])
@@ -947,14 +946,7 @@ def run_train(
 
     if main:
         ctx.log(describe_config(resolved))
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.deterministic
-        torch.backends.cudnn.deterministic = config.deterministic
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_run(config.seed, device, config.deterministic)
 
     # ---- data -------------------------------------------------------------------------------
     dataset = load_dataset(resolved["dataset"]["path"], dataroot=resolved["request"].get("dataroot"))
