@@ -68,10 +68,18 @@ def train(network: str, arch: Path | None, args: argparse.Namespace, dataset: Pa
     }
 
 
+def _finite(value: Any) -> float | None:
+    """``value`` as a float, or None when it is missing, NaN or infinite (JSON reports write "nan"/"inf")."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _cell(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
+    number = _finite(value)
+    return "n/a" if number is None else f"{number:.{digits}f}"
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -81,10 +89,10 @@ def markdown(results: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
         per_class = result["evaluation"]["per_class"]
-        dice = [per_class[name].get("dice_mean") for name in classes]
-        hd95 = [per_class[name].get("hd95_mm_mean") for name in classes]
-        finite = [d for d in dice if d is not None and math.isfinite(d)]
-        finite_hd = [h for h in hd95 if h is not None and math.isfinite(h)]
+        dice = [_finite(per_class[name].get("dice_mean")) for name in classes]
+        hd95 = [_finite(per_class[name].get("hd95_mm_mean")) for name in classes]
+        finite = [d for d in dice if d is not None]
+        finite_hd = [h for h in hd95 if h is not None]
         row = [result["network"], f"{(result['parameters'] or 0) / 1e6:.2f} M"]
         row += [_cell(d) for d in dice]
         row.append(_cell(sum(finite) / len(finite) if finite else None))
