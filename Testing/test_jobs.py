@@ -423,7 +423,8 @@ def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*jobs_cli(), *argv], cwd=cwd, capture_output=True, text=True, timeout=40)
 
 
-PHANTOM_ARGS = ("phantom", "data", "--cases", "24", "--size", "64", "--unlabeled", "0", "--test-cases", "0")
+# Enough cases that the job is still running after four CLI calls on a slow, shared machine.
+PHANTOM_ARGS = ("phantom", "data", "--cases", "48", "--size", "64", "--unlabeled", "0", "--test-cases", "0")
 
 
 def test_phantom_job_through_the_jobs_commands(tmp_path: Path) -> None:
@@ -432,7 +433,7 @@ def test_phantom_job_through_the_jobs_commands(tmp_path: Path) -> None:
     assert detached.returncode == 0, detached.stderr
     run = RunDir.open(detached.stdout.strip())
     assert run.path.parent == tmp_path / "runs"  # the default --runs-root, relative to the cwd
-    assert run.read_job()["kind"] == "phantom" and run.read_job()["config"]["cases"] == 24
+    assert run.read_job()["kind"] == "phantom" and run.read_job()["config"]["cases"] == 48
     wait_for_step(run, 2)
 
     listing = run_cli("jobs", "list", cwd=tmp_path)
@@ -458,22 +459,22 @@ def test_phantom_job_through_the_jobs_commands(tmp_path: Path) -> None:
     )
     followed = run_cli("jobs", "status", str(run.path), "--follow", cwd=tmp_path)
     assert followed.returncode == EXIT_CANCELLED
-    assert "phantom 1/24 (4%) case=phantom_000" in followed.stdout
+    assert "phantom 1/48 (2%) case=phantom_000" in followed.stdout
     assert (
         followed.stdout.splitlines()[-1].split("  ", 1)[1].startswith("cancelled: stop requested (SIGTERM)")
     )
     written = JobContext(run).load_checkpoint()["done"]
-    assert 2 <= len(written) < 24 and not (tmp_path / "data" / "dataset.json").exists()
+    assert 2 <= len(written) < 48 and not (tmp_path / "data" / "dataset.json").exists()
     first_files = {path: path.stat().st_mtime_ns for path in (tmp_path / "data").rglob("*.nii.gz")}
     assert {path.name.split(".")[0] for path in first_files} == set(written)
 
     resumed = run_cli(*PHANTOM_ARGS, "--run-dir", str(run.path), "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     dataset = json.loads((tmp_path / "data" / "dataset.json").read_text())
-    assert len(dataset["training"]) == 24
+    assert len(dataset["training"]) == 48
     assert all((tmp_path / "data" / case["label"]).is_file() for case in dataset["training"])
     assert {path: path.stat().st_mtime_ns for path in first_files} == first_files, "cases written twice"
-    assert progress_steps(run)[-24:] == list(range(1, 25))
+    assert progress_steps(run)[-48:] == list(range(1, 49))
     assert run_cli("jobs", "status", str(run.path), "--follow", cwd=tmp_path).returncode == 0
 
     again = run_cli("jobs", "cancel", str(run.path), cwd=tmp_path)
