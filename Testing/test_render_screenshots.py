@@ -20,7 +20,8 @@ from scipy import ndimage
 slicer = pytest.importorskip("slicer", reason="rendering needs slicer-core (pip install slicer-core)")
 vtk = pytest.importorskip("vtk")
 
-from MedSegNASLib import rendering  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import slicer_views as rendering  # noqa: E402
 from MedSegNASLib import slicer_bridge as bridge  # noqa: E402
 from MedSegNASLib.data.phantom import PHANTOM_LABELS, generate_phantom_case  # noqa: E402
 from MedSegNASLib.errors import MedSegNASError  # noqa: E402

@@ -6,7 +6,7 @@ Writes, into ``--out-dir`` (default ``Resources/Screenshots``):
 * ``MedSegNAS-slices.png``: axial, coronal and sagittal slice views of a CT-like volume with its
   segmentation (filled, semi-transparent, outlined, as Slicer draws it) and the 3D view of the
   segments' surfaces, side by side. Drawn by the MRML slice logic and displayable managers of the
-  ``slicer-core`` wheel (see ``MedSegNASLib.rendering``), without the Slicer application or Qt.
+  ``slicer-core`` wheel (see ``tools/slicer_views.py``), without the Slicer application or Qt.
 * ``MedSegNAS-topology.png``: the searched network's topology picture of a ``medsegnas search`` run
   (``artifacts/topology.png``), when a run is given.
 
@@ -129,7 +129,8 @@ def choose_case(args: argparse.Namespace) -> Case:
 
 def render_slices(case: Case, path: Path, args: argparse.Namespace) -> Path:
     """Load the case into a new MRML scene and write the slice + 3D overview picture."""
-    from MedSegNASLib import rendering, slicer_bridge
+    import slicer_views as rendering  # beside this script: it imports slicer, so it stays out of the Lib
+    from MedSegNASLib import slicer_bridge
     from MedSegNASLib.data.io import read_volume
 
     image = case.image if isinstance(case.image, Volume) else read_volume(case.image)

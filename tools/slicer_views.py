@@ -2,8 +2,8 @@
 
 This renders what a Slicer user sees, without the Slicer application or Qt: the MRML classes of the
 ``slicer-core`` wheel build the views, and VTK renders them into an offscreen (EGL or OSMesa)
-window. Like :mod:`.slicer_bridge` it imports ``slicer``, so only tools (``tools/render_screenshots.py``)
-and tests import it; no ML code may.
+window. Like ``MedSegNASLib.slicer_bridge`` it imports ``slicer``, so it lives beside
+``tools/render_screenshots.py`` rather than in the Lib (only the bridge there may import ``slicer``).
 
 What comes from MRML, as in the application:
 
@@ -31,11 +31,10 @@ from typing import Any
 import numpy as np
 import slicer
 import vtk
+from MedSegNASLib.atomic import write_atomic
+from MedSegNASLib.errors import MedSegNASError
+from MedSegNASLib.slicer_bridge import segmentation_node_to_labelmap
 from vtk.util import numpy_support
-
-from .atomic import write_atomic
-from .errors import MedSegNASError
-from .slicer_bridge import segmentation_node_to_labelmap
 
 __all__ = [
     "CT_ABDOMEN_WINDOW_LEVEL",
