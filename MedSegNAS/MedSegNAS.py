@@ -11,15 +11,15 @@ with ``typing.get_type_hints`` while Slicer is still loading this file.
 """
 
 import importlib
-import time
 from pathlib import Path
 from typing import Annotated
 
 import qt
 import slicer
 import vtk
+from MedSegNASLib import panel_dataset, panel_runs
 from MedSegNASLib import panel_logic as pl
-from MedSegNASLib.jobs import FINAL_STATES, RunDir, launch, list_runs, refresh_status
+from MedSegNASLib.jobs import FINAL_STATES, RunDir, list_runs, refresh_status
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -31,8 +31,6 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-#: Python packages a phantom job needs (import name -> pip requirement); torch saves its checkpoints.
-PHANTOM_PACKAGES = {name: pl.REQUIRED_PACKAGES[name] for name in ("scipy", "SimpleITK", "nibabel", "torch")}
 #: Milliseconds between two reads of the followed jobs, two refreshes of the runs table, two
 #: checks of a model import or download.
 JOB_POLL_INTERVAL_MS = 500
@@ -43,6 +41,15 @@ TASK_POLL_INTERVAL_MS = 200
 def _isChosen(path) -> bool:
     """Whether a path setting holds something (an empty path line edit gives "" or ".")."""
     return str(path).strip() not in ("", ".")
+
+
+def _fillRow(table, row, cells, tooltip, data) -> None:
+    """Fill a table widget row with read-only text cells carrying ``data`` (``qt.Qt.UserRole``)."""
+    for column, text in enumerate(cells):
+        item = qt.QTableWidgetItem(text)
+        item.setToolTip(tooltip)
+        item.setData(qt.Qt.UserRole, data)
+        table.setItem(row, column, item)
 
 
 class MedSegNAS(ScriptedLoadableModule):
@@ -62,7 +69,8 @@ background jobs that you can follow, cancel and resume, here or on a GPU cluster
 <ul>
 <li><b>Segment</b>: a volume and a model in, a named, colored segmentation out.</li>
 <li><b>Models</b>: import MONAI bundles (folder, zip, URL), download from the catalog; untrusted ones are marked.</li>
-<li><b>Search and train</b>: architecture search and training on a dataset, with live curves.</li>
+<li><b>Search and train</b>: architecture search and training on a dataset folder or on scene volumes
+with their segmentations, on one or several GPUs, with live curves.</li>
 <li><b>Runs</b>: every job of a runs folder: status, curves, topology, Dice; use its model.</li>
 <li><b>Evaluate</b>: Dice, HD95 and surface Dice of a segmentation against a reference.</li>
 <li><b>Phantom data</b>: a synthetic CT dataset with organ labels to try it all.</li>
@@ -84,9 +92,10 @@ class MedSegNASParameterNode:
     """The panel's settings, saved with the scene.
 
     Segment: inputVolume, extraChannelVolume (second model channel), model (registry id), device,
-    fast, tta, largestComponent, fillHoles, replaceExisting. Search and train: datasetPath, preset,
-    network (``searched``: the architecture of the run selected in Runs), epochs, patchSize,
-    memoryBudget (0: the preset's / automatic). Evaluate: evaluateSegmentation, evaluateReference.
+    fast, tta, largestComponent, fillHoles, replaceExisting. Search and train: datasetSource
+    (``folder``: datasetPath; ``scene``: the checked scene cases, exported with sceneModality),
+    preset, network (``searched``: the architecture of the run selected in Runs), epochs,
+    patchSize, memoryBudget (0: the preset's / automatic), gpus (processes, one per GPU). Evaluate: evaluateSegmentation, evaluateReference.
     Phantom: phantomFolder, phantomCases, phantomUnlabeled, phantomSize, loadPhantomWhenDone.
     runsFolder: where jobs create their run folders. segmentRun, trainRun, phantomRun: the run
     folders the panel follows, so that it re-attaches after the module is reloaded.
@@ -102,12 +111,15 @@ class MedSegNASParameterNode:
     largestComponent: bool = False
     fillHoles: bool = False
     replaceExisting: bool = True
+    datasetSource: Annotated[str, Choice(["folder", "scene"])] = "folder"
     datasetPath: Path = Path.home() / "MedSegNAS" / "phantom"
+    sceneModality: str = "CT"
     preset: Annotated[str, Choice(["tiny", "small", "full"])] = "tiny"
     network: Annotated[str, Choice(["searched", "unet", "segresnet", "swinunetr"])] = "searched"
     epochs: Annotated[int, WithinRange(0, 100000)] = 0
     patchSize: Annotated[int, WithinRange(0, 512)] = 0
     memoryBudget: Annotated[int, WithinRange(0, 1000000)] = 0
+    gpus: Annotated[int, WithinRange(1, 64)] = 1
     evaluateSegmentation: slicer.vtkMRMLSegmentationNode
     evaluateReference: slicer.vtkMRMLSegmentationNode
     phantomFolder: Path = Path.home() / "MedSegNAS" / "phantom"
@@ -183,7 +195,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (ui.runsResumeButton, self.onResumeRun), (ui.runsCurvesButton, self.onShowCurves),
             (ui.runsShowFolderButton, lambda: self._openFolder(self._selectedRunPath())),
             (ui.runsLoadPredictionsButton, self.onLoadPredictions), (ui.runsUseModelButton, self.onUseModel),
-            (ui.evaluateButton, self.onEvaluate),
+            (ui.evaluateButton, self.onEvaluate), (ui.sceneCasesRefreshButton, self.refreshSceneCases),
         ):  # fmt: skip
             button.connect("clicked(bool)", lambda _checked=False, s=slot: s())
         ui.runsTableWidget.connect("itemSelectionChanged()", self._onRunSelected)
@@ -210,6 +222,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def enter(self) -> None:
         self.initializeParameterNode()
         self.refreshRuns()
+        self.refreshSceneCases()
 
     def exit(self) -> None:
         self._runsTimer.stop()  # job timers keep going: the jobs' ends must still be handled
@@ -233,7 +246,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for area in self._areas.values():
             if area.follower is None:
                 path = getattr(params, area.runParameter) or next(
-                    (live[k] for k in area.kinds if k in live), ""
+                    (live[k]["path"] for k in area.kinds if k in live), ""
                 )
                 if path:
                     self._follow(area, RunDir(path))
@@ -256,7 +269,15 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         params = self._parameterNode
         self._areas["segment"].update(bool(params and params.inputVolume and params.model))
-        self._areas["train"].update(bool(params and _isChosen(params.datasetPath)))
+        fromScene = bool(params and params.datasetSource == "scene")
+        self._areas["train"].update(bool(params and (fromScene or _isChosen(params.datasetPath))))
+        self.ui.datasetPathLineEdit.enabled = not fromScene
+        for widget in (
+            self.ui.sceneCasesTableWidget,
+            self.ui.sceneCasesRefreshButton,
+            self.ui.sceneModalityLineEdit,
+        ):
+            widget.enabled = fromScene
         self._areas["phantom"].update(bool(params and _isChosen(params.phantomFolder)))
         self.ui.evaluateButton.enabled = bool(
             params and params.evaluateSegmentation and params.evaluateReference
@@ -275,46 +296,16 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the job."), waitCursor=True):
             if not self.logic.ensurePackages(
-                PHANTOM_PACKAGES if kind == pl.PHANTOM else pl.REQUIRED_PACKAGES
+                pl.PHANTOM_PACKAGES if kind == pl.PHANTOM else pl.REQUIRED_PACKAGES
             ):
                 return
-            p, runs = self._parameterNode, Path(self._parameterNode.runsFolder).expanduser()
-            if kind == pl.SEGMENT:
-                postprocess = ",".join(
-                    step
-                    for step, on in (("largest-component", p.largestComponent), ("fill-holes", p.fillHoles))
-                    if on
-                )
-                options = {
-                    "device": p.device,
-                    "fast": p.fast,
-                    "tta": p.tta,
-                    "postprocess": postprocess or None,
-                }
-                extra = [p.extraChannelVolume] if p.extraChannelVolume else []
-                job = pl.launch_segment_job(p.inputVolume, p.model, runs, options, extra_channel_nodes=extra)
-            elif kind == pl.PHANTOM:
-                job = self.logic.launchPhantomJob(
-                    p.phantomFolder, p.phantomCases, p.phantomUnlabeled, p.phantomSize, runsFolder=runs
-                )
-            else:
-                arch = network = None
-                if kind == pl.TRAIN and p.network == "searched":
-                    arch = self._selectedRunPath()
-                    if not arch:
-                        raise ValueError(
-                            _("Select a finished search run under Runs, or choose a baseline network.")
-                        )
-                elif kind == pl.TRAIN:
-                    network = p.network
-                overrides = pl.training_overrides(
-                    epochs=p.epochs, patch_size=p.patchSize, memory_budget_mb=p.memoryBudget
-                )
-                device = "auto" if p.device == "mps" else p.device
-                job = pl.launch_training_job(
-                    kind, p.datasetPath, runs, preset=p.preset, overrides=overrides, arch=arch, network=network,
-                    device=device,
-                )  # fmt: skip
+            job = pl.launch_from_settings(
+                kind,
+                self._parameterNode,
+                selected_run=self._selectedRunPath(),
+                scene_pairs=self._checkedSceneCases(),
+            )
+            if kind in (pl.SEARCH, pl.TRAIN):
                 self._curvesRun = str(job.path)
             self._follow(area, job)
             self.refreshRuns()
@@ -353,7 +344,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         area.onDone(path)
         if self._curvesRun:
             with slicer.util.tryWithErrorDisplay(_("Failed to update the curves.")):
-                pl.run_curves_to_plot_chart(self._curvesRun, slicer.mrmlScene)
+                panel_runs.run_curves_to_plot_chart(self._curvesRun, slicer.mrmlScene)
                 if refresh_status(RunDir(self._curvesRun)).get("state") in FINAL_STATES:
                     self._curvesRun = None
         if not self._curvesRun and all(area.follower is None for area in self._areas.values()):
@@ -385,6 +376,36 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 dataset=dataset, name=volume.GetName()
             )
 
+    def refreshSceneCases(self) -> None:
+        """List the scene's segmentations with their volumes; keep the checks of those still there."""
+        table = self.ui.sceneCasesTableWidget
+        checked = {segmentation.GetID() for _volume, segmentation in self._checkedSceneCases()}
+        rows = panel_dataset.scene_segmentation_pairs(slicer.mrmlScene)
+        table.setRowCount(len(rows))
+        for row, (volume, segmentation) in enumerate(rows):
+            cells = [
+                segmentation.GetName(),
+                volume.GetName(),
+                ", ".join(panel_dataset.segment_names(segmentation)),
+            ]
+            _fillRow(table, row, cells, volume.GetName(), (segmentation.GetID(), volume.GetID()))
+            item = table.item(row, 0)
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(
+                qt.Qt.Checked if segmentation.GetID() in checked or not checked else qt.Qt.Unchecked
+            )
+
+    def _checkedSceneCases(self) -> list:
+        table, cases = self.ui.sceneCasesTableWidget, []
+        for row in range(table.rowCount):
+            item = table.item(row, 0)
+            if item is not None and item.checkState() == qt.Qt.Checked:
+                segmentationId, volumeId = item.data(qt.Qt.UserRole)
+                volume, segmentation = (slicer.mrmlScene.GetNodeByID(i) for i in (volumeId, segmentationId))
+                if volume is not None and segmentation is not None:
+                    cases.append((volume, segmentation))
+        return cases
+
     # -- models ---------------------------------------------------------------------------------
 
     def refreshModels(self) -> None:
@@ -394,16 +415,9 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             table.setRowCount(len(records))
             wasBlocked = combo.blockSignals(True)
             combo.clear()
-            for row, record in enumerate(records):
-                tooltip = pl.model_tooltip(record)
-                labels = ", ".join(str(item["name"]) for item in record.labels if item.get("value"))
-                cells = [pl.model_display_name(record), labels, record.modality or "", record.trust_state]
-                for column, text in enumerate(cells):
-                    item = qt.QTableWidgetItem(text)
-                    item.setToolTip(tooltip)
-                    item.setData(qt.Qt.UserRole, record.id)
-                    table.setItem(row, column, item)
-                combo.addItem(pl.model_display_name(record), record.id)
+            for row, (cells, tooltip, modelId) in enumerate(pl.model_table_rows(records)):
+                _fillRow(table, row, cells, tooltip, modelId)
+                combo.addItem(cells[0], modelId)
                 combo.setItemData(row, tooltip, qt.Qt.ToolTipRole)
             combo.setCurrentIndex(max(combo.findData(self._parameterNode.model), 0) if records else -1)
             combo.blockSignals(wasBlocked)
@@ -494,22 +508,9 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.runsStatusLabel.text = message
         selectedPath, table = self._selectedRunPath(), self.ui.runsTableWidget
         table.setRowCount(len(runs))
-        for row, run in enumerate(runs):
-            percent = run.get("percent")
-            started = (run.get("started") or run.get("created") or "")[:19].replace("T", " ")
-            cells = [
-                run["run_id"],
-                run["kind"],
-                run["state"],
-                f"{percent:.0f}%" if percent is not None else "",
-                started,
-            ]
-            for column, text in enumerate(cells):
-                item = qt.QTableWidgetItem(text)
-                item.setData(qt.Qt.UserRole, run["path"])
-                item.setToolTip(run.get("error") or run["path"])
-                table.setItem(row, column, item)
-            if run["path"] == selectedPath:
+        for row, (cells, tooltip, path) in enumerate(panel_runs.run_table_rows(runs)):
+            _fillRow(table, row, cells, tooltip, path)
+            if path == selectedPath:
                 table.selectRow(row)
         self._runStates = {run["path"]: run["state"] for run in runs}
         live = any(state not in FINAL_STATES for state in self._runStates.values())
@@ -523,7 +524,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onRunSelected(self) -> None:
         path = self._selectedRunPath()
         state = self._runStates.get(path)
-        details = pl.run_details(path) if path and state != "damaged" else None
+        details = panel_runs.run_details(path) if path and state != "damaged" else None
         self.ui.runsCancelButton.enabled = path is not None and state not in FINAL_STATES
         self.ui.runsResumeButton.enabled = state in ("cancelled", "failed")
         self.ui.runsShowFolderButton.enabled = self.ui.runsCurvesButton.enabled = path is not None
@@ -556,9 +557,9 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._withSelectedRun(_("Failed to plot the run."), self._showCurves)
 
     def _showCurves(self, path) -> None:
-        chart = pl.run_curves_to_plot_chart(path, slicer.mrmlScene)
+        chart = panel_runs.run_curves_to_plot_chart(path, slicer.mrmlScene)
         slicer.modules.plots.logic().ShowChartInLayout(chart)
-        dice = pl.run_dice_table_node(path, slicer.mrmlScene)
+        dice = panel_runs.run_dice_table_node(path, slicer.mrmlScene)
         if dice is not None:
             self._showTable(dice)
         if refresh_status(RunDir(path)).get("state") not in FINAL_STATES:
@@ -567,14 +568,14 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onLoadPredictions(self) -> None:
         def load(path):
-            loaded = pl.load_validation_predictions(path, slicer.mrmlScene)
+            loaded = panel_runs.load_validation_predictions(path, slicer.mrmlScene)
             slicer.util.setSliceViewerLayers(background=loaded[0][0], fit=True)
 
         self._withSelectedRun(_("Failed to load the predictions."), load)
 
     def onUseModel(self) -> None:
         def use(path):
-            record = pl.use_run_model(path, home=self.logic.registryHome)
+            record = panel_runs.use_run_model(path, home=self.logic.registryHome)
             self._parameterNode.model = record.id
             self.refreshModels()
             self.ui.runsStatusLabel.text = _("Registered as '{id}'; choose it under Segment.").format(
@@ -663,36 +664,23 @@ class MedSegNASLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("Could not install: {names}").format(names=", ".join(stillMissing)))
         return True
 
-    def launchPhantomJob(self, datasetFolder, cases, unlabeled, size, runsFolder) -> RunDir:
+    @staticmethod
+    def launchPhantomJob(datasetFolder, cases, unlabeled, size, runsFolder) -> RunDir:
         """Write a phantom dataset (``medsegnas phantom``) into ``datasetFolder`` as a background job."""
-        runsFolder = Path(runsFolder).expanduser().absolute()
-        runsFolder.mkdir(parents=True, exist_ok=True)
-        argv = ["phantom", Path(datasetFolder).expanduser().absolute(), "--cases", cases]
-        argv += ["--unlabeled", unlabeled, "--size", size]
-        return launch(
-            [str(token) for token in argv], runs_root=runsFolder, python=pl.worker_python(), cwd=runsFolder,
-            env=pl.worker_environment(),
-        )  # fmt: skip
+        return pl.launch_phantom_job(datasetFolder, runsFolder, cases=cases, unlabeled=unlabeled, size=size)
 
     @staticmethod
     def pollJob(job, eventOffset: int = 0) -> tuple:
         """``(status, new events, next offset)`` of a job (reaps a worker this process started)."""
-        if getattr(job, "process", None) is not None:
-            job.process.poll()
-        events, nextOffset = job.read_events(eventOffset)
-        return refresh_status(job), events, nextOffset
+        follower = pl.JobFollower(job)
+        follower.offset = eventOffset
+        update = follower.poll()
+        return update.status, update.events, follower.offset
 
     @staticmethod
     def waitForJob(job, timeoutSeconds: float = 600.0) -> dict:
         """Block until the job ends and return its status (scripts and tests; the panel polls)."""
-        deadline = time.monotonic() + timeoutSeconds
-        while True:
-            status = MedSegNASLogic.pollJob(job)[0]
-            if status.get("state") in FINAL_STATES:
-                return status
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job.path} still {status.get('state')} after {timeoutSeconds:g} s")
-            time.sleep(0.2)
+        return pl.JobFollower(job).wait(timeout_s=timeoutSeconds).status
 
     @staticmethod
     def listRuns(runsFolder) -> list:
@@ -702,7 +690,7 @@ class MedSegNASLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def loadDatasetCase(dataset, caseIndex: int = 0, scene=None, show: bool = True) -> tuple:
         """Training case ``caseIndex`` of a dataset as ``(volume node, segmentation node or None)``."""
-        volumeNode, segmentationNode = pl.load_dataset_case(dataset, caseIndex, scene)
+        volumeNode, segmentationNode = panel_dataset.load_dataset_case(dataset, caseIndex, scene)
         if show:
             slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
         return volumeNode, segmentationNode
@@ -722,24 +710,17 @@ class MedSegNASTest(ScriptedLoadableModuleTest):
             self.setUp()
             test()
 
-    def _phantomDataset(self, folder):
-        from MedSegNASLib.data.phantom import write_phantom_dataset
-
-        return write_phantom_dataset(folder, cases=1, size=32, unlabeled=0, test_cases=0)
-
     def test_phantom_case_loads_as_volume_and_segmentation(self):
         """A small phantom written by the Lib loads with its geometry and named organ segments."""
         import tempfile
 
         from MedSegNASLib.data.phantom import PHANTOM_LABELS
+        from MedSegNASLib.panel_selftest import phantom_dataset
 
         with tempfile.TemporaryDirectory() as folder:
-            volumeNode, segmentationNode = MedSegNASLogic.loadDatasetCase(
-                self._phantomDataset(folder), show=False
-            )
+            volumeNode, segmentationNode = MedSegNASLogic.loadDatasetCase(phantom_dataset(folder), show=False)
         self.assertEqual(volumeNode.GetImageData().GetDimensions(), (32, 32, 32))
-        segmentation = segmentationNode.GetSegmentation()
-        names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+        names = set(panel_dataset.segment_names(segmentationNode))
         self.assertTrue(names and names <= {label.name for label in PHANTOM_LABELS if label.value})
         self.delayDisplay("Phantom case loaded")
 
@@ -752,26 +733,17 @@ class MedSegNASTest(ScriptedLoadableModuleTest):
             self.delayDisplay(f"Segment test not run: {', '.join(missing)} not installed")
             return
         from MedSegNASLib.data.phantom import PHANTOM_LABELS
-        from MedSegNASLib.data.preprocessing import PreprocessingSpec
-        from MedSegNASLib.models.export import export_bundle
-        from monai.networks.nets import UNet
+        from MedSegNASLib.panel_selftest import phantom_bundle, phantom_dataset
 
-        network = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 5,
-                   "channels": [8, 16], "strides": [2], "num_res_units": 1}  # fmt: skip
-        spec = PreprocessingSpec(channels=["CT"], spacing=[6.0, 6.0, 8.0], patch_size=[32, 32, 32],
-                                 intensity={"kind": "ct_window", "a_min": -100.0, "a_max": 250.0})  # fmt: skip
         with tempfile.TemporaryDirectory() as folder:
-            volumeNode, _truth = MedSegNASLogic.loadDatasetCase(self._phantomDataset(Path(folder) / "data"))
-            weights = UNet(**{k: v for k, v in network.items() if k != "_target_"}).state_dict()
-            bundle = export_bundle(Path(folder) / "phantom_unet", network_def=network, state_dict=weights,
-                                   labels=PHANTOM_LABELS, preprocessing=spec, name="phantom UNet")  # fmt: skip
+            volumeNode, _truth = MedSegNASLogic.loadDatasetCase(phantom_dataset(Path(folder) / "data"))
+            bundle = phantom_bundle(folder)
             job = pl.launch_segment_job(volumeNode, bundle, Path(folder) / "runs", {"device": "cpu"})
             status = MedSegNASLogic.waitForJob(job, timeoutSeconds=300)
             self.assertEqual(status["state"], "done", status.get("error"))
             segmentationNode = pl.load_segment_result(job, volumeNode)
         self.assertEqual(segmentationNode.GetName(), f"{volumeNode.GetName()} - phantom_unet")
-        segmentation = segmentationNode.GetSegmentation()
-        names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+        names = panel_dataset.segment_names(segmentationNode)
         self.assertEqual(names, [label.name for label in PHANTOM_LABELS if label.value])
         reference = segmentationNode.GetNodeReference(
             segmentationNode.GetReferenceImageGeometryReferenceRole()

@@ -299,8 +299,7 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for kind, follower in list(self._followers.items()):
             update = follower.poll()
             live = live or not update.finished
-            widgets[kind][0].value = follower.percent()
-            widgets[kind][1].text = follower.progress_text(update.status)
+            widgets[kind][0].value, widgets[kind][1].text = update.percent, update.text
             newCurves = update.curves_changed or self._chartNode is None
             if kind == "pretrain" and newCurves and len(follower.curves):
                 self._chartNode = self.logic.showLossCurves(follower, self._chartNode)

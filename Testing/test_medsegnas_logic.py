@@ -22,7 +22,7 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="the panel logic needs slicer-core (pip install slicer-core)")
 torch = pytest.importorskip("torch")
 
-from MedSegNASLib import panel_logic  # noqa: E402
+from MedSegNASLib import panel_logic, panel_runs  # noqa: E402
 from MedSegNASLib import slicer_bridge as bridge  # noqa: E402
 from MedSegNASLib.data.phantom import PHANTOM_LABELS, generate_phantom_case, write_phantom_dataset  # noqa: E402
 from MedSegNASLib.data.volume import LabelInfo, Volume  # noqa: E402
@@ -91,6 +91,17 @@ def test_segment_volume_node_gives_named_colored_segments_on_the_input_grid(bund
     assert _segments(node) == {label.name: tuple(round(c, 4) for c in label.color) for label in ORGANS}
     reference = node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole())
     assert reference is not None and reference.GetID() == volume_node.GetID()
+    # The bundle's organ names carry their SNOMED CT terminology (Slicer's TerminologyEntry tag).
+    import vtk
+
+    entries = {}
+    for index in range(node.GetSegmentation().GetNumberOfSegments()):
+        entry = vtk.reference("")
+        segment = node.GetSegmentation().GetNthSegment(index)
+        segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), entry)
+        entries[segment.GetName()] = str(entry)
+    assert "~SCT^10200004^Liver~^^~" in entries["liver"] and "~SCT^78961009^Spleen~" in entries["spleen"]
+    assert "~SCT^64033007^Kidney~SCT^24028007^Right~" in entries["right kidney"]
     # On the input's grid, voxel for voxel the label map the engine computes for the same image.
     expected = segment_volume(bridge.volume_node_to_volume(volume_node), load_model(bundle), options).labels
     shown = bridge.segmentation_node_to_labelmap(node, volume_node)
@@ -207,7 +218,7 @@ def test_model_tooltip_and_use_run_model(bundle: Path, tmp_path: Path) -> None:
     run = RunDir.create(tmp_path / "runs", "train")
     run.write_job({"kind": "train", "argv": ["python", "-m", "MedSegNASLib.cli", "train"], "config": {}})
     shutil.copytree(bundle, run.artifacts / "model")
-    record = panel_logic.use_run_model(run, home=tmp_path / "home")
+    record = panel_runs.use_run_model(run, home=tmp_path / "home")
     tooltip = panel_logic.model_tooltip(record)
     for organ in ORGANS:
         assert organ.name in tooltip
@@ -287,7 +298,7 @@ def _column(table_node, name: str) -> list[float]:
 
 def test_run_curves_become_plot_series_over_tables_updated_in_place(tmp_path: Path, scene) -> None:
     run = _training_run(tmp_path, 3, finish=False)
-    chart = panel_logic.run_curves_to_plot_chart(run, scene)
+    chart = panel_runs.run_curves_to_plot_chart(run, scene)
     series = {
         chart.GetNthPlotSeriesNode(i).GetName(): chart.GetNthPlotSeriesNode(i)
         for i in range(chart.GetNumberOfPlotSeriesNodes())
@@ -310,7 +321,7 @@ def test_run_curves_become_plot_series_over_tables_updated_in_place(tmp_path: Pa
         name: scene.GetNumberOfNodesByClass(name)
         for name in ("vtkMRMLPlotChartNode", "vtkMRMLPlotSeriesNode", "vtkMRMLTableNode")
     }
-    again = panel_logic.run_curves_to_plot_chart(run, scene)
+    again = panel_runs.run_curves_to_plot_chart(run, scene)
     assert again.GetID() == chart.GetID()
     assert counts == {name: scene.GetNumberOfNodesByClass(name) for name in counts}
     assert _column(losses, "loss") == pytest.approx(LOSSES)
@@ -318,11 +329,11 @@ def test_run_curves_become_plot_series_over_tables_updated_in_place(tmp_path: Pa
     assert _column(liver.GetTableNode(), "mean") == pytest.approx([0.2, 0.4, 0.6])
 
     # Inspect: status, parameters, memory, per-class Dice table.
-    details = panel_logic.run_details(run)
+    details = panel_runs.run_details(run)
     text = details.text()
     assert "train run train-20250101-120000-abcdef: done" in text
     assert "123,456" in text and "peak_allocated_mb 812" in text and "0.625" in text
-    dice = panel_logic.run_dice_table_node(run, scene)
+    dice = panel_runs.run_dice_table_node(run, scene)
     assert [dice.GetTable().GetValue(row, 0).ToString() for row in range(dice.GetNumberOfRows())] == [
         o.name for o in ORGANS
     ]
@@ -366,7 +377,7 @@ def test_validation_predictions_load_beside_ground_truth(tmp_path: Path, scene) 
     (run.artifacts / "predictions").mkdir()
     shutil.copy(case.label, run.artifacts / "predictions" / f"{case.name}.nii.gz")
 
-    ((volume, prediction, truth),) = panel_logic.load_validation_predictions(run, scene)
+    ((volume, prediction, truth),) = panel_runs.load_validation_predictions(run, scene)
     assert volume.GetName() == case.name
     assert (prediction.GetName(), truth.GetName()) == (f"{case.name} prediction", f"{case.name} ground truth")
     assert set(_segments(prediction)) <= {o.name for o in ORGANS} and _segments(prediction) == _segments(

@@ -140,8 +140,9 @@ def test_pretraining_run_finishes_with_the_panel_settings_and_scene_volumes(pret
     assert settings["steps"] == RUN_STEPS and settings["batch_size"] == 1 and settings["roi"] == [32, 32, 32]
     assert settings["loss_weights"] == {"rotation": 1.0, "contrastive": 0.5, "reconstruction": 1.0}
     assert json.loads((run.path / "config.json").read_text())["loss_weights"] == {"contrastive": 0.5}
-    assert pretrain_run.follower.progress_text().startswith(f"done: step {RUN_STEPS}/{RUN_STEPS}")
-    assert pretrain_run.follower.percent() == 100
+    assert pretrain_run.follower.progress_text().startswith("Done: pretraining a Swin UNETR encoder")
+    assert pretrain_run.follower.percent() == 100 and pretrain_run.final.percent == 100
+    assert (pretrain_run.final.step, pretrain_run.final.total) == (RUN_STEPS, RUN_STEPS)
 
 
 def test_scene_volumes_are_the_inputs_with_their_voxels_and_geometry(pretrain_run) -> None:
@@ -341,7 +342,7 @@ def test_a_run_whose_worker_died_is_not_reattached_to(tmp_path: Path) -> None:
     assert panel_logic.attach_live_runs(followers, tmp_path / "runs", ["finetune"]) == []
     follower = JobFollower(run)
     assert follower.poll().finished
-    assert follower.progress_text().startswith("failed: worker process")
+    assert follower.progress_text().startswith("Failed: worker process")
 
 
 # --------------------------------------------------------------------------------------------

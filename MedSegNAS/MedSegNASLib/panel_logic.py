@@ -1,21 +1,26 @@
-"""What the MedSegNAS panel does, without Qt: scene nodes in, jobs launched and followed, nodes out.
+"""What the MedSegNAS panel does, without Qt: scene nodes in, jobs launched, nodes out.
 
-The module file ``MedSegNAS.py`` only connects widgets to these functions, so everything here is
-tested with the real MRML classes of the ``slicer-core`` wheel (``Testing/test_medsegnas_logic.py``):
+The module file ``MedSegNAS.py`` only connects widgets to these functions and to the panel modules
+beside this one, so everything is tested with the real MRML classes of the ``slicer-core`` wheel
+(``Testing/test_medsegnas_logic.py``, ``Testing/test_panel_*.py``):
 
-* **Segment**: :func:`segment_volume_node` runs a model in this process (scripts, tests);
+* **Segment** (here): :func:`segment_volume_node` runs a model in this process (scripts, tests);
   :func:`launch_segment_job` runs ``medsegnas segment`` as a background job and
   :func:`load_segment_result` turns its label map into the same segmentation node. The node is
-  named ``"<input> - <model>"``, has the bundle's named, colored segments, references the input
-  volume, and replaces the previous result of the same input and model (found by node attributes).
-* **Models**: :func:`model_tooltip`, :func:`model_display_name`, :class:`BackgroundTask` for
+  named ``"<input> - <model>"``, has the bundle's named, colored segments with their terminology
+  (:mod:`.panel_terminology`), references the input volume, and replaces the previous result of
+  the same input and model (found by node attributes).
+* **Models** (here): :func:`model_tooltip`, :func:`model_display_name`, :class:`BackgroundTask` for
   imports and downloads (a thread: the network and the bundle checks never block the GUI).
-* **Search and train**: :func:`launch_training_job`, :func:`resume_job`, :class:`JobFollower`
-  (new events, progress text, ETA), :func:`run_curves_to_plot_chart` (loss and validation Dice
-  curves as plot series over table nodes, updated in place).
-* **Inspect**: :func:`run_details`, :func:`run_dice_table_node`,
-  :func:`load_validation_predictions`, :func:`use_run_model`.
-* **Evaluate**: :func:`evaluate_segmentation_nodes` (Dice, HD95, NSD per segment into a table node).
+* **Search and train** (here): :func:`launch_training_job` (one process or one per GPU,
+  :func:`training_argv`), with the dataset from a folder or exported from scene volumes and
+  segmentations (:func:`.panel_dataset.export_scene_dataset`).
+* **Jobs** (:mod:`.panel_jobs`, shared with SSLPretrain): :class:`JobFollower`, :func:`cancel_job`,
+  :func:`resume_job`, :func:`live_runs`, re-exported here.
+* **Runs** (:mod:`.panel_runs`): curves as plot chart nodes, details, Dice table, validation
+  predictions, "Use this model".
+* **Evaluate** (here): :func:`evaluate_segmentation_nodes` (Dice, HD95, NSD per segment into a table node).
+* **Phantom data** (:func:`launch_phantom_job`, :func:`.panel_dataset.load_dataset_case`).
 
 Only ``slicer`` (MRML classes) and ``vtk`` are imported at the top; the slicer bridge, data I/O,
 torch and MONAI are imported by the functions that need them, so that Slicer starts quickly and
@@ -24,16 +29,12 @@ the panel opens even before torch is installed.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
-import math
 import os
 import shutil
-import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,21 @@ import slicer
 
 from .atomic import write_json_atomic
 from .errors import JobError, MedSegNASError
-from .jobs import FINAL_STATES, RunDir, cancel, launch, list_runs, refresh_status, run_summary
+from .jobs import RunDir, refresh_status
+from .panel_jobs import (
+    JobFollower,
+    JobUpdate,
+    cancel_job,
+    format_eta,
+    launch_job,
+    live_runs,
+    progress_text,
+    torchrun_entry,
+    worker_environment,
+    worker_python,
+)
+from .panel_jobs import resume_job as _resume_job
+from .panel_terminology import apply_terminology
 
 if TYPE_CHECKING:  # torch is imported only where a model runs
     from .data.volume import LabelInfo, Volume
@@ -52,27 +67,27 @@ __all__ = [
     "BackgroundTask",
     "JobFollower",
     "JobUpdate",
-    "RunDetails",
     "cancel_job",
     "evaluate_segmentation_nodes",
     "find_previous_result",
     "format_eta",
+    "launch_phantom_job",
     "launch_segment_job",
     "launch_training_job",
     "live_runs",
     "load_segment_result",
-    "load_validation_predictions",
     "missing_packages",
     "model_display_name",
+    "model_table_rows",
     "model_tooltip",
-    "read_run_curves",
+    "progress_text",
     "resume_job",
-    "run_curves_to_plot_chart",
-    "run_details",
-    "run_dice_table_node",
+    "launch_from_settings",
     "segment_argv",
+    "segment_options",
     "segment_volume_node",
-    "use_run_model",
+    "training_argv",
+    "training_command",
     "worker_environment",
     "worker_python",
 ]
@@ -80,15 +95,13 @@ __all__ = [
 #: Node attributes that identify a segmentation made by the panel (re-running replaces it).
 INPUT_ATTRIBUTE = "MedSegNAS.InputVolumeID"
 MODEL_ATTRIBUTE = "MedSegNAS.Model"
-#: Node attribute that ties plot, series and table nodes to a run directory (updated in place).
-RUN_ATTRIBUTE = "MedSegNAS.Run"
-ROLE_ATTRIBUTE = "MedSegNAS.Role"
-#: Where a segment job launched by the panel keeps its inputs and result, inside the run folder.
+#: Where a job launched by the panel keeps its inputs (and a segment job its result), in the run folder.
 SEGMENT_INPUTS = Path("artifacts") / "inputs"
 SEGMENT_OUTPUT = Path("artifacts") / "segmentation.seg.nrrd"
 SCENE_INFO = "scene.json"
 #: Job kinds the panel launches and follows.
 SEGMENT, SEARCH, TRAIN, PHANTOM = "segment", "search", "train", "phantom"
+JOB_KINDS: tuple[str, ...] = (SEGMENT, SEARCH, TRAIN, PHANTOM)
 #: Python packages the jobs need (import name -> pip requirement); torch comes from the PyTorch extension.
 REQUIRED_PACKAGES: dict[str, str] = {
     "torch": "torch>=2.4",
@@ -97,20 +110,13 @@ REQUIRED_PACKAGES: dict[str, str] = {
     "scipy": "scipy>=1.10",
     "SimpleITK": "SimpleITK>=2.3",
 }
-#: Distinct curve colors (RGB 0..1) for plot series without a label color.
-_CURVE_COLORS = [
-    (0.35, 0.35, 0.35),
-    (0.84, 0.15, 0.16),
-    (0.12, 0.47, 0.71),
-    (0.17, 0.63, 0.17),
-    (1.0, 0.5, 0.05),
-    (0.58, 0.4, 0.74),
-    (0.55, 0.34, 0.29),
-    (0.89, 0.47, 0.76),
-]
+#: What a phantom job needs (torch saves its checkpoints).
+PHANTOM_PACKAGES: dict[str, str] = {
+    name: REQUIRED_PACKAGES[name] for name in ("scipy", "SimpleITK", "nibabel", "torch")
+}
 
 
-# --------------------------------------------------------------------------- environment
+# --------------------------------------------------------------------------- environment and jobs
 
 
 def missing_packages(packages: Iterable[str] = REQUIRED_PACKAGES) -> list[str]:
@@ -118,202 +124,38 @@ def missing_packages(packages: Iterable[str] = REQUIRED_PACKAGES) -> list[str]:
     return [name for name in packages if importlib.util.find_spec(name) is None]
 
 
-def worker_python() -> str:
-    """The Python that runs workers: Slicer's PythonSlicer (inside Slicer ``sys.executable`` is
-    the application, whose Python launcher sits next to it), else this interpreter."""
-    if Path(sys.executable).name.lower().startswith("pythonslicer"):
-        return sys.executable
-    return shutil.which("PythonSlicer") or sys.executable
-
-
-def worker_environment() -> dict[str, str]:
-    """``PYTHONPATH`` for workers: the module folder, so ``-m MedSegNASLib.cli`` imports this Lib."""
-    module_folder = str(Path(__file__).resolve().parents[1])
-    paths = [module_folder] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
-
-
-def _launch(argv: Sequence[Any], run: RunDir, python: str | None, env: Mapping[str, str] | None) -> RunDir:
-    return launch(
-        [str(token) for token in argv],
-        run,
-        python=python or worker_python(),
-        cwd=run.path.parent,
-        env={**worker_environment(), **(env or {})},
-    )
-
-
-def cancel_job(run_dir: str | os.PathLike[str] | RunDir) -> str:
-    """Ask a job to stop (SIGTERM to its process group) and return at once (``'cancelling'`` or
-    the final state); the worker finishes its step, saves a checkpoint and ends ``cancelled``."""
-    return cancel(run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir), wait=False)
-
-
-def live_runs(runs_root: str | os.PathLike[str], kinds: Sequence[str] | None = None) -> dict[str, str]:
-    """Newest unfinished run of each kind under ``runs_root``: ``{kind: run path}``.
-
-    What the panel re-attaches to after Slicer restarts (dead workers are marked failed on the way).
-    """
-    found: dict[str, str] = {}
-    for run in list_runs(Path(runs_root).expanduser()):  # newest first
-        if run["state"] not in FINAL_STATES and (kinds is None or run["kind"] in kinds):
-            found.setdefault(run["kind"], run["path"])
-    return found
-
-
 def resume_job(
     run_dir: str | os.PathLike[str] | RunDir,
     *,
+    processes: int | None = None,
     python: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> RunDir:
-    """Continue a stopped run from ``checkpoints/last.pt`` with the command line it was started with.
+    """Continue a stopped run of the panel's kinds from ``checkpoints/last.pt`` with the command line
+    it was started with (and as many processes, unless ``processes`` says otherwise).
 
     Returns the run directory; its ``process`` is ``None`` when the run was already done.
 
     Raises:
         JobError: not a run directory, or ``job.json`` does not record the command.
     """
-    run = RunDir.open(run_dir.path if isinstance(run_dir, RunDir) else run_dir)
-    job = run.read_job()
-    kind, argv = job.get("kind"), [str(token) for token in job.get("argv") or []]
-    if kind not in argv:
-        raise JobError(f"{run.path}: job.json does not record the '{kind}' command line to resume")
-    # The recorded line starts with the interpreter and the entry point; the command follows.
-    command = [token for token in argv[argv.index(kind) :] if token != "--resume"]
-    return launch(
-        [*command, "--resume"],
-        run,
-        python=python or worker_python(),
-        cwd=job.get("cwd") or run.path.parent,
-        env={**worker_environment(), **(env or {})},
-    )
+    return _resume_job(run_dir, kinds=JOB_KINDS, processes=processes, python=python, env=env)
 
 
-# --------------------------------------------------------------------------- following a job
-
-
-def format_eta(seconds: float | None) -> str:
-    """``"about 3 min left"`` from an ETA in seconds ("" when unknown)."""
-    if seconds is None or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-        return ""
-    seconds = max(float(seconds), 0.0)
-    if seconds < 60:
-        return f"about {seconds:.0f} s left"
-    if seconds < 3600:
-        return f"about {seconds / 60:.0f} min left"
-    return f"about {seconds / 3600:.1f} h left"
-
-
-def _metric_text(metrics: Mapping[str, Any]) -> str:
-    shown = []
-    for key in ("loss", "arch_loss", "val_dice"):
-        value = metrics.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            shown.append(f"{'validation Dice' if key == 'val_dice' else key.replace('_', ' ')} {value:.3f}")
-    case = metrics.get("case")
-    if case:
-        shown.insert(0, str(case))
-    return ", ".join(shown)
-
-
-def progress_text(event: Mapping[str, Any]) -> str:
-    """One line for a progress event: stage, epoch, step of total, main metrics, ETA."""
-    parts = [str(event.get("stage") or "working")]
-    if event.get("epoch") is not None:
-        parts.append(f"epoch {event['epoch']}")
-    parts.append(f"{event.get('step', 0)} of {event.get('total', '?')}")
-    text = ", ".join(parts)
-    metrics = _metric_text(event.get("metrics") or {})
-    eta = format_eta(event.get("eta_s"))
-    return text + (f": {metrics}" if metrics else "") + (f" ({eta})" if eta else "")
-
-
-@dataclass
-class JobUpdate:
-    """What changed since the last poll of a job.
-
-    Attributes:
-        state: ``status.json`` state (queued, running, cancelling, cancelled, failed, done).
-        finished: the state is final.
-        step, total: of the latest progress event (0, 1 before the first).
-        stage: of the latest progress event.
-        text: a line for the panel (progress, last message, or how it ended).
-        eta: ``"about 3 min left"`` or "".
-        events: the new events.
-        status: the whole ``status.json``.
-    """
-
-    state: str
-    finished: bool
-    step: int
-    total: int
-    stage: str
-    text: str
-    eta: str
-    events: list[dict[str, Any]] = field(default_factory=list)
-    status: dict[str, Any] = field(default_factory=dict)
-
-
-class JobFollower:
-    """Reads a job's new events and state; cheap enough for a ``qt.QTimer`` callback on the GUI thread.
-
-    Args:
-        run_dir: the run directory (a :class:`RunDir` from :func:`launch` keeps its ``process``,
-            which is reaped here so that it leaves no zombie).
-    """
-
-    def __init__(self, run_dir: str | os.PathLike[str] | RunDir) -> None:
-        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-        self.offset = 0
-        self.last_progress: dict[str, Any] | None = None
-        self.last_message = ""
-
-    @property
-    def kind(self) -> str:
-        with contextlib.suppress(JobError):
-            return str(self.run.read_job().get("kind") or "")
-        return ""
-
-    def poll(self) -> JobUpdate:
-        process = getattr(self.run, "process", None)
-        if process is not None:
-            process.poll()
-        events, self.offset = self.run.read_events(self.offset)
-        status = refresh_status(self.run)
-        for event in events:
-            if event.get("type") == "progress":
-                self.last_progress = event
-            elif event.get("type") == "log" and event.get("level") in ("info", "warning", "error"):
-                self.last_message = str(event.get("message", ""))
-        state = str(status.get("state") or "queued")
-        progress = self.last_progress or status.get("progress") or {}
-        finished = state in FINAL_STATES
-        if state == "done":
-            text = "Done" + (f": {self.last_message}" if self.last_message else "")
-        elif state == "failed":
-            text = f"Failed: {status.get('error') or 'see worker.log in the run folder'}"
-        elif state == "cancelled":
-            text = "Cancelled; resume it from the runs list"
-        elif state == "cancelling":
-            text = "Cancelling: finishing the current step and saving a checkpoint..."
-        elif progress:
-            text = progress_text(progress)
-        else:
-            text = self.last_message or ("Starting..." if state == "queued" else "Running...")
-        total = int(progress.get("total") or 1)
-        step = total if state == "done" else int(progress.get("step") or 0)
-        return JobUpdate(
-            state=state,
-            finished=finished,
-            step=step,
-            total=total,
-            stage=str(progress.get("stage") or ""),
-            text=text,
-            eta="" if finished else format_eta(progress.get("eta_s")),
-            events=events,
-            status=status,
-        )
+def launch_phantom_job(
+    dataset_folder: str | os.PathLike[str],
+    runs_root: str | os.PathLike[str],
+    *,
+    cases: int = 4,
+    unlabeled: int = 2,
+    size: int = 64,
+    python: str | None = None,
+) -> RunDir:
+    """Write a phantom dataset (``medsegnas phantom``) into ``dataset_folder`` as a background job;
+    the ``done`` result holds the ``dataset`` (its ``dataset.json``)."""
+    argv = [PHANTOM, Path(dataset_folder).expanduser().absolute(), "--cases", int(cases)]
+    argv += ["--unlabeled", int(unlabeled), "--size", int(size)]
+    return launch_job(argv, runs_root=runs_root, python=python)
 
 
 class BackgroundTask:
@@ -400,6 +242,16 @@ def model_tooltip(record: ModelRecord) -> str:
     else:
         lines.append("Safe: runs without executing code from the bundle.")
     return "\n".join(lines)
+
+
+def model_table_rows(records: Sequence[ModelRecord]) -> list[tuple[list[str], str, str]]:
+    """Rows of the models table: ``(cells [display name, segments, modality, trust], tooltip, model id)``."""
+    rows = []
+    for record in records:
+        labels = ", ".join(str(item["name"]) for item in record.labels if item.get("value"))
+        cells = [model_display_name(record), labels, record.modality or "", record.trust_state]
+        rows.append((cells, model_tooltip(record), record.id))
+    return rows
 
 
 def import_model_task(
@@ -495,6 +347,7 @@ def _show_result(
     )
     node.SetAttribute(INPUT_ATTRIBUTE, volume_node.GetID())
     node.SetAttribute(MODEL_ATTRIBUTE, model_key(model_spec))
+    apply_terminology(node)  # SNOMED CT codes of the labels with common organ names
     return node
 
 
@@ -647,7 +500,7 @@ def launch_segment_job(
         },
     )
     argv = segment_argv(inputs, model_spec, run.path / SEGMENT_OUTPUT, options, trusted=trusted)
-    return _launch(argv, run, python, env)
+    return launch_job(argv, run, python=python, env=env)
 
 
 def load_segment_result(
@@ -714,25 +567,22 @@ def training_overrides(
     return overrides
 
 
-def launch_training_job(
+def training_argv(
     kind: str,
     dataset: str | os.PathLike[str],
-    runs_root: str | os.PathLike[str],
     *,
     preset: str = "tiny",
-    overrides: Mapping[str, Any] | None = None,
     arch: str | os.PathLike[str] | None = None,
     network: str | None = None,
     device: str = "auto",
-    python: str | None = None,
-    env: Mapping[str, str] | None = None,
-) -> RunDir:
-    """Start ``medsegnas search`` or ``medsegnas train`` on a dataset (``dataset.json`` or its folder).
+    config: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """The ``medsegnas search`` / ``medsegnas train`` command line (after the entry point, before
+    ``--run-dir``), the same for one process and for every rank under torchrun.
 
-    ``overrides`` (epochs, patch_size, memory_budget_mb, any search/train setting) are written to
-    ``RUN/artifacts/inputs/config.json`` and passed as ``--config``. ``train`` takes the searched
-    ``arch`` (``arch.json`` or its search run folder) or a baseline ``network`` (unet, segresnet,
-    swinunetr). Resume a stopped run with :func:`resume_job`.
+    Raises:
+        MedSegNASError: unknown kind, missing dataset, or ``train`` without exactly one of
+            ``arch`` and ``network``.
     """
     if kind not in (SEARCH, TRAIN):
         raise MedSegNASError(f"unknown job kind {kind!r}: the panel launches '{SEARCH}' or '{TRAIN}'")
@@ -748,356 +598,95 @@ def launch_training_job(
             argv += ["--arch", arch / "artifacts" / "arch.json" if arch.is_dir() else arch]
         else:
             argv += ["--network", network]
-    run = RunDir.create(Path(runs_root).expanduser().absolute(), kind)
-    if overrides:
-        config = write_json_atomic(run.path / SEGMENT_INPUTS / "config.json", dict(overrides))
-        argv += ["--config", config]
-    return _launch(argv, run, python, env)
+    if config is not None:
+        argv += ["--config", Path(config).absolute()]
+    return [str(token) for token in argv]
 
 
-def _finite(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
-
-
-@dataclass
-class RunCurves:
-    """Curves of a run's progress events.
-
-    Attributes:
-        steps: global step of every progress event of the training stages.
-        losses: loss name -> value per entry of ``steps`` (NaN where absent).
-        validation_steps, validation_epochs: where validations happened.
-        dice: ``"mean"`` and class name -> validation Dice per validation.
-    """
-
-    steps: list[int] = field(default_factory=list)
-    losses: dict[str, list[float]] = field(default_factory=dict)
-    validation_steps: list[int] = field(default_factory=list)
-    validation_epochs: list[int] = field(default_factory=list)
-    dice: dict[str, list[float]] = field(default_factory=dict)
-    offset: int = 0
-    _last_mean: float | None = None
-
-    def add(self, event: Mapping[str, Any]) -> None:
-        metrics = event.get("metrics") or {}
-        losses = {k: v for k, v in metrics.items() if "loss" in k and isinstance(v, (int, float))}
-        if not losses and "val_dice" not in metrics:
-            return  # a stage without curves (loading, prediction...)
-        step = int(event.get("step") or 0)
-        self.steps.append(step)
-        for name in sorted(set(losses) | set(self.losses)):
-            column = self.losses.setdefault(name, [math.nan] * (len(self.steps) - 1))
-            column.append(_finite(losses.get(name)))
-        per_class = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("val_dice/")}
-        mean = metrics.get("val_dice")
-        # A validation: per-class values (train), or a new mean (search reports only the latest mean).
-        if per_class or (isinstance(mean, (int, float)) and mean != self._last_mean):
-            self.validation_steps.append(step)
-            self.validation_epochs.append(int(event.get("epoch") or 0))
-            values = {"mean": mean, **per_class}
-            for name in list(dict.fromkeys([*self.dice, *values])):
-                column = self.dice.setdefault(name, [math.nan] * (len(self.validation_steps) - 1))
-                column.append(_finite(values.get(name)))
-        if isinstance(mean, (int, float)):
-            self._last_mean = mean
-
-
-_CURVES_CACHE: dict[str, RunCurves] = {}
-
-
-def read_run_curves(run_dir: str | os.PathLike[str] | RunDir) -> RunCurves:
-    """The loss and validation-Dice curves of a run, read incrementally (only new events are parsed)."""
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    key = str(run.path.resolve())
-    curves = _CURVES_CACHE.get(key)
-    size = run.events_jsonl.stat().st_size if run.events_jsonl.exists() else 0
-    if curves is None or size < curves.offset:  # new, or the log was replaced
-        curves = RunCurves()
-    events, curves.offset = run.read_events(curves.offset)
-    for event in events:
-        if event.get("type") == "progress":
-            curves.add(event)
-    _CURVES_CACHE[key] = curves
-    return curves
-
-
-def _tagged_node(scene: Any, class_name: str, run_key: str, role: str) -> Any | None:
-    nodes = scene.GetNodesByClass(class_name)
-    for index in range(nodes.GetNumberOfItems()):
-        node = nodes.GetItemAsObject(index)
-        if node.GetAttribute(RUN_ATTRIBUTE) == run_key and node.GetAttribute(ROLE_ATTRIBUTE) == role:
-            return node
-    return None
-
-
-def _tag(node: Any, run_key: str, role: str) -> Any:
-    node.SetAttribute(RUN_ATTRIBUTE, run_key)
-    node.SetAttribute(ROLE_ATTRIBUTE, role)
-    return node
-
-
-def _table(scene: Any, run_key: str, role: str, name: str, columns: Mapping[str, Sequence[Any]]) -> Any:
-    from .slicer_bridge import metrics_to_table_node
-
-    existing = _tagged_node(scene, "vtkMRMLTableNode", run_key, role)
-    return _tag(metrics_to_table_node(columns, scene, name, replace_node=existing), run_key, role)
-
-
-def _label_colors(run: RunDir) -> dict[str, tuple[float, float, float]]:
-    """Class name -> color from the run's resolved dataset labels (when job.json has them)."""
-    with contextlib.suppress(Exception):
-        labels = (run.read_job().get("config") or {}).get("dataset", {}).get("labels") or []
-        return {str(item["name"]): tuple(float(c) for c in item["color"]) for item in labels}
-    return {}
-
-
-def run_curves_to_plot_chart(run_dir: str | os.PathLike[str] | RunDir, scene: Any) -> Any:
-    """Loss and validation-Dice curves of a run as a plot chart node, updated in place on each call.
-
-    Two table nodes hold the columns: ``"<run> losses"`` (``step`` and one column per loss in the
-    progress events: ``loss``, ``arch_loss``...) and ``"<run> validation Dice"`` (``step``,
-    ``epoch``, ``mean`` and one column per class). Each curve is a ``vtkMRMLPlotSeriesNode`` of the
-    chart (x: step), named ``"<run> <column>"``; class curves take the dataset's label colors.
-    Calling again with the same run refills the same nodes (the panel does it on each poll).
-
-    Returns:
-        The ``vtkMRMLPlotChartNode`` (``"<run> curves"``).
-    """
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    run_key = str(run.path.resolve())
-    curves = read_run_curves(run)
-    chart = _tagged_node(scene, "vtkMRMLPlotChartNode", run_key, "chart")
-    if chart is None:
-        chart = _tag(
-            scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{run.run_id} curves"), run_key, "chart"
-        )
-        chart.SetTitle(f"{run.run_id}: losses and validation Dice")
-        chart.SetXAxisTitle("step")
-        chart.SetYAxisTitle("loss / Dice")
-        chart.SetLegendVisibility(True)
-    was_modifying = chart.StartModify()
-    try:
-        curve_tables = [
-            (
-                _table(
-                    scene, run_key, "losses", f"{run.run_id} losses", {"step": curves.steps, **curves.losses}
-                ),
-                list(curves.losses),
-                "solid",
-            ),
-        ]
-        if curves.validation_steps:
-            validation = {"step": curves.validation_steps, "epoch": curves.validation_epochs, **curves.dice}
-            table = _table(scene, run_key, "validation", f"{run.run_id} validation Dice", validation)
-            curve_tables.append((table, list(curves.dice), "dash"))
-        colors = _label_colors(run)
-        existing = {chart.GetNthPlotSeriesNode(i).GetName(): chart.GetNthPlotSeriesNode(i)
-                    for i in range(chart.GetNumberOfPlotSeriesNodes())}  # fmt: skip
-        number = 0
-        for table, columns, line in curve_tables:
-            for column in columns:
-                name = f"{run.run_id} {column}"
-                series = existing.get(name)
-                if series is None:
-                    series = _tag(scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name), run_key, "series")
-                    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-                    series.SetMarkerStyle(
-                        slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle
-                        if line == "dash"
-                        else slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone
-                    )
-                    series.SetLineStyle(
-                        slicer.vtkMRMLPlotSeriesNode.LineStyleDash
-                        if column == "mean" or line == "solid"
-                        else slicer.vtkMRMLPlotSeriesNode.LineStyleSolid
-                    )
-                    series.SetColor(*(colors.get(column) or _CURVE_COLORS[number % len(_CURVE_COLORS)]))
-                    chart.AddAndObservePlotSeriesNodeID(series.GetID())
-                series.SetAndObserveTableNodeID(table.GetID())
-                series.SetXColumnName("step")
-                series.SetYColumnName(column)
-                number += 1
-    finally:
-        chart.EndModify(was_modifying)
-    return chart
-
-
-# --------------------------------------------------------------------------- inspect
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _number_text(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.3g}"
-
-
-@dataclass
-class RunDetails:
-    """What the Inspect section shows of a run.
-
-    Attributes:
-        summary: :func:`~MedSegNASLib.jobs.run_summary` (state, kind, progress, error...).
-        results: ``artifacts/summary.json`` of a finished search/train ({} before).
-        topology: ``artifacts/topology.png`` when the run has one.
-        model: ``artifacts/model`` (a MONAI bundle) when the run exported one.
-        predictions: validation label maps in ``artifacts/predictions``.
-    """
-
-    summary: dict[str, Any]
-    results: dict[str, Any]
-    topology: Path | None
-    model: Path | None
-    predictions: list[Path]
-
-    @property
-    def dice(self) -> dict[str, float]:
-        values = self.results.get("best_val_dice") or {}
-        return {str(k): _finite(v) for k, v in values.items()} if isinstance(values, dict) else {}
-
-    def text(self) -> str:
-        """Lines for the panel: state, network, parameters, memory, best Dice, time."""
-        summary, results = self.summary, self.results
-        state = summary["state"] + (
-            f" ({summary['percent']:.0f}%)" if summary.get("percent") is not None else ""
-        )
-        lines = [f"{summary['kind']} run {summary['run_id']}: {state}"]
-        if summary.get("error"):
-            lines.append(f"Error: {summary['error']}")
-        if results.get("network"):
-            lines.append(f"Network: {results['network']}")
-        parameters = results.get("parameters")
-        if isinstance(parameters, dict):
-            lines.append("Parameters: " + ", ".join(f"{k} {_number_text(v)}" for k, v in parameters.items()))
-        elif parameters is not None:
-            lines.append(f"Parameters: {_number_text(parameters)}")
-        memory = results.get("memory")
-        if isinstance(memory, dict) and memory:
-            lines.append("Memory (MB): " + ", ".join(f"{k} {_number_text(v)}" for k, v in memory.items()))
-        if results.get("patch_size"):
-            lines.append(
-                f"Patch: {' x '.join(map(str, results['patch_size']))} voxels on {results.get('device', '?')}"
-            )
-        mean = results.get("best_val_dice_mean")
-        if isinstance(mean, (int, float)):
-            lines.append(f"Best mean validation Dice {mean:.3f} (epoch {results.get('best_epoch')})")
-        seconds = results.get("wall_s") or (results.get("timing") or {}).get("wall_s_this_process")
-        if isinstance(seconds, (int, float)):
-            lines.append(f"Time: {seconds / 60:.1f} min")
-        return "\n".join(lines)
-
-
-def run_details(run_dir: str | os.PathLike[str] | RunDir) -> RunDetails:
-    """Status and results of a run folder (also one copied back from a cluster)."""
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
-    artifacts = run.artifacts
-    topology = artifacts / "topology.png"
-    model = artifacts / "model"
-    return RunDetails(
-        summary=run_summary(run),
-        results=_read_json(artifacts / "summary.json"),
-        topology=topology if topology.is_file() else None,
-        model=model if (model / "configs").is_dir() else None,
-        predictions=sorted((artifacts / "predictions").glob("*.nii*")),
-    )
-
-
-def run_dice_table_node(run_dir: str | os.PathLike[str] | RunDir, scene: Any) -> Any | None:
-    """The best validation Dice per class of a finished run as a table node (``segment``, ``dice``);
-    ``None`` when the run has no results yet. Refilled in place when called again."""
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
-    dice = run_details(run).dice
-    if not dice:
-        return None
-    rows = {"segment": list(dice), "dice": list(dice.values())}
-    return _table(scene, str(run.path.resolve()), "dice", f"{run.run_id} validation Dice per class", rows)
-
-
-def _run_dataset(run: RunDir) -> tuple[Any, list[LabelInfo]]:
-    """The dataset a search/train run used and its label table (from ``job.json``)."""
-    from .data.datasets import load_dataset
-    from .data.volume import LabelInfo
-
-    job = run.read_job()
-    config = job.get("config") or {}
-    dataset_info = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
-    request = config.get("request") or {}
-    path = dataset_info.get("path") or request.get("dataset") or (job.get("inputs") or {}).get("dataset")
-    if not path:
-        raise MedSegNASError(f"{run.job_json} does not say which dataset the run used")
-    dataset = load_dataset(path, dataroot=request.get("dataroot"))
-    labels = [
-        LabelInfo(int(item["value"]), str(item["name"]), tuple(float(c) for c in item["color"]))
-        for item in dataset_info.get("labels") or []
-    ] or list(dataset.labels)
-    return dataset, labels
-
-
-def load_validation_predictions(
-    run_dir: str | os.PathLike[str] | RunDir, scene: Any, *, max_cases: int | None = None
-) -> list[tuple[Any, Any, Any | None]]:
-    """Load a train run's validation predictions beside their ground truth.
-
-    For each ``artifacts/predictions/<case>.nii.gz``: the case's image as a volume node, the
-    prediction as segmentation ``"<case> prediction"`` and the reference label map as
-    ``"<case> ground truth"`` (``None`` when the dataset has no label for it), both with the
-    dataset's names and colors and referenced to the image.
-
-    Returns:
-        ``[(volume node, prediction node, ground-truth node or None), ...]`` in case-name order.
-    """
-    from .data.io import read_volume
-    from .slicer_bridge import labelmap_to_segmentation_node, volume_to_volume_node
-
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
-    predictions = run_details(run).predictions[:max_cases]
-    if not predictions:
-        raise MedSegNASError(f"run {run.path} has no validation predictions (artifacts/predictions) yet")
-    dataset, labels = _run_dataset(run)
-    cases = {case.name: case for case in [*dataset.cases, *getattr(dataset, "validation", [])]}
-    loaded = []
-    for path in predictions:
-        name = path.name.split(".")[0]
-        case = cases.get(name)
-        if case is None:
-            raise MedSegNASError(f"{path.name}: no case '{name}' in dataset {dataset.path}")
-        volume_node = volume_to_volume_node(read_volume(case.images[0]), scene, name=name)
-        prediction = labelmap_to_segmentation_node(
-            path, labels, scene, reference_volume_node=volume_node, name=f"{name} prediction"
-        )
-        truth = None
-        if case.label is not None:
-            truth = labelmap_to_segmentation_node(
-                case.label, labels, scene, reference_volume_node=volume_node, name=f"{name} ground truth"
-            )
-        loaded.append((volume_node, prediction, truth))
-    return loaded
-
-
-def use_run_model(
-    run_dir: str | os.PathLike[str] | RunDir,
+def training_command(
+    kind: str,
+    dataset: str | os.PathLike[str],
     *,
-    name: str | None = None,
-    home: str | os.PathLike[str] | None = None,
-) -> ModelRecord:
-    """Register a run's exported bundle (``artifacts/model``) in the model registry (a copy)."""
-    from .models.registry import register_model
+    gpus: int = 1,
+    python: str | None = None,
+    **options: Any,
+) -> list[str]:
+    """The whole worker command line of a search/train job without ``--run-dir``: the interpreter,
+    ``-m torch.distributed.run --standalone --nproc_per_node <gpus>`` when ``gpus > 1``, then
+    ``-m MedSegNASLib.cli`` and :func:`training_argv` (``options`` are its keywords)."""
+    return [python or worker_python(), *torchrun_entry(gpus), *training_argv(kind, dataset, **options)]
 
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
-    model = run_details(run).model
-    if model is None:
-        raise MedSegNASError(f"run {run.path} has no exported model (artifacts/model) to use")
-    kind = run.read_job().get("kind") or "run"
-    return register_model(model, source=f"{kind} run {run.path}", name=name, home=home)
+
+def launch_training_job(
+    kind: str,
+    dataset: str | os.PathLike[str] | None,
+    runs_root: str | os.PathLike[str],
+    *,
+    preset: str = "tiny",
+    overrides: Mapping[str, Any] | None = None,
+    arch: str | os.PathLike[str] | None = None,
+    network: str | None = None,
+    device: str = "auto",
+    gpus: int = 1,
+    scene_pairs: Sequence[tuple[Any, Any]] = (),
+    dataset_name: str = "SceneDataset",
+    dataset_modality: str = "CT",
+    python: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> RunDir:
+    """Start ``medsegnas search`` or ``medsegnas train`` on a dataset in a new run folder.
+
+    Args:
+        kind: ``"search"`` or ``"train"``.
+        dataset: ``dataset.json`` or its folder (MSD layout); ``None`` with ``scene_pairs``.
+        runs_root: where the run folder is made.
+        preset: ``tiny``, ``small`` or ``full``.
+        overrides: epochs, patch_size, memory_budget_mb, any search/train setting; written to
+            ``RUN/artifacts/inputs/config.json`` and passed as ``--config``.
+        arch, network: for ``train``: the searched ``arch`` (``arch.json`` or its search run
+            folder) or a baseline ``network`` (unet, segresnet, swinunetr).
+        device: ``auto``, ``cuda`` or ``cpu``.
+        gpus: processes, one per GPU (``torch.distributed.run``; rank 0 writes the run folder).
+            More than one on ``cpu`` runs that many CPU processes (gloo).
+        scene_pairs: ``(volume node, segmentation node)`` pairs of the scene, exported as an MSD
+            dataset into ``RUN/artifacts/inputs/dataset`` (see
+            :func:`.panel_dataset.export_scene_dataset`) and trained on.
+        dataset_name, dataset_modality: the exported dataset's name and modality.
+
+    Resume a stopped run with :func:`resume_job` (same dataset, settings and number of processes).
+
+    Raises:
+        MedSegNASError: bad settings or scene data (no run folder is left behind).
+    """
+    if int(gpus) > 1 and device not in ("auto", "cuda", "cpu"):
+        raise MedSegNASError(f"several processes run on CUDA GPUs or CPUs, not on {device!r}")
+    if dataset is None and not scene_pairs:
+        raise MedSegNASError("choose a dataset folder, or volumes and segmentations of the scene")
+    if dataset is not None:  # refuse bad settings before a run folder exists
+        training_argv(kind, dataset, preset=preset, arch=arch, network=network, device=device)
+    elif kind not in (SEARCH, TRAIN):
+        raise MedSegNASError(f"unknown job kind {kind!r}: the panel launches '{SEARCH}' or '{TRAIN}'")
+    run = RunDir.create(Path(runs_root).expanduser().absolute(), kind)
+    try:
+        if scene_pairs:
+            from .panel_dataset import export_scene_dataset
+
+            dataset = export_scene_dataset(
+                scene_pairs,
+                run.path / SEGMENT_INPUTS / "dataset",
+                name=dataset_name,
+                modality=dataset_modality,
+            )
+        config = None
+        if overrides:
+            config = write_json_atomic(run.path / SEGMENT_INPUTS / "config.json", dict(overrides))
+        argv = training_argv(
+            kind, dataset, preset=preset, arch=arch, network=network, device=device, config=config
+        )
+    except BaseException:
+        shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    return launch_job(argv, run, processes=gpus, python=python, env=env)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -1234,41 +823,80 @@ def evaluate_segmentation_nodes(
     return metrics_to_table_node(rows, scene, name, replace_node=table_node)
 
 
-# --------------------------------------------------------------------------- phantom data
+# --------------------------------------------------------------------------- the panel's settings
 
 
-def load_dataset_case(
-    dataset: str | os.PathLike[str], case_index: int = 0, scene: Any | None = None
-) -> tuple[Any, Any | None]:
-    """Load training case ``case_index`` of a dataset as a volume node and a segmentation node.
+def segment_options(settings: Any) -> dict[str, Any]:
+    """``medsegnas segment`` options from the panel's settings (``device``, ``fast``, ``tta``,
+    ``largestComponent``, ``fillHoles``)."""
+    steps = [("largest-component", settings.largestComponent), ("fill-holes", settings.fillHoles)]
+    postprocess = ",".join(step for step, on in steps if on)
+    return {
+        "device": settings.device,
+        "fast": settings.fast,
+        "tta": settings.tta,
+        "postprocess": postprocess or None,
+    }
+
+
+def launch_from_settings(
+    kind: str,
+    settings: Any,
+    *,
+    selected_run: str | os.PathLike[str] | None = None,
+    scene_pairs: Sequence[tuple[Any, Any]] = (),
+    python: str | None = None,
+) -> RunDir:
+    """Start the job of a panel button with the panel's settings (its parameter node).
 
     Args:
-        dataset: ``dataset.json``, its folder, or a datalist.
-        case_index: index into the dataset's training cases.
-        scene: MRML scene (default: the application's).
-
-    Returns:
-        ``(volume node, segmentation node)``; the segmentation is ``None`` for an unlabelled case.
+        kind: ``segment``, ``search``, ``train`` or ``phantom``.
+        settings: the parameter node (``runsFolder``, ``inputVolume``, ``model``, ``datasetSource``,
+            ``datasetPath``, ``sceneModality``, ``preset``, ``network``, ``epochs``, ``patchSize``,
+            ``memoryBudget``, ``gpus``, ``device``, ``phantom*``...).
+        selected_run: the search run selected under Runs (``train`` with network ``searched``).
+        scene_pairs: checked ``(volume, segmentation)`` cases (dataset source ``scene``).
     """
-    from .data.datasets import load_dataset
-    from .data.io import read_volume
-    from .slicer_bridge import _resolve_scene, labelmap_to_segmentation_node, volume_to_volume_node
-
-    description = load_dataset(dataset)
-    if not 0 <= case_index < len(description.cases):
-        raise MedSegNASError(
-            f"dataset {description.path} has {len(description.cases)} training case(s); no case {case_index}"
+    s, runs = settings, Path(settings.runsFolder).expanduser()
+    if kind == SEGMENT:
+        extra = [s.extraChannelVolume] if s.extraChannelVolume else []
+        return launch_segment_job(
+            s.inputVolume, s.model, runs, segment_options(s), extra_channel_nodes=extra, python=python
         )
-    case = description.cases[case_index]
-    scene = _resolve_scene(scene)
-    volume_node = volume_to_volume_node(read_volume(case.images[0]), scene, name=case.name)
-    segmentation_node = None
-    if case.label is not None:
-        segmentation_node = labelmap_to_segmentation_node(
-            case.label,
-            description.labels or None,
-            scene,
-            reference_volume_node=volume_node,
-            name=f"{case.name} labels",
+    if kind == PHANTOM:
+        return launch_phantom_job(
+            s.phantomFolder,
+            runs,
+            cases=s.phantomCases,
+            unlabeled=s.phantomUnlabeled,
+            size=s.phantomSize,
+            python=python,
         )
-    return volume_node, segmentation_node
+    arch = network = None
+    if kind == TRAIN and s.network == "searched":
+        if not selected_run:
+            raise MedSegNASError(
+                "select a finished search run under Runs, or choose a baseline network to train"
+            )
+        arch = selected_run
+    elif kind == TRAIN:
+        network = s.network
+    from_scene = s.datasetSource == "scene"
+    if from_scene and len(scene_pairs) < 2:
+        raise MedSegNASError("check at least 2 scene cases (a volume with its segmentation) to train on")
+    return launch_training_job(
+        kind,
+        None if from_scene else s.datasetPath,
+        runs,
+        preset=s.preset,
+        overrides=training_overrides(
+            epochs=s.epochs, patch_size=s.patchSize, memory_budget_mb=s.memoryBudget
+        ),
+        arch=arch,
+        network=network,
+        device="auto" if s.device == "mps" else s.device,
+        gpus=s.gpus,
+        scene_pairs=scene_pairs if from_scene else (),
+        dataset_modality=(s.sceneModality or "CT").strip(),
+        python=python,
+    )

@@ -25,21 +25,28 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from MedSegNASLib import panel_jobs
 from MedSegNASLib.atomic import write_json_atomic
 from MedSegNASLib.errors import DatasetError, JobError, MedSegNASError
-from MedSegNASLib.jobs import FINAL_STATES, RunDir, cancel, launch, list_runs, refresh_status
+from MedSegNASLib.jobs import RunDir, list_runs, refresh_status
+
+# Shared with the MedSegNAS panel; importable from here as the SSLPretrain module uses them.
+from MedSegNASLib.panel_jobs import LIVE_STATES as LIVE_STATES
+from MedSegNASLib.panel_jobs import JobUpdate as JobUpdate
+from MedSegNASLib.panel_jobs import as_float, launch_job
+from MedSegNASLib.panel_jobs import cancel_job as cancel_job
+from MedSegNASLib.panel_jobs import format_eta as format_eta
+from MedSegNASLib.panel_jobs import worker_python as worker_python
 
 from .cli import REQUIRED_PACKAGES
 from .config import LOSS_NAMES, PRESETS, resolve_config
@@ -49,8 +56,6 @@ JOB_ENTRY: tuple[str, ...] = ("-m", "SSLPretrainLib.cli")
 #: Job kinds the panel starts and lists.
 PRETRAIN, FINETUNE, FEWSHOT = "pretrain", "finetune", "fewshot"
 JOB_KINDS: tuple[str, ...] = (PRETRAIN, FINETUNE, FEWSHOT)
-#: States of a run whose worker is (or is about to be) at work.
-LIVE_STATES: frozenset[str] = frozenset({"queued", "running", "cancelling"})
 #: Plot series of the loss chart: (series / table column name, metric key in the progress events).
 LOSS_SERIES: tuple[tuple[str, str], ...] = (
     ("rotation", "rotation"),
@@ -161,22 +166,11 @@ def preset_defaults(preset: str) -> dict[str, Any]:
 
 
 def worker_environment() -> dict[str, str]:
-    """Environment additions for a worker: the folders holding ``SSLPretrainLib`` and ``MedSegNASLib``
-    on ``PYTHONPATH`` (inside Slicer they are on ``sys.path`` but not in a child's environment)."""
-    import MedSegNASLib
+    """Environment additions for a worker: ``PYTHONPATH`` to ``SSLPretrainLib`` and ``MedSegNASLib``,
+    CPU thread counts (see :func:`MedSegNASLib.panel_jobs.worker_environment`)."""
+    import SSLPretrainLib
 
-    folders = [
-        str(Path(__file__).resolve().parents[1]),
-        str(Path(MedSegNASLib.__file__).resolve().parents[1]),
-    ]
-    folders += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(folders))}
-
-
-def worker_python() -> str:
-    """The Python that runs workers: Slicer's ``PythonSlicer`` (on ``PATH`` inside Slicer, where
-    ``sys.executable`` is the Slicer application itself), else ``sys.executable``."""
-    return shutil.which("PythonSlicer") or sys.executable
+    return panel_jobs.worker_environment(SSLPretrainLib)
 
 
 def worker_command(*args: str, python: str | None = None) -> tuple[list[str], dict[str, str]]:
@@ -235,20 +229,17 @@ def missing_packages(environment: Mapping[str, Any]) -> list[str]:
 
 def _launch(
     argv: Sequence[Any], kind: str, run_dir: RunDir | None, runs_root: Path | None, python: str | None
-):
-    runs_root = Path(runs_root).expanduser().absolute() if runs_root is not None else None
-    if runs_root is not None:
-        runs_root.mkdir(parents=True, exist_ok=True)
-    workdir = run_dir.path.parent if run_dir is not None else runs_root
-    return launch(
-        [str(token) for token in argv],
+) -> RunDir:
+    import SSLPretrainLib
+
+    return launch_job(
+        argv,
         run_dir,
         runs_root=runs_root,
-        python=python or worker_python(),
         kind=kind,
         entry=JOB_ENTRY,
-        cwd=workdir,
-        env=worker_environment(),
+        packages=[SSLPretrainLib],
+        python=python,
     )
 
 
@@ -332,15 +323,21 @@ def start_pretraining(
 
 
 def resume_job(run_dir: str | os.PathLike[str] | RunDir, python: str | None = None) -> RunDir:
-    """Continue a stopped (cancelled or failed) pretraining, fine-tuning or few-shot run where it stopped.
+    """Continue a stopped (cancelled or failed) pretraining, fine-tuning or few-shot run where it stopped,
+    with the settings the run recorded (``<kind> --resume``).
 
     Returns the run directory; its ``process`` is ``None`` when the run was already done.
     """
-    run = RunDir.open(run_dir.path if isinstance(run_dir, RunDir) else run_dir)
-    kind = run.read_job().get("kind")
-    if kind not in JOB_KINDS:
-        raise JobError(f"{run.path} holds a '{kind}' run, which this panel cannot resume")
-    return _launch([kind, "--resume"], kind, run, None, python)  # the run's own recorded settings
+    import SSLPretrainLib
+
+    return panel_jobs.resume_job(
+        run_dir,
+        kinds=JOB_KINDS,
+        entry=JOB_ENTRY,
+        packages=[SSLPretrainLib],
+        recorded_command=False,
+        python=python,
+    )
 
 
 def _training_options(preset: str, device: str, seed: int) -> list[Any]:
@@ -419,12 +416,6 @@ def _existing(path: str | os.PathLike[str], what: str) -> Path:
     return path
 
 
-def cancel_job(run_dir: str | os.PathLike[str] | RunDir) -> str:
-    """Ask a run's worker to stop (it saves a checkpoint, then ends ``cancelled``); returns at once
-    with ``'cancelling'``, or the final state of a run that had already ended."""
-    return cancel(run_dir, wait=False)
-
-
 def job_runs(runs_root: str | os.PathLike[str], kinds: Sequence[str] = JOB_KINDS) -> list[dict[str, Any]]:
     """Summaries (:func:`MedSegNASLib.jobs.run_summary`) of the runs of ``kinds`` under ``runs_root``,
     newest first; also runs started from a shell, or before Slicer was restarted."""
@@ -456,22 +447,11 @@ def attach_live_runs(
 def live_runs(
     runs_root: str | os.PathLike[str], kinds: Sequence[str] = JOB_KINDS
 ) -> dict[str, dict[str, Any]]:
-    """The newest run of each kind whose worker is still at work (dead workers are recorded as such)."""
-    found: dict[str, dict[str, Any]] = {}
-    for run in job_runs(runs_root, kinds):
-        if run["state"] in LIVE_STATES:
-            found.setdefault(run["kind"], run)
-    return found
+    """The newest run of each of ``kinds`` whose worker is still at work (dead workers are recorded as such)."""
+    return panel_jobs.live_runs(runs_root, kinds)
 
 
 # -- following a run ----------------------------------------------------------------------------
-
-
-def _as_float(value: Any) -> float:
-    try:
-        return float(value)  # also "nan" / "inf", as the event log writes non-finite numbers
-    except (TypeError, ValueError):
-        return math.nan
 
 
 class LossCurves:
@@ -496,7 +476,7 @@ class LossCurves:
             if self._last_step is not None and step <= self._last_step:
                 for stale in [s for s in self._points if s >= step]:
                     del self._points[stale]
-            self._points[step] = {name: _as_float(metrics.get(key)) for name, key in LOSS_SERIES}
+            self._points[step] = {name: as_float(metrics.get(key)) for name, key in LOSS_SERIES}
             self._last_step = step
             changed = True
         return changed
@@ -516,91 +496,18 @@ class LossCurves:
         return dict(self._points[max(self._points)]) if self._points else {}
 
 
-@dataclass
-class JobUpdate:
-    """What one :meth:`JobFollower.poll` found: the status, the new events, and whether the
-    loss curves changed."""
+class JobFollower(panel_jobs.JobFollower):
+    """Follows one run directory and keeps its :class:`LossCurves`: call :meth:`poll` from a timer
+    (cheap: reads only new event lines); ``update.curves_changed`` says when to redraw the chart."""
 
-    status: dict[str, Any]
-    events: list[dict[str, Any]]
-    curves_changed: bool
-
-    @property
-    def state(self) -> str:
-        return str(self.status.get("state", "unknown"))
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINAL_STATES
-
-
-class JobFollower:
-    """Follows one run directory: call :meth:`poll` from a timer (cheap: reads only new event lines)."""
+    shown_metrics = tuple((name, key) for name, key in LOSS_SERIES)
 
     def __init__(self, run_dir: str | os.PathLike[str] | RunDir) -> None:
-        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        super().__init__(run_dir)
         self.curves = LossCurves()
-        self.last_progress: dict[str, Any] | None = None
-        self.last_log: str = ""
-        self._offset = 0
 
-    def poll(self) -> JobUpdate:
-        """Read the events written since the last call and the (refreshed) status."""
-        process = getattr(self.run, "process", None)
-        if process is not None:
-            process.poll()  # reap the worker this process started
-        status = refresh_status(self.run)
-        events, self._offset = self.run.read_events(self._offset)
-        for event in events:
-            if event.get("type") == "progress":
-                self.last_progress = event
-            elif event.get("type") == "log":
-                self.last_log = str(event.get("message", ""))
-        return JobUpdate(status, events, self.curves.add_events(events))
-
-    def wait(self, timeout_s: float = 600.0, interval_s: float = 0.2) -> JobUpdate:
-        """Poll until the run ends (scripts and tests; the panel polls from a timer)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            update = self.poll()
-            if update.finished:  # the final event is written before the final status: it was read
-                return update
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"run {self.run.path} still {update.state} after {timeout_s:g} s")
-            time.sleep(interval_s)
-
-    def progress_text(self, status: Mapping[str, Any] | None = None) -> str:
-        """One line: state, step of total, losses, ETA, or the error of a failed run."""
-        status = status if status is not None else self.run.read_status()
-        state = status.get("state", "unknown")
-        if state == "failed":
-            return f"failed: {status.get('error') or 'see worker.log'}"
-        progress = self.last_progress or status.get("progress") or {}
-        if not progress:
-            return f"{state}: {self.last_log}" if self.last_log else str(state)
-        text = f"{state}: step {progress.get('step')}/{progress.get('total')}"
-        metrics = progress.get("metrics") or {}
-        losses = [f"{name} {_as_float(metrics[key]):.3g}" for name, key in LOSS_SERIES if key in metrics]
-        if losses:
-            text += " · " + ", ".join(losses)
-        eta = progress.get("eta_s")
-        if state == "running" and isinstance(eta, int | float) and eta > 0:
-            text += f" · ETA {_duration(eta)}"
-        return text
-
-    def percent(self) -> int:
-        progress = self.last_progress or self.run.read_status().get("progress") or {}
-        total = progress.get("total") or 0
-        return int(round(100 * progress.get("step", 0) / total)) if total else 0
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 90:
-        return f"{seconds} s"
-    if seconds < 5400:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds / 3600:.1f} h"
+    def take_events(self, events: list[dict[str, Any]]) -> bool:
+        return self.curves.add_events(events)
 
 
 # -- MRML nodes ---------------------------------------------------------------------------------
