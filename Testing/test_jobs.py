@@ -9,6 +9,7 @@ job, through ``medsegnas`` once its parser loads (see :func:`jobs_cli`).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -16,9 +17,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+import conftest
 import pytest
 from MedSegNASLib.errors import DatasetError, JobError
 from MedSegNASLib.jobs import (
@@ -43,14 +44,7 @@ WORKER_SCRIPT = Path(__file__).resolve().with_name("job_workers.py")
 WORKER_ENTRY = [str(WORKER_SCRIPT)]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+wait_for = functools.partial(conftest.wait_for, timeout=20.0)
 
 
 def launch_count(

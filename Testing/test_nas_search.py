@@ -9,22 +9,24 @@ any training; a 2-process gloo run must write its run directory once.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
+from conftest import WORKER_ENV, events_of, finish, job_argv, start_worker
 from MedSegNASLib import cli
 from MedSegNASLib.data.phantom import write_phantom_dataset
-from MedSegNASLib.jobs import EXIT_CANCELLED, JobContext, RunDir, launch
+from MedSegNASLib.jobs import EXIT_CANCELLED, JobContext, RunDir
 from MedSegNASLib.nas import SearchSpace, load_arch_json
 from MedSegNASLib.nas.distributed import EpochSampler
 from MedSegNASLib.nas.pipeline import DatasetStatistics, choose_patch_size, target_spacing
@@ -48,66 +50,26 @@ QUICK = {
 }
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 180.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+wait_for = functools.partial(conftest.wait_for, timeout=180.0)
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def phantom(phantom_dataset: Callable[..., Path]) -> Path:
     """6 labelled 32^3 phantom cases (2 validation, 2 weight and 2 architecture cases)."""
-    folder = tmp_path_factory.mktemp("phantom32")
-    write_phantom_dataset(folder, cases=6, size=32, seed=3, unlabeled=0, test_cases=0)
-    return folder
+    return phantom_dataset(cases=6, size=32, seed=3)
 
 
 @pytest.fixture(scope="module")
-def quick_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "quick.json"
-    path.write_text(json.dumps(QUICK))
-    return path
+def quick_config(json_file: Callable[[str, object], Path]) -> Path:
+    return json_file("quick.json", QUICK)
 
 
 def search_argv(dataset: Path, config: Path, *extra: str) -> list[str]:
-    return [
-        "search",
-        "--dataset",
-        str(dataset),
-        "--preset",
-        "tiny",
-        "--config",
-        str(config),
-        "--device",
-        "cpu",
-        *extra,
-    ]
-
-
-#: Worker processes compute on one thread: on a shared 2-core machine two spinning OpenMP threads
-#: per process slow a step down tenfold when other processes compete; one thread does not.
-WORKER_ENV = {"OMP_NUM_THREADS": "1"}
-
-
-def start(argv: list[str], run_dir: Path) -> RunDir:
-    return launch(argv, run_dir, env=WORKER_ENV)
-
-
-def finish(run: RunDir, timeout: float = 240.0) -> int:
-    assert run.process is not None
-    code = run.process.wait(timeout=timeout)
-    if code != 0:
-        print(run.worker_log.read_text()[-4000:])
-    return code
+    return job_argv("search", dataset, config, *extra)
 
 
 def progress_events(run: RunDir) -> list[dict]:
-    events, _ = run.read_events()
-    return [event for event in events if event["type"] == "progress"]
+    return events_of(run, "progress")
 
 
 def losses_by_step(run: RunDir) -> dict[int, list[dict[str, float]]]:
@@ -136,7 +98,7 @@ def assert_same_losses(resumed: RunDir, reference: dict[int, list[dict[str, floa
 @pytest.fixture(scope="module")
 def reference_run(phantom: Path, quick_config: Path, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     """An uninterrupted tiny search, run as a background worker like the Slicer panel runs it."""
-    run = start(search_argv(phantom, quick_config), tmp_path_factory.mktemp("runs") / "reference")
+    run = start_worker(search_argv(phantom, quick_config), tmp_path_factory.mktemp("runs") / "reference")
     assert finish(run) == 0
     return run
 
@@ -189,7 +151,7 @@ def test_tiny_search_writes_decoded_architecture_pictures_and_summary(
 def test_sigkill_after_first_checkpoint_then_resume_repeats_the_reference(
     reference_run: RunDir, phantom: Path, quick_config: Path, tmp_path: Path
 ) -> None:
-    run = start(search_argv(phantom, quick_config), tmp_path / "killed")
+    run = start_worker(search_argv(phantom, quick_config), tmp_path / "killed")
     wait_for(
         lambda: (
             any(e["type"] == "checkpoint" for e in run.read_events()[0]) or run.process.poll() is not None
@@ -200,7 +162,7 @@ def test_sigkill_after_first_checkpoint_then_resume_repeats_the_reference(
     run.process.wait(timeout=30)
     assert not (run.artifacts / "summary.json").exists(), "the worker was killed before it could finish"
 
-    resumed = start([*search_argv(phantom, quick_config), "--resume"], run.path)
+    resumed = start_worker([*search_argv(phantom, quick_config), "--resume"], run.path)
     assert finish(resumed) == 0
     assert resumed.read_status()["state"] == "done"
     assert (resumed.artifacts / "topology.png").read_bytes()[:8] == PNG_MAGIC
@@ -221,7 +183,7 @@ def test_sigkill_after_first_checkpoint_then_resume_repeats_the_reference(
 def test_sigterm_saves_the_current_step_and_resume_repeats_the_reference(
     reference_run: RunDir, phantom: Path, quick_config: Path, tmp_path: Path
 ) -> None:
-    run = start(search_argv(phantom, quick_config), tmp_path / "stopped")
+    run = start_worker(search_argv(phantom, quick_config), tmp_path / "stopped")
     wait_for(lambda: len(progress_events(run)) >= 3 or run.process.poll() is not None, what="step 3")
     os.killpg(run.process.pid, signal.SIGTERM)
     assert run.process.wait(timeout=120) == EXIT_CANCELLED
@@ -230,7 +192,7 @@ def test_sigterm_saves_the_current_step_and_resume_repeats_the_reference(
     state = JobContext(run).load_checkpoint()
     assert state["progress"]["global_step"] == stopped_at  # saved after the step it was working on
 
-    resumed = start([*search_argv(phantom, quick_config), "--resume"], run.path)
+    resumed = start_worker([*search_argv(phantom, quick_config), "--resume"], run.path)
     assert finish(resumed) == 0
     steps = [e["step"] for e in progress_events(resumed)]
     assert steps == list(range(1, 7)), "no step may be done twice after a clean stop"

@@ -10,22 +10,24 @@ writes its run directory once.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
+from conftest import WORKER_ENV, events_of, finish, job_argv, start_worker
 from MedSegNASLib import cli
 from MedSegNASLib.data.io import read_volume
 from MedSegNASLib.data.phantom import PHANTOM_LABELS, write_phantom_dataset
-from MedSegNASLib.jobs import EXIT_CANCELLED, JobContext, RunDir, launch
+from MedSegNASLib.jobs import EXIT_CANCELLED, JobContext, RunDir
 from MedSegNASLib.models.registry import ModelRegistry
 from MedSegNASLib.nas import SearchSpace, decode, save_arch_json
 from MedSegNASLib.nas.distributed import init_distributed
@@ -48,33 +50,18 @@ QUICK = {
     "max_patch_size": [32, 32, 32],
 }
 FOREGROUND = [label.name for label in PHANTOM_LABELS[1:]]
-#: One compute thread per worker: on a shared 2-core machine spinning OpenMP threads slow steps tenfold.
-WORKER_ENV = {"OMP_NUM_THREADS": "1"}
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 180.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+wait_for = functools.partial(conftest.wait_for, timeout=180.0)
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def phantom(phantom_dataset: Callable[..., Path]) -> Path:
     """4 labelled 32^3 phantom cases: fold 0 validates on 1, the other 3 train."""
-    folder = tmp_path_factory.mktemp("phantom32")
-    write_phantom_dataset(folder, cases=4, size=32, seed=3, unlabeled=0, test_cases=0)
-    return folder
+    return phantom_dataset(cases=4, size=32, seed=3)
 
 
 @pytest.fixture(scope="module")
-def quick_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "quick.json"
-    path.write_text(json.dumps(QUICK))
-    return path
+def quick_config(json_file: Callable[[str, object], Path]) -> Path:
+    return json_file("quick.json", QUICK)
 
 
 @pytest.fixture(scope="module")
@@ -94,35 +81,15 @@ def arch_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_argv(dataset: Path, config: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--dataset",
-        str(dataset),
-        "--preset",
-        "tiny",
-        "--config",
-        str(config),
-        "--device",
-        "cpu",
-        *extra,
-    ]
+    return job_argv("train", dataset, config, *extra)
 
 
 def start(argv: list[str], run_dir: Path, home: Path) -> RunDir:
-    return launch(argv, run_dir, env={**WORKER_ENV, "MEDSEGNAS_HOME": str(home)})
-
-
-def finish(run: RunDir, timeout: float = 240.0) -> int:
-    assert run.process is not None
-    code = run.process.wait(timeout=timeout)
-    if code != 0:
-        print(run.worker_log.read_text()[-4000:])
-    return code
+    return start_worker(argv, run_dir, MEDSEGNAS_HOME=str(home))
 
 
 def progress_events(run: RunDir, stage: str = "train") -> list[dict]:
-    events, _ = run.read_events()
-    return [e for e in events if e["type"] == "progress" and e["stage"] == stage]
+    return events_of(run, "progress", stage=stage)
 
 
 def check_bundle(bundle: Path, target: str) -> dict:

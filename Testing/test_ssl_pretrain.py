@@ -8,6 +8,7 @@ signals and the real run directory; the resume test compares the weights of an i
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -15,13 +16,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
+from conftest import events_of
 from MedSegNASLib.data import read_volume, write_phantom_dataset
 from MedSegNASLib.jobs import RunDir, launch, refresh_status
 from SSLPretrainLib.augment import NOISE, SWAP, MaskSpec, block_mask, make_views, rotate_quarter_turns
@@ -48,18 +50,14 @@ RUN_SETTINGS = {"steps": 6, "warmup_steps": 2, "checkpoint_every": 2, "log_every
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def phantom(phantom_dataset: Callable[..., Path]) -> Path:
     """A phantom dataset: 1 labelled case and 3 unlabelled CT volumes of 48^3 voxels."""
-    folder = tmp_path_factory.mktemp("phantom")
-    write_phantom_dataset(folder, cases=1, size=48, seed=3, unlabeled=3, test_cases=0)
-    return folder
+    return phantom_dataset(cases=1, size=48, seed=3, unlabeled=3)
 
 
 @pytest.fixture(scope="module")
-def settings_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("settings") / "tiny.json"
-    path.write_text(json.dumps(RUN_SETTINGS))
-    return path
+def settings_file(json_file: Callable[[str, object], Path]) -> Path:
+    return json_file("tiny.json", RUN_SETTINGS)
 
 
 def pretrain_argv(phantom: Path, settings: Path) -> list[str]:
@@ -82,19 +80,7 @@ def uninterrupted_run(tmp_path_factory: pytest.TempPathFactory, phantom: Path, s
     return run
 
 
-def events_of(run: RunDir, kind: str | None = None) -> list[dict]:
-    events, _ = run.read_events()
-    return [event for event in events if kind is None or event["type"] == kind]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 120.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+wait_for = functools.partial(conftest.wait_for, timeout=120.0)
 
 
 def checkpoint_steps(run: RunDir) -> list[int]:

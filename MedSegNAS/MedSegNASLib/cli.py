@@ -36,16 +36,30 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="medsegnas",
-        description="MedSegNAS: architecture search, training and segmentation of 3D medical images.",
-    )
-    parser.add_argument("--version", action="version", version=f"medsegnas {__version__}")
+def command_parser(
+    prog: str, description: str, version: str
+) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """A command line with ``--version``, ``--debug`` and required sub-commands; returns both parsers."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=version)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in COMMAND_MODULES:
+    return parser, subparsers
+
+
+def add_commands(subparsers: argparse._SubParsersAction, module_names: Sequence[str]) -> None:
+    """Let each module in ``module_names`` add its sub-commands (``register(subparsers)``)."""
+    for module_name in module_names:
         importlib.import_module(module_name).register(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, subparsers = command_parser(
+        "medsegnas",
+        "MedSegNAS: architecture search, training and segmentation of 3D medical images.",
+        f"medsegnas {__version__}",
+    )
+    add_commands(subparsers, COMMAND_MODULES)
     return parser
 
 
@@ -72,13 +86,17 @@ def run(func, args: argparse.Namespace, debug: bool) -> int:
     return EXIT_OK if result is None else int(result)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), set up logging and :func:`run` the chosen command."""
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s: %(message)s"
     )
     return run(args.func, args, args.debug)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

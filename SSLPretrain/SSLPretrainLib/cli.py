@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import os
 import platform
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from MedSegNASLib.cli import run
+from MedSegNASLib.cli import add_commands, command_parser, run_cli
 from MedSegNASLib.errors import MedSegNASError
 
 from . import __version__
@@ -142,13 +141,11 @@ def command_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sslpretrain",
-        description="SSLPretrain: self-supervised pretraining and fine-tuning of Swin UNETR encoders.",
+    parser, subparsers = command_parser(
+        "sslpretrain",
+        "SSLPretrain: self-supervised pretraining and fine-tuning of Swin UNETR encoders.",
+        f"sslpretrain {__version__}",
     )
-    parser.add_argument("--version", action="version", version=f"sslpretrain {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     info = subparsers.add_parser(
         "info",
         help="show Python, PyTorch, MONAI and compute device information",
@@ -157,18 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--json", action="store_true", help="print the information as JSON")
     info.set_defaults(func=command_info)
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    add_commands(subparsers, COMMAND_MODULES)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s: %(message)s"
-    )
-    return run(args.func, args, args.debug)
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

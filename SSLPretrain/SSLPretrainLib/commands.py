@@ -17,8 +17,9 @@ from typing import Any
 
 from MedSegNASLib.errors import JobError, MedSegNASError
 from MedSegNASLib.jobs import RunDir, add_job_arguments, run_job_command
+from MedSegNASLib.nas.commands import load_config_file
 
-from .config import PRESETS, PretrainConfig, read_config_file, resolve_config
+from .config import PRESETS, PretrainConfig, resolve_config
 
 #: What a detached worker runs after the Python executable.
 JOB_ENTRY: list[str] = ["-m", "SSLPretrainLib.cli"]
@@ -70,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _settings(args: argparse.Namespace) -> tuple[str, dict[str, Any], Path]:
     """``(preset, overrides, images)`` from the arguments, or from ``job.json`` on a bare ``--resume``."""
     if args.images is not None:
-        overrides = read_config_file(args.config) if args.config is not None else {}
+        overrides = load_config_file(args.config) if args.config is not None else {}
         return args.preset or "tiny", overrides, args.images.expanduser().absolute()
     if not args.resume:
         raise MedSegNASError("--images is needed: a folder of images, a dataset.json or a datalist")

@@ -1,6 +1,7 @@
 """Pretraining settings: :class:`PretrainConfig`, the ``tiny``/``small``/``full`` presets and config files.
 
-A run's settings are a preset overridden by a JSON or YAML file (``--config FILE``), e.g.::
+A run's settings are a preset overridden by a JSON or YAML file (``--config FILE``, read by
+:func:`MedSegNASLib.nas.commands.load_config_file`), e.g.::
 
     {"steps": 500, "roi": [64, 64, 64], "loss_weights": {"contrastive": 0.5}}
 
@@ -22,10 +23,7 @@ full     48            96^3     2      100000  the published setting (Tang et al
 from __future__ import annotations
 
 import copy
-import json
-import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from MedSegNASLib.errors import MedSegNASError
@@ -272,38 +270,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_workers": 4,
     },
 }
-
-
-def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The settings in a ``.json`` or ``.yaml``/``.yml`` file, as a dict."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise MedSegNASError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise MedSegNASError(
-                f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use JSON"
-            ) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise MedSegNASError(f"{path} is not valid YAML: {exc}") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise MedSegNASError(
-                f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-            ) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise MedSegNASError(f"{path} must hold an object of settings, not a {type(data).__name__}")
-    return data
 
 
 def resolve_config(preset: str = "tiny", overrides: dict[str, Any] | None = None) -> PretrainConfig:

@@ -61,10 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     """The options ``finetune`` shares with ``fewshot``, and its own."""
+    from MedSegNASLib.data.commands import int_at_least
+
     add_common_arguments(parser)
     parser.add_argument(
         "--labelled",
-        type=_positive_int,
+        type=int_at_least(1),
         default=None,
         metavar="N",
         help="train on the first N labelled training cases (validate on the others); default: the "
@@ -85,6 +87,9 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--pretrained``, the dataset and the training job's ``--preset``/``--config``/``--seed``/``--device``."""
+    from MedSegNASLib.nas.commands import add_dataset_arguments, add_training_arguments
+
     parser.add_argument(
         "--pretrained",
         metavar="RUN_OR_FILE",
@@ -93,43 +98,16 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="pretraining run directory (uses RUN/artifacts/encoder.pt, else its last checkpoint) or a weights "
         "file: encoder.pt, last.pt, or MONAI's Swin UNETR SSL weights",
     )
-    parser.add_argument(
-        "--dataset", type=Path, default=None, metavar="DATA", help="dataset.json, its folder, or a datalist"
+    add_dataset_arguments(parser, required=False)
+    add_training_arguments(
+        parser,
+        presets=PRESET_CHOICES,
+        default_preset="tiny",
+        preset_help="training schedule and patch size of the training job (default: tiny)",
+        config_help="JSON or YAML file overriding training settings (e.g. steps, patch_size, lr)",
+        seed_help="random seed (default: 0)",
+        device_help="where to train (default: auto)",
     )
-    parser.add_argument(
-        "--dataroot",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="folder that relative paths in the dataset JSON are relative to (default: the JSON's folder)",
-    )
-    parser.add_argument(
-        "--preset",
-        choices=PRESET_CHOICES,
-        default="tiny",
-        help="training schedule and patch size of the training job (default: tiny)",
-    )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="JSON or YAML file overriding training settings (e.g. steps, patch_size, lr)",
-    )
-    parser.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (default: 0)")
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train (default: auto)"
-    )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,13 +348,8 @@ def resolve_finetune_config(
 def finetune_command(args: argparse.Namespace) -> int:
     """Resolve the configuration (or read it back when resuming) and run the fine-tuning job."""
     from MedSegNASLib.jobs import run_job_command
-    from MedSegNASLib.nas.distributed import (
-        init_distributed,
-        resolve_device,
-        run_worker_rank,
-        shutdown_distributed,
-        torchrun_rank,
-    )
+    from MedSegNASLib.nas.commands import run_distributed_job
+    from MedSegNASLib.nas.distributed import resolve_device, torchrun_rank
 
     from .encoder import resolve_pretrained_path
 
@@ -455,13 +428,4 @@ def finetune_command(args: argparse.Namespace) -> int:
     if pretrained_info is not None:
         inputs["pretrained"] = pretrained_info["path"]
 
-    def body(ctx) -> dict[str, Any]:
-        info = init_distributed(args.device)
-        try:
-            return run_finetune(ctx, resolved, info)
-        finally:
-            shutdown_distributed()
-
-    if rank == 0:
-        return run_job_command(JOB_KIND, args, body, resolved, inputs=inputs)
-    return run_worker_rank(body, resuming=bool(args.resume))
+    return run_distributed_job(JOB_KIND, args, run_finetune, resolved, inputs)

@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``evaluate``."""
     from ..inference import DEVICES
     from ..jobs.runner import add_job_arguments
+    from ..nas.commands import add_dataset_arguments
     from .evaluate import SPLITS
 
     parser = subparsers.add_parser(
@@ -75,16 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="score the label maps in DIR (<case>.nii.gz, .nrrd, .seg.nrrd, .mha) instead of running a model",
     )
-    parser.add_argument(
-        "--dataset", required=True, type=Path, metavar="DATA", help="dataset.json, its folder, or a datalist"
-    )
-    parser.add_argument(
-        "--dataroot",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="folder that relative paths in the dataset JSON are relative to (default: the JSON's folder)",
-    )
+    add_dataset_arguments(parser)
     parser.add_argument(
         "--split",
         choices=SPLITS,

@@ -16,12 +16,63 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import JobError, MedSegNASError
+
+__all__ = [
+    "add_dataset_arguments",
+    "add_training_arguments",
+    "load_config_file",
+    "register",
+    "run_distributed_job",
+    "search_command",
+    "train_command",
+]
+
+#: ``--device`` choices of the training commands.
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """``--dataset DATA`` (a Path; None when not ``required`` and not given) and ``--dataroot DIR``."""
+    parser.add_argument(
+        "--dataset",
+        required=required,
+        type=Path,
+        default=None,
+        metavar="DATA",
+        help="dataset.json, its folder, or a datalist",
+    )
+    parser.add_argument(
+        "--dataroot",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder that relative paths in the dataset JSON are relative to (default: the JSON's folder)",
+    )
+
+
+def add_training_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    presets: Sequence[str],
+    default_preset: str,
+    preset_help: str,
+    config_help: str,
+    seed_help: str = "random seed (default: the config's, 0)",
+    device_help: str = "where to compute (default: auto)",
+) -> None:
+    """``--preset`` (one of ``presets``), ``--config FILE`` (see :func:`load_config_file`), ``--device``
+    (auto, cpu, cuda) and ``--seed N`` (None when not given)."""
+    parser.add_argument("--preset", choices=list(presets), default=default_preset, help=preset_help)
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE", help=config_help)
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help=device_help)
+    parser.add_argument("--seed", type=int, default=None, metavar="N", help=seed_help)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,35 +91,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "continue with --resume; run under 'torchrun --nproc_per_node N -m MedSegNASLib.cli search ...' "
         "for several GPUs (or CPU processes).",
     )
-    search.add_argument(
-        "--dataset", required=True, type=Path, metavar="DATA", help="dataset.json, its folder, or a datalist"
-    )
-    search.add_argument(
-        "--dataroot",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="folder that relative paths in the dataset JSON are relative to (default: the JSON's folder)",
-    )
-    search.add_argument(
-        "--preset",
-        choices=list(SEARCH_PRESETS),
-        default="full",
-        help="search space and schedule: tiny (CPU demo, minutes), small (one GPU), full (published 12x4 "
+    add_dataset_arguments(search)
+    add_training_arguments(
+        search,
+        presets=SEARCH_PRESETS,
+        default_preset="full",
+        preset_help="search space and schedule: tiny (CPU demo, minutes), small (one GPU), full (published 12x4 "
         "search; default)",
-    )
-    search.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="JSON or YAML file overriding any search setting (e.g. epochs, patch_size, search_space)",
-    )
-    search.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to compute (default: auto)"
-    )
-    search.add_argument(
-        "--seed", type=int, default=None, metavar="N", help="random seed (default: the config's, 0)"
+        config_help="JSON or YAML file overriding any search setting (e.g. epochs, patch_size, search_space)",
     )
     add_job_arguments(search)
     search.set_defaults(func=search_command)
@@ -92,16 +122,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         "--resume; run under 'torchrun --nproc_per_node N -m MedSegNASLib.cli train ...' for several "
         "GPUs (or CPU processes).",
     )
-    train.add_argument(
-        "--dataset", required=True, type=Path, metavar="DATA", help="dataset.json, its folder, or a datalist"
-    )
-    train.add_argument(
-        "--dataroot",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="folder that relative paths in the dataset JSON are relative to (default: the JSON's folder)",
-    )
+    add_dataset_arguments(train)
     train.add_argument(
         "--arch",
         type=Path,
@@ -115,25 +136,13 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="a MONAI baseline instead of a searched architecture: unet, segresnet or swinunetr",
     )
-    train.add_argument(
-        "--preset",
-        choices=list(TRAIN_PRESETS),
-        default="full",
-        help="schedule and baseline sizes: tiny (CPU demo, minutes), small (one GPU), full (published "
+    add_training_arguments(
+        train,
+        presets=TRAIN_PRESETS,
+        default_preset="full",
+        preset_help="schedule and baseline sizes: tiny (CPU demo, minutes), small (one GPU), full (published "
         "DiNTS retraining; default)",
-    )
-    train.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="JSON or YAML file overriding any training setting (e.g. epochs, patch_size, network_kwargs)",
-    )
-    train.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to compute (default: auto)"
-    )
-    train.add_argument(
-        "--seed", type=int, default=None, metavar="N", help="random seed (default: the config's, 0)"
+        config_help="JSON or YAML file overriding any training setting (e.g. epochs, patch_size, network_kwargs)",
     )
     train.add_argument(
         "--register",
@@ -151,8 +160,14 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(func=train_command)
 
 
-def load_config_file(path: Path) -> dict[str, Any]:
-    """The mapping in a JSON or YAML config file; errors name the file and the problem."""
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping in a JSON or ``.yaml``/``.yml`` config file (empty for an empty file).
+
+    Raises:
+        MedSegNASError: the file is missing, unreadable, not valid JSON/YAML or not a mapping
+            (the message names the file and the problem).
+    """
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -180,7 +195,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise MedSegNASError(f"{path} must hold a mapping of search settings, not a {type(data).__name__}")
+        raise MedSegNASError(f"{path} must hold a mapping of settings, not a {type(data).__name__}")
     return data
 
 
@@ -270,13 +285,7 @@ def _run_training_job(
     or resolve the configuration, then run ``run(ctx, resolved, dist_info)`` on every rank (rank 0
     as the job worker)."""
     from ..jobs.runner import run_job_command
-    from .distributed import (
-        init_distributed,
-        resolve_device,
-        run_worker_rank,
-        shutdown_distributed,
-        torchrun_rank,
-    )
+    from .distributed import resolve_device, torchrun_rank
 
     rank, local_rank, _ = torchrun_rank()
     if args.detach:
@@ -303,6 +312,25 @@ def _run_training_job(
             # Record the failure in the run directory like any other job failure.
             return run_job_command(kind, args, failed, {"request": request}, inputs=inputs)
 
+    return run_distributed_job(kind, args, run, resolved, inputs)
+
+
+def run_distributed_job(
+    kind: str,
+    args: argparse.Namespace,
+    run: Callable[..., dict[str, Any]],
+    resolved: dict[str, Any],
+    inputs: dict[str, Any],
+) -> int:
+    """Run ``run(ctx, resolved, dist_info)`` on every rank of this (``torchrun``) launch.
+
+    Rank 0 runs it as the job worker of ``args.run_dir`` (``job.json`` records ``resolved`` and
+    ``inputs``); other ranks as workers that write nothing. Each rank joins the process group
+    before and leaves it after. Returns the exit code.
+    """
+    from ..jobs.runner import run_job_command
+    from .distributed import init_distributed, run_worker_rank, shutdown_distributed, torchrun_rank
+
     def body(ctx) -> dict[str, Any]:
         info = init_distributed(args.device)
         try:
@@ -310,7 +338,7 @@ def _run_training_job(
         finally:
             shutdown_distributed()
 
-    if rank == 0:
+    if torchrun_rank()[0] == 0:
         return run_job_command(kind, args, body, resolved, inputs=inputs)
     return run_worker_rank(body, resuming=bool(args.resume))
 

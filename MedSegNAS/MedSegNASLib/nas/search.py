@@ -25,19 +25,38 @@ from __future__ import annotations
 
 import json
 import math
-import random
-import resource
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..atomic import write_json_atomic
-from ..errors import DatasetError, JobError, MedSegNASError
+from ..errors import DatasetError, MedSegNASError
+from .common import (
+    ActivationMemoryModel,
+    capture_rng_state,
+    cases_of_split,
+    check_checkpoint,
+    current_rss_mb,
+    dataset_record,
+    is_number,
+    log_validation,
+    mean_over_ranks,
+    measure_training_cases,
+    open_tensorboard,
+    peak_memory_mb,
+    plan_patch_size,
+    restore_rng_state,
+    run_amp,
+    score_validation,
+    seed_run,
+    stop_check,
+    validated_labels,
+)
+from .config import PipelineConfig, check_pipeline_settings
 from .search_space import SearchSpace
 
 __all__ = [
@@ -93,7 +112,7 @@ SEARCH_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(PipelineConfig):
     """Every setting of a search. A preset fills them; a ``--config`` file overrides any of them.
 
     Schedule: ``epochs`` (passes over the weight half of the training cases), ``warmup_epochs``
@@ -107,7 +126,7 @@ class SearchConfig:
     half the RAM up to 16 GB), ``spacing`` (mm along R, A, S; None: automatic), ``intensity``
     (a :class:`~MedSegNASLib.data.preprocessing.IntensitySpec` dict; None: automatic),
     ``orientation``, ``augment``, ``fold`` / ``n_folds`` (validation fold), ``num_workers``,
-    ``cache_rate``.
+    ``cache_rate`` (all of these as :class:`~MedSegNASLib.nas.config.PipelineConfig`).
 
     Optimisation (published values): ``lr_weights`` 0.025 (SGD, x number of processes),
     ``momentum`` 0.9, ``weight_decay`` 4e-5, ``lr_milestones`` [0.4, 0.8] (fractions of the
@@ -120,191 +139,70 @@ class SearchConfig:
     ``seed``.
     """
 
-    preset: str = "full"
-    search_space: dict[str, Any] = field(default_factory=dict)
+    KIND: ClassVar[str] = "search"
+    PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = SEARCH_PRESETS
+    POSITIVE_FIELDS: ClassVar[tuple[str, ...]] = ("lr_weights", "lr_arch", "arch_grad_clip")
+    NON_NEGATIVE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "momentum",
+        "weight_decay",
+        "arch_weight_decay",
+        "topology_weight",
+    )
+    WARMUP_REASON: ClassVar[str] = ": the architecture is only trained after the warm-up"
+
     epochs: int = 400
     warmup_epochs: int = 200
     val_interval: int = 20
     checkpoint_every: int = 100
     batch_size: int = 1
     crops_per_case: int = 2
-    patch_size: list[int] | None = None
-    max_patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
-    memory_budget_mb: float | None = None
-    spacing: list[float] | None = None
-    intensity: dict[str, Any] | None = None
-    orientation: str = "RAS"
-    augment: bool = True
-    fold: int = 0
-    n_folds: int = 5
-    num_workers: int = 0
-    cache_rate: float = 1.0
-    lr_weights: float = 0.025
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
     lr_milestones: list[float] = field(default_factory=lambda: [0.4, 0.8])
+    search_space: dict[str, Any] = field(default_factory=dict)
+    lr_weights: float = 0.025
+    weight_decay: float = 4e-5
     lr_arch: float = 1e-3
     arch_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     arch_weight_decay: float = 0.0
     arch_grad_clip: float = 0.5
     memory_target: float = 0.8
     topology_weight: float = 0.001
-    amp: bool | str = "auto"
-    deterministic: bool = False
-    val_overlap: float = 0.25
-    val_sw_batch_size: int = 1
-    seed: int = 0
 
     @classmethod
-    def from_preset(cls, name: str, overrides: Mapping[str, Any] | None = None) -> SearchConfig:
-        """The preset ``name`` with ``overrides`` applied (``search_space`` is merged key by key)."""
-        if name not in SEARCH_PRESETS:
-            raise MedSegNASError(f"unknown search preset {name!r}; choose one of {', '.join(SEARCH_PRESETS)}")
+    def preset_values(cls, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The preset with ``overrides`` applied; ``search_space`` is merged key by key."""
         values: dict[str, Any] = {
             "preset": name,
             "search_space": dict(SearchSpace.PRESETS[name]),
             **SEARCH_PRESETS[name],
         }
-        overrides = dict(overrides or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise MedSegNASError(
-                f"unknown search config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
-            )
-        if "preset" in overrides and overrides["preset"] != name:
-            raise MedSegNASError("choose the preset with --preset, not in the config file")
         space_override = overrides.pop("search_space", None) or {}
         if not isinstance(space_override, Mapping):
             raise MedSegNASError(f"search_space must be a mapping, got {space_override!r}")
         values["search_space"].update(space_override)
         values.update(overrides)
-        config = cls(**values)
-        config.check()
-        return config
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SearchConfig:
-        config = cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})
-        config.check()
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return values
 
     @property
     def space(self) -> SearchSpace:
         return SearchSpace.from_dict(self.search_space)
 
-    def check(self) -> None:
-        """Raise :class:`MedSegNASError` listing every invalid value."""
-        problems: list[str] = []
-
-        def integer(name: str, minimum: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                problems.append(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-        for name, minimum in (
-            ("epochs", 1),
-            ("warmup_epochs", 0),
-            ("val_interval", 1),
-            ("checkpoint_every", 0),
-            ("batch_size", 1),
-            ("crops_per_case", 1),
-            ("fold", 0),
-            ("n_folds", 2),
-            ("num_workers", 0),
-            ("val_sw_batch_size", 1),
-            ("seed", 0),
-        ):
-            integer(name, minimum)
-        if not problems and self.warmup_epochs >= self.epochs:
-            problems.append(
-                f"warmup_epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs}): "
-                "the architecture is only trained after the warm-up"
-            )
-        for name in ("lr_weights", "lr_arch", "arch_grad_clip"):
-            if not _positive_number(getattr(self, name)):
-                problems.append(f"{name} must be a positive number, got {getattr(self, name)!r}")
-        for name in ("momentum", "weight_decay", "arch_weight_decay", "topology_weight"):
-            value = getattr(self, name)
-            if not _number(value) or value < 0:
-                problems.append(f"{name} must be a number >= 0, got {value!r}")
-        if not _number(self.memory_target) or not 0 < self.memory_target <= 1:
+    def extra_problems(self) -> list[str]:
+        problems = []
+        if not is_number(self.memory_target) or not 0 < self.memory_target <= 1:
             problems.append(f"memory_target must be in (0, 1], got {self.memory_target!r}")
-        if not _number(self.cache_rate) or not 0 <= self.cache_rate <= 1:
-            problems.append(f"cache_rate must be in [0, 1], got {self.cache_rate!r}")
-        if not _number(self.val_overlap) or not 0 <= self.val_overlap < 1:
-            problems.append(f"val_overlap must be in [0, 1), got {self.val_overlap!r}")
-        if not (
-            isinstance(self.lr_milestones, list) and all(_number(m) and 0 < m < 1 for m in self.lr_milestones)
-        ):
-            problems.append(
-                f"lr_milestones must be a list of fractions in (0, 1), got {self.lr_milestones!r}"
-            )
         if not (
             isinstance(self.arch_betas, list)
             and len(self.arch_betas) == 2
-            and all(_number(b) and 0 <= b < 1 for b in self.arch_betas)
+            and all(is_number(b) and 0 <= b < 1 for b in self.arch_betas)
         ):
             problems.append(f"arch_betas must be two numbers in [0, 1), got {self.arch_betas!r}")
-        check_pipeline_settings(self, problems)
-        if problems:
-            raise MedSegNASError("invalid search config: " + "; ".join(problems))
+        return problems
+
+    def check_values(self) -> None:
         try:
             self.space  # noqa: B018 (validates the search space)
         except TypeError as exc:
             raise MedSegNASError(f"invalid search config: search_space: {exc}") from None
-        if self.intensity is not None:
-            from ..data.preprocessing import IntensitySpec
-
-            try:
-                IntensitySpec(**self.intensity)
-            except (TypeError, ValueError) as exc:
-                raise MedSegNASError(f"invalid search config: intensity: {exc}") from None
-
-
-def check_pipeline_settings(config: Any, problems: list[str]) -> None:
-    """Append to ``problems`` what is wrong with the data-pipeline settings of ``config``.
-
-    Search and training share these fields (``amp``, ``patch_size``, ``max_patch_size``,
-    ``spacing``, ``memory_budget_mb``, ``intensity``) and their rules.
-    """
-    if config.amp not in ("auto", True, False):
-        problems.append(f"amp must be 'auto', true or false, got {config.amp!r}")
-    for name in ("patch_size", "max_patch_size"):
-        value = getattr(config, name)
-        if value is None and name == "patch_size":
-            continue
-        if not (isinstance(value, list) and len(value) == 3 and all(_int(v) and v >= 1 for v in value)):
-            problems.append(f"{name} must be a list of three positive integers, got {value!r}")
-    if config.spacing is not None and not (
-        isinstance(config.spacing, list)
-        and len(config.spacing) == 3
-        and all(_positive_number(v) for v in config.spacing)
-    ):
-        problems.append(f"spacing must be three positive numbers (mm) or null, got {config.spacing!r}")
-    if config.memory_budget_mb is not None and not _positive_number(config.memory_budget_mb):
-        problems.append(
-            f"memory_budget_mb must be a positive number or null, got {config.memory_budget_mb!r}"
-        )
-    if config.intensity is not None and not isinstance(config.intensity, Mapping):
-        problems.append(
-            f"intensity must be a mapping such as {{'kind': 'zscore'}} or null, got {config.intensity!r}"
-        )
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _positive_number(value: Any) -> bool:
-    return _number(value) and value > 0
-
-
-def _int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def lr_milestone_epochs(epochs: int, warmup_epochs: int, fractions: Sequence[float]) -> list[int]:
@@ -442,73 +340,19 @@ class DiNTSRegularizers:
         }
 
 
-class SearchMemoryModel:
+class SearchMemoryModel(ActivationMemoryModel):
     """Training memory of a search step, from the tensors one probe forward pass saves for backward.
 
-    A probe patch (``max(divisor, 32)`` per side, batch 1) goes through the supernet on the CPU
-    with the weights trainable; the bytes of the distinct tensors autograd keeps (caught with
-    :func:`torch.autograd.graph.saved_tensors_hooks`) give bytes per input voxel. The estimate for
-    ``patches`` patches of ``patch`` voxels is that times the voxels, plus four copies of the
-    parameters (weights, gradients, momentum, a spare), times 0.6 for the activations under
-    AMP. Not counted: the CUDA context and allocator slack on a GPU, the interpreter, libraries and
-    cached data on a CPU.
+    As :class:`~MedSegNASLib.nas.common.ActivationMemoryModel` for the supernet of ``space``,
+    built on the CPU with the weights trainable and the architecture parameters frozen (probe
+    patch ``max(divisor, 32)`` per side).
     """
 
-    AMP_ACTIVATION_FACTOR = 0.6
-
     def __init__(self, space: SearchSpace, in_channels: int, num_classes: int) -> None:
-        import torch
-        from monai.losses import DiceCELoss
-
         network = space.build_search_network(in_channels, num_classes)
         network.dints_space.log_alpha_a.requires_grad_(False)
         network.dints_space.log_alpha_c.requires_grad_(False)
-        side = max(space.required_divisor, 32)
-        self.probe_patch = [side] * space.spatial_dims
-        saved: dict[int, int] = {}
-        parameters = {p.untyped_storage().data_ptr() for p in network.parameters()}
-
-        def pack(tensor):
-            storage = tensor.untyped_storage()
-            if storage.data_ptr() not in parameters:  # convolutions save their weights too: not activations
-                saved[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
-        inputs = torch.zeros(1, in_channels, *self.probe_patch)
-        labels = torch.zeros(1, 1, *self.probe_patch)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            loss = DiceCELoss(to_onehot_y=True, softmax=True)(network(inputs), labels)
-        del loss
-        self.bytes_per_voxel = sum(saved.values()) / float(np.prod(self.probe_patch))
-        self.parameter_bytes = sum(p.numel() * p.element_size() for p in network.parameters())
-
-    def estimate_mb(self, patch: Sequence[int], patches: int = 1, amp: bool = False) -> float:
-        activations = self.bytes_per_voxel * float(np.prod(patch)) * patches
-        if amp:
-            activations *= self.AMP_ACTIVATION_FACTOR
-        return (activations + 4 * self.parameter_bytes) / 2**20
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "probe_patch": self.probe_patch,
-            "bytes_per_voxel": self.bytes_per_voxel,
-            "parameter_bytes": self.parameter_bytes,
-        }
-
-
-def default_memory_budget_mb(device_type: str) -> float:
-    """85% of the GPU's memory, or half of the RAM (at most 16 GB) on a CPU."""
-    import torch
-
-    if device_type == "cuda":
-        return 0.85 * torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**20
-    try:
-        import os
-
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
-    except (ValueError, OSError, AttributeError):
-        ram = 8192.0
-    return float(min(0.5 * ram, 16384.0))
+        super().__init__(network, in_channels, space.required_divisor, spatial_dims=space.spatial_dims)
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,14 +392,7 @@ def resolve_search_config(
         MedSegNASError: invalid settings or patch size, a dataset with too few labelled cases,
             missing or inconsistent files, or a declared class present in no label map.
     """
-    from ..data.datasets import load_dataset, train_val_split, validate_dataset
-    from .pipeline import (
-        auto_preprocessing,
-        choose_patch_size,
-        collect_statistics,
-        label_table,
-        resampled_median_shape,
-    )
+    from ..data.datasets import load_dataset, train_val_split
 
     say = log or (lambda message: None)
     overrides = dict(request.get("overrides") or {})
@@ -581,17 +418,7 @@ def resolve_search_config(
             "one for validation and one each for the weight and architecture halves of the training cases"
             + (" (2 when the datalist has a validation list)" if dataset.validation else "")
         )
-    say(f"checking dataset {dataset.path} ({len(dataset.cases)} training cases)")
-    report = validate_dataset(dataset)
-    if dataset.labels_declared:
-        absent = [info for info in dataset.foreground_labels if info.value not in report.label_counts]
-        if absent:
-            names = ", ".join(f"{info.value} '{info.name}'" for info in absent)
-            raise DatasetError(
-                f"{dataset.path.name} declares class(es) {names} but no label map of the {report.checked_cases} "
-                "checked case(s) contains a voxel of them; remove them from 'labels' or fix the label maps"
-            )
-    labels = label_table(dataset, list(report.label_counts))
+    labels = validated_labels(dataset, say)
     training, validation = train_val_split(
         dataset, fold=config.fold, n_folds=config.n_folds, seed=config.seed
     )
@@ -602,78 +429,24 @@ def resolve_search_config(
         )
     weights, architecture = _split_halves(training, config.seed)
 
-    from .pipeline import is_ct
-
-    ct_auto = config.intensity is None and all(is_ct(m) for m in dataset.modalities)
-    say(f"measuring {len(training)} training case(s): spacing, sizes, label and intensity statistics")
-    stats = collect_statistics(
-        dataset, training, label_values=[info.value for info in labels], intensities=ct_auto
+    stats, spec, missing_in_training = measure_training_cases(dataset, training, labels, config, say)
+    memory = SearchMemoryModel(space, dataset.num_channels, len(labels))
+    median_shape, memory_plan = plan_patch_size(
+        config, spec, stats, memory, space.required_divisor, device_type=device_type, say=say
     )
-    missing_in_training = [
-        info for info in labels if info.value and stats.label_voxels.get(info.value, 0) == 0
-    ]
-    spec = auto_preprocessing(
-        dataset,
-        stats,
-        spacing=config.spacing,
-        intensity=config.intensity,
-        orientation=config.orientation,
-        patch_size=config.patch_size or config.max_patch_size,
-    )
-    num_classes = len(labels)
-    memory = SearchMemoryModel(space, dataset.num_channels, num_classes)
-    amp = device_type == "cuda" if config.amp == "auto" else bool(config.amp)
-    budget = float(config.memory_budget_mb or default_memory_budget_mb(device_type))
-    patches = config.batch_size * config.crops_per_case
-    median_shape = resampled_median_shape(stats, spec.spacing)
-    if config.patch_size is None:
-        patch = choose_patch_size(
-            space.required_divisor,
-            median_shape,
-            config.max_patch_size,
-            budget,
-            lambda p: memory.estimate_mb(p, patches, amp),
-        )
-    else:
-        patch = list(config.patch_size)
-    spec.patch_size = patch
-    config.patch_size = patch
-    estimate = memory.estimate_mb(patch, patches, amp)
-    if estimate > budget:
-        say(
-            f"warning: estimated memory {estimate:.0f} MB exceeds the budget of {budget:.0f} MB for patch {patch}"
-        )
 
     def names(cases) -> list[str]:
         return [case.name for case in cases]
 
+    split = {"weights": names(weights), "architecture": names(architecture), "validation": names(validation)}
     resolved = {
         "request": {key: request.get(key) for key in ("dataset", "dataroot", "preset", "overrides", "seed")},
         "search": config.to_dict(),
         "search_space": space.to_dict(),
         "preprocessing": spec.to_dict(),
-        "dataset": {
-            "path": str(dataset.path),
-            "root": str(dataset.root),
-            "name": dataset.name,
-            "modalities": list(dataset.modalities),
-            "labels": [{"value": i.value, "name": i.name, "color": list(i.color)} for i in labels],
-            "num_classes": num_classes,
-            "split": {
-                "weights": names(weights),
-                "architecture": names(architecture),
-                "validation": names(validation),
-            },
-            "classes_absent_from_training": [info.name for info in missing_in_training],
-        },
+        "dataset": dataset_record(dataset, labels, split, missing_in_training),
         "statistics": {**stats.to_dict(), "median_resampled_shape": median_shape},
-        "memory": {
-            "budget_mb": round(budget, 1),
-            "estimate_mb": round(estimate, 1),
-            "amp": amp,
-            "patches_per_step": patches,
-            "model": memory.to_dict(),
-        },
+        "memory": memory_plan,
     }
     return json.loads(json.dumps(resolved))  # plain JSON types only (job.json, checkpoint)
 
@@ -701,61 +474,6 @@ def describe_config(resolved: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # State
 # --------------------------------------------------------------------------------------------
-
-
-def seed_run(seed: int, device: Any, deterministic: bool) -> None:
-    """Seed Python, NumPy and torch with ``seed`` and set cuDNN's determinism for ``device``."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not deterministic
-        torch.backends.cudnn.deterministic = deterministic
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch (and CUDA) generator states, in types ``torch.load(weights_only=True)`` accepts."""
-    import torch
-
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    import torch
-
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["pos"],
-            numpy_state["has_gauss"],
-            numpy_state["cached"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass
@@ -917,33 +635,6 @@ def _set_trainable(parameters: Sequence, flag: bool) -> None:
         parameter.requires_grad_(flag)
 
 
-def _peak_memory_mb(device) -> dict[str, Any]:
-    import torch
-
-    if device.type == "cuda":
-        return {
-            "measured_peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
-            "measured": "torch.cuda.max_memory_allocated during training (tensors only, no CUDA context)",
-        }
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-    return {
-        "measured_peak_mb": round(peak, 1),
-        "measured": "peak resident memory of the process (ru_maxrss): interpreter, libraries, cached data and training",
-    }
-
-
-def _current_rss_mb() -> float | None:
-    try:
-        with open("/proc/self/statm") as handle:
-            pages = int(handle.read().split()[1])
-        import os
-
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _count_flops(code, in_channels: int, num_classes: int, patch: Sequence[int]) -> float | None:
     """FLOPs of one forward pass of the retrained network (channel_mul 1.0) on one patch, on the meta device."""
     import torch
@@ -975,7 +666,7 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
     from ..data.datasets import load_dataset
     from ..data.preprocessing import PreprocessingSpec
     from .decode import decode, path_probabilities, save_arch_json
-    from .distributed import EpochSampler, any_rank, broadcast_object, shard_evenly
+    from .distributed import EpochSampler, broadcast_object, shard_evenly
     from .pipeline import (
         SeededPatchDataset,
         case_records,
@@ -983,7 +674,6 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
         make_loader,
         preprocessing_transforms,
         training_transforms,
-        validation_dice,
     )
     from .topology_plot import plot_topology
 
@@ -998,9 +688,7 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
     in_channels = spec.num_channels
     device = dist_info.device
     world, rank = dist_info.world_size, dist_info.rank
-    amp = device.type == "cuda" if config.amp == "auto" else bool(config.amp)
-    if amp and device.type != "cuda":
-        raise MedSegNASError("AMP needs a CUDA device; set amp to auto or false for a CPU run")
+    amp = run_amp(config.amp, device)
     main = dist_info.is_main
     run_dir = ctx.run_dir if main else None
     artifacts = run_dir.artifacts if run_dir is not None else None
@@ -1011,16 +699,9 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
 
     # ---- data -------------------------------------------------------------------------------
     dataset = load_dataset(resolved["dataset"]["path"], dataroot=resolved["request"].get("dataroot"))
-    by_name = {case.name: case for case in [*dataset.cases, *dataset.validation]}
-    split = resolved["dataset"]["split"]
-    try:
-        weight_cases, arch_cases, val_cases = (
-            [by_name[name] for name in split[role]] for role in ("weights", "architecture", "validation")
-        )
-    except KeyError as exc:
-        raise DatasetError(
-            f"case {exc} of this run is no longer in {dataset.path}; resume with the same dataset"
-        ) from None
+    weight_cases, arch_cases, val_cases = cases_of_split(
+        dataset, resolved["dataset"]["split"], ("weights", "architecture", "validation")
+    )
     if main:
         ctx.log(
             f"preprocessing {len(weight_cases) + len(arch_cases)} training and {len(val_cases)} validation case(s)"
@@ -1064,7 +745,7 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
     if dist_info.distributed and ctx.resuming:
         checkpoint = broadcast_object(checkpoint)
     if checkpoint is not None:
-        _check_checkpoint(checkpoint, resolved, world)
+        check_checkpoint(checkpoint, resolved, world, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "search")
         network.load_state_dict(checkpoint["model"])
 
     model = network
@@ -1100,17 +781,10 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
             "rng": capture_rng_state(),
         }
 
-    writer = None
-    if artifacts is not None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(
-            log_dir=str(artifacts / "tensorboard"), purge_step=progress.global_step if ctx.resuming else None
-        )
-
+    writer = open_tensorboard(artifacts, progress.global_step, ctx.resuming)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before_training = _current_rss_mb()
+    rss_before_training = current_rss_mb()
     step_times = {"weights": [], "architecture": []}
 
     def to_device(batch) -> tuple:
@@ -1137,29 +811,10 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
     def save() -> None:
         ctx.save_checkpoint(checkpoint_state())
 
-    def stop_if_requested() -> None:
-        if any_rank(ctx.stop_requested, device):
-            save()
-            if not ctx.stop_requested:
-                ctx.request_stop("stop requested on another rank")
-            ctx.raise_if_stop_requested()
+    stop_if_requested = stop_check(ctx, device, save)
 
     def validate(epoch: int) -> None:
-        dice, counts = validation_dice(
-            network,
-            cache_v,
-            num_classes=num_classes,
-            patch_size=spec.patch_size,
-            device=device,
-            amp=amp,
-            sw_batch_size=config.val_sw_batch_size,
-            overlap=config.val_overlap,
-        )
-        mean = float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan")
-        per_class = {
-            name: (None if not np.isfinite(v) else round(float(v), 6))
-            for name, v in zip(class_names, dice, strict=True)
-        }
+        mean, per_class, counts = score_validation(network, cache_v, spec, config, class_names, device, amp)
         searching = epoch >= config.warmup_epochs
         record = {
             "epoch": epoch + 1,
@@ -1186,17 +841,8 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
                 if improved:
                     save_arch_json(code, artifacts / "arch.json")
                     plot_topology(code, artifacts / "topology.png", path_svg=artifacts / "topology.svg")
-            dice_text = ", ".join(f"{n} {v:.3f}" if v is not None else f"{n} -" for n, v in per_class.items())
-            ctx.log(
-                f"epoch {epoch + 1}: validation Dice {dice_text} (mean {mean:.3f})"
-                + (" - best so far, arch.json updated" if improved else "")
-            )
-            if writer is not None:
-                for name, value in per_class.items():
-                    if value is not None:
-                        writer.add_scalar(f"val_dice/{name}", value, progress.global_step)
-                if not math.isnan(mean):
-                    writer.add_scalar("val_dice/mean", mean, progress.global_step)
+            note = " - best so far, arch.json updated" if improved else ""
+            log_validation(ctx, writer, epoch, per_class, mean, progress.global_step, note)
 
     try:
         network.train()
@@ -1230,7 +876,7 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
                             }
                         )
                     if dist_info.distributed:
-                        _mean_over_ranks(metrics, ("loss", "arch_loss"), world, device)
+                        mean_over_ranks(metrics, ("loss", "arch_loss"), world, device)
                     latest = progress.validations[-1]["val_dice_mean"] if progress.validations else None
                     if latest is not None:
                         metrics["val_dice"] = latest  # the latest validation's mean Dice, for the panel
@@ -1281,35 +927,6 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
     return summary
 
 
-def _mean_over_ranks(metrics: dict[str, Any], keys: Sequence[str], world: int, device) -> None:
-    """Replace ``metrics[key]`` (where present) by its mean over all ranks."""
-    import torch
-
-    from .distributed import all_reduce_sum
-
-    present = [key for key in keys if key in metrics]
-    values = torch.tensor([metrics[key] for key in present], dtype=torch.float64, device=device)
-    for key, value in zip(present, (all_reduce_sum(values) / world).tolist(), strict=True):
-        metrics[key] = value
-
-
-def _check_checkpoint(checkpoint: Mapping[str, Any], resolved: Mapping[str, Any], world: int) -> None:
-    if checkpoint.get("format") != CHECKPOINT_FORMAT or checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise JobError(
-            f"checkpoint is not a version {CHECKPOINT_VERSION} search checkpoint "
-            f"(format {checkpoint.get('format')!r}, version {checkpoint.get('version')!r}); start a new run"
-        )
-    if checkpoint.get("resolved") != json.loads(json.dumps(resolved)):
-        raise JobError(
-            "checkpoint was written with another configuration than job.json records; start a new run"
-        )
-    if checkpoint.get("world_size") != world:
-        raise JobError(
-            f"this run was started with {checkpoint.get('world_size')} process(es); resume it with the same "
-            f"number (now {world}) to continue exactly"
-        )
-
-
 def _finish(
     ctx,
     *,
@@ -1334,7 +951,7 @@ def _finish(
     from .topology_plot import plot_path_probabilities, plot_topology
 
     run_dir = ctx.run_dir
-    memory = dict(_peak_memory_mb(device))
+    memory = dict(peak_memory_mb(device))
     search = network.dints_space
     patch = list(resolved["search"]["patch_size"])
     patches = resolved["memory"]["patches_per_step"]

@@ -43,14 +43,35 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..atomic import write_json_atomic
 from ..errors import DatasetError, JobError, MedSegNASError
+from .common import (
+    ActivationMemoryModel,
+    capture_rng_state,
+    cases_of_split,
+    check_checkpoint,
+    current_rss_mb,
+    dataset_record,
+    log_validation,
+    mean_over_ranks,
+    measure_training_cases,
+    open_tensorboard,
+    peak_memory_mb,
+    plan_patch_size,
+    restore_rng_state,
+    run_amp,
+    score_validation,
+    seed_run,
+    stop_check,
+    validated_labels,
+)
+from .config import PipelineConfig
 
 __all__ = [
     "BASELINE_NETWORKS",
@@ -106,33 +127,29 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+
+def _unet_arguments(channels: list[int], norm: str) -> dict[str, Any]:
+    """MONAI UNet arguments: a halving between levels, two residual units per level."""
+    return {"channels": channels, "strides": [2] * (len(channels) - 1), "num_res_units": 2, "norm": norm}
+
+
 #: MONAI arguments of the baselines per preset (``in_channels``/``out_channels`` are added).
 #: ``full``: the model-zoo spleen UNet, Auto3DSeg's SegResNet width, the published SwinUNETR
 #: (feature size 48); the SwinUNETR sizes match ``sslpretrain``'s presets so a pretrained encoder
 #: of the same preset loads into it.
 BASELINE_NETWORKS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
-        "unet": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2, "norm": "instance"},
+        "unet": _unet_arguments([16, 32, 64, 128], "instance"),
         "segresnet": {"init_filters": 8, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1]},
         "swinunetr": {"feature_size": 12},
     },
     "small": {
-        "unet": {
-            "channels": [16, 32, 64, 128, 256],
-            "strides": [2, 2, 2, 2],
-            "num_res_units": 2,
-            "norm": "instance",
-        },
+        "unet": _unet_arguments([16, 32, 64, 128, 256], "instance"),
         "segresnet": {"init_filters": 16, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1]},
         "swinunetr": {"feature_size": 24},
     },
     "full": {
-        "unet": {
-            "channels": [16, 32, 64, 128, 256],
-            "strides": [2, 2, 2, 2],
-            "num_res_units": 2,
-            "norm": "batch",
-        },
+        "unet": _unet_arguments([16, 32, 64, 128, 256], "batch"),
         "segresnet": {"init_filters": 32, "blocks_down": [1, 2, 2, 4, 4], "blocks_up": [1, 1, 1, 1]},
         "swinunetr": {"feature_size": 48},
     },
@@ -142,7 +159,7 @@ _MONAI_CLASS = {"unet": "UNet", "segresnet": "SegResNet", "swinunetr": "SwinUNET
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(PipelineConfig):
     """Every setting of a training run. A preset fills them; a ``--config`` file overrides any of them.
 
     Schedule: ``epochs`` (passes over the training cases), ``val_interval`` (epochs between
@@ -150,7 +167,8 @@ class TrainConfig:
     checkpoints of ``checkpoints/last.pt`` besides the end of every epoch and stop requests;
     0: epoch ends only).
 
-    Data (as :class:`~MedSegNASLib.nas.search.SearchConfig`): ``batch_size`` (cases per step and
+    Data (as :class:`~MedSegNASLib.nas.search.SearchConfig`, from
+    :class:`~MedSegNASLib.nas.config.PipelineConfig`): ``batch_size`` (cases per step and
     process), ``crops_per_case``, ``patch_size`` (None: automatic, a multiple of the network's
     divisor, at most ``max_patch_size``, within ``memory_budget_mb``), ``spacing``, ``intensity``,
     ``orientation``, ``augment``, ``fold`` / ``n_folds`` (validation fold when the caller gives no
@@ -170,66 +188,25 @@ class TrainConfig:
     ``val_sw_batch_size`` (sliding-window validation), ``seed``.
     """
 
-    preset: str = "full"
+    KIND: ClassVar[str] = "train"
+    PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = TRAIN_PRESETS
+    POSITIVE_FIELDS: ClassVar[tuple[str, ...]] = ("sgd_lr", "adamw_lr", "channel_mul")
+    NON_NEGATIVE_FIELDS: ClassVar[tuple[str, ...]] = ("momentum", "sgd_weight_decay", "adamw_weight_decay")
+
     epochs: int = 13500
     val_interval: int = 500
     checkpoint_every: int = 1000
     batch_size: int = 2
     crops_per_case: int = 1
-    patch_size: list[int] | None = None
-    max_patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
-    memory_budget_mb: float | None = None
-    spacing: list[float] | None = None
-    intensity: dict[str, Any] | None = None
-    orientation: str = "RAS"
-    augment: bool = True
-    fold: int = 0
-    n_folds: int = 5
-    num_workers: int = 0
-    cache_rate: float = 1.0
+    lr_milestones: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
     channel_mul: float = 1.0
     network_kwargs: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "auto"
     sgd_lr: float = 0.025
-    momentum: float = 0.9
     sgd_weight_decay: float = 4e-5
     adamw_lr: float = 1e-4
     adamw_weight_decay: float = 1e-5
     lr_schedule: str = "auto"
-    lr_milestones: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
-    warmup_epochs: int = 0
-    amp: bool | str = "auto"
-    deterministic: bool = False
-    val_overlap: float = 0.25
-    val_sw_batch_size: int = 1
-    seed: int = 0
-
-    @classmethod
-    def from_preset(cls, name: str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-        """The preset ``name`` with ``overrides`` applied."""
-        if name not in TRAIN_PRESETS:
-            raise MedSegNASError(f"unknown train preset {name!r}; choose one of {', '.join(TRAIN_PRESETS)}")
-        overrides = dict(overrides or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise MedSegNASError(
-                f"unknown train config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
-            )
-        if "preset" in overrides and overrides["preset"] != name:
-            raise MedSegNASError("choose the preset with --preset, not in the config file")
-        config = cls(**{"preset": name, **TRAIN_PRESETS[name], **overrides})
-        config.check()
-        return config
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        config = cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})
-        config.check()
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def optimizer_for(self, network: str) -> str:
         """``sgd`` or ``adamw`` for ``network`` (``auto``: SGD for DiNTS, AdamW for the baselines)."""
@@ -242,66 +219,19 @@ class TrainConfig:
             return self.lr_schedule
         return "multistep" if self.optimizer_for(network) == "sgd" else "cosine"
 
-    def check(self) -> None:
-        """Raise :class:`MedSegNASError` listing every invalid value."""
-        from .search import _int, _number, _positive_number, check_pipeline_settings
-
-        problems: list[str] = []
-        for name, minimum in (
-            ("epochs", 1),
-            ("val_interval", 1),
-            ("checkpoint_every", 0),
-            ("batch_size", 1),
-            ("crops_per_case", 1),
-            ("fold", 0),
-            ("n_folds", 2),
-            ("num_workers", 0),
-            ("val_sw_batch_size", 1),
-            ("warmup_epochs", 0),
-            ("seed", 0),
-        ):
-            value = getattr(self, name)
-            if not _int(value) or value < minimum:
-                problems.append(f"{name} must be an integer >= {minimum}, got {value!r}")
-        if not problems and self.warmup_epochs >= self.epochs:
-            problems.append(f"warmup_epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs})")
-        for name in ("sgd_lr", "adamw_lr", "channel_mul"):
-            if not _positive_number(getattr(self, name)):
-                problems.append(f"{name} must be a positive number, got {getattr(self, name)!r}")
-        for name in ("momentum", "sgd_weight_decay", "adamw_weight_decay"):
-            value = getattr(self, name)
-            if not _number(value) or value < 0:
-                problems.append(f"{name} must be a number >= 0, got {value!r}")
+    def extra_problems(self) -> list[str]:
+        problems = []
         if self.optimizer not in ("auto", "sgd", "adamw"):
             problems.append(f"optimizer must be 'auto', 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.lr_schedule not in ("auto", "multistep", "cosine", "constant"):
             problems.append(
                 f"lr_schedule must be 'auto', 'multistep', 'cosine' or 'constant', got {self.lr_schedule!r}"
             )
-        if not (
-            isinstance(self.lr_milestones, list) and all(_number(m) and 0 < m < 1 for m in self.lr_milestones)
-        ):
-            problems.append(
-                f"lr_milestones must be a list of fractions in (0, 1), got {self.lr_milestones!r}"
-            )
-        if not _number(self.cache_rate) or not 0 <= self.cache_rate <= 1:
-            problems.append(f"cache_rate must be in [0, 1], got {self.cache_rate!r}")
-        if not _number(self.val_overlap) or not 0 <= self.val_overlap < 1:
-            problems.append(f"val_overlap must be in [0, 1), got {self.val_overlap!r}")
-        check_pipeline_settings(self, problems)
         if not isinstance(self.network_kwargs, Mapping):
             problems.append(
                 f"network_kwargs must be a mapping of MONAI arguments, got {self.network_kwargs!r}"
             )
-        if problems:
-            raise MedSegNASError("invalid train config: " + "; ".join(problems))
-        if self.intensity is not None:
-            from ..data.preprocessing import IntensitySpec
-
-            try:
-                IntensitySpec(**self.intensity)
-            except (TypeError, ValueError) as exc:
-                raise MedSegNASError(f"invalid train config: intensity: {exc}") from None
+        return problems
 
 
 def learning_rate_factor(
@@ -430,55 +360,6 @@ def build_network(resolved: Mapping[str, Any]):
     return module, network_def
 
 
-class ActivationMemoryModel:
-    """Training memory of a network, from the tensors one probe forward pass saves for backward.
-
-    As :class:`~MedSegNASLib.nas.search.SearchMemoryModel` for any network: a probe patch
-    (``max(side, 32)`` per side, batch 1; ``side`` the network's smallest patch) goes through the network on the CPU; the bytes of the
-    distinct non-parameter tensors autograd keeps give bytes per input voxel. The estimate is that
-    times the voxels of all patches of a step (x 0.6 under AMP) plus four copies of the parameters.
-    """
-
-    AMP_ACTIVATION_FACTOR = 0.6
-
-    def __init__(self, network, in_channels: int, side: int) -> None:
-        import torch
-        from monai.losses import DiceCELoss
-
-        side = max(int(side), 32)
-        self.probe_patch = [side, side, side]
-        saved: dict[int, int] = {}
-        parameters = {p.untyped_storage().data_ptr() for p in network.parameters()}
-
-        def pack(tensor):
-            storage = tensor.untyped_storage()
-            if storage.data_ptr() not in parameters:
-                saved[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
-        network.train()
-        inputs = torch.zeros(1, in_channels, *self.probe_patch)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            logits = network(inputs)
-            loss = DiceCELoss(to_onehot_y=True, softmax=True)(logits, torch.zeros(1, 1, *self.probe_patch))
-        del loss, logits
-        self.bytes_per_voxel = sum(saved.values()) / float(np.prod(self.probe_patch))
-        self.parameter_bytes = sum(p.numel() * p.element_size() for p in network.parameters())
-
-    def estimate_mb(self, patch: Sequence[int], patches: int = 1, amp: bool = False) -> float:
-        activations = self.bytes_per_voxel * float(np.prod(patch)) * patches
-        if amp:
-            activations *= self.AMP_ACTIVATION_FACTOR
-        return (activations + 4 * self.parameter_bytes) / 2**20
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "probe_patch": self.probe_patch,
-            "bytes_per_voxel": self.bytes_per_voxel,
-            "parameter_bytes": self.parameter_bytes,
-        }
-
-
 # --------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------
@@ -603,16 +484,7 @@ def resolve_train_config(
     """
     import torch
 
-    from ..data.datasets import load_dataset, validate_dataset
-    from .pipeline import (
-        auto_preprocessing,
-        choose_patch_size,
-        collect_statistics,
-        is_ct,
-        label_table,
-        resampled_median_shape,
-    )
-    from .search import default_memory_budget_mb
+    from ..data.datasets import load_dataset
 
     say = log or (lambda message: None)
     network_name = _check_request(request)
@@ -648,41 +520,16 @@ def resolve_train_config(
             f"{dataset.path} has {len(labelled)} labelled case(s); training needs at least 2: one to train on "
             "and one to validate"
         )
-    say(f"checking dataset {dataset.path} ({len(dataset.cases)} training cases)")
-    report = validate_dataset(dataset)
-    if dataset.labels_declared:
-        absent = [info for info in dataset.foreground_labels if info.value not in report.label_counts]
-        if absent:
-            names = ", ".join(f"{info.value} '{info.name}'" for info in absent)
-            raise DatasetError(
-                f"{dataset.path.name} declares class(es) {names} but no label map of the {report.checked_cases} "
-                "checked case(s) contains a voxel of them; remove them from 'labels' or fix the label maps"
-            )
-    labels = label_table(dataset, list(report.label_counts))
+    labels = validated_labels(dataset, say)
     training, validation = _choose_split(dataset, config, request)
 
-    ct_auto = config.intensity is None and all(is_ct(m) for m in dataset.modalities)
-    say(f"measuring {len(training)} training case(s): spacing, sizes, label and intensity statistics")
-    stats = collect_statistics(
-        dataset, training, label_values=[info.value for info in labels], intensities=ct_auto
-    )
-    absent_in_training = [
-        info for info in labels if info.value and stats.label_voxels.get(info.value, 0) == 0
-    ]
+    stats, spec, absent_in_training = measure_training_cases(dataset, training, labels, config, say)
     if absent_in_training:
         say(
             "warning: class(es) "
             + ", ".join(f"'{info.name}'" for info in absent_in_training)
             + " have no voxel in the training cases; the network cannot learn them"
         )
-    spec = auto_preprocessing(
-        dataset,
-        stats,
-        spacing=config.spacing,
-        intensity=config.intensity,
-        orientation=config.orientation,
-        patch_size=config.patch_size or config.max_patch_size,
-    )
     num_classes = len(labels)
     in_channels = dataset.num_channels
     if network_name == "dints":
@@ -712,33 +559,17 @@ def resolve_train_config(
         reason = " ".join(str(exc).split())[:300]
         raise MedSegNASError(f"the {network_name} network cannot train on a probe patch: {reason}") from None
     del network
-    amp = device_type == "cuda" if config.amp == "auto" else bool(config.amp)
-    budget = float(config.memory_budget_mb or default_memory_budget_mb(device_type))
-    patches = config.batch_size * config.crops_per_case
-    median_shape = resampled_median_shape(stats, spec.spacing)
-    if config.patch_size is None:
-        patch = choose_patch_size(
-            divisor,
-            [max(int(s), smallest) for s in median_shape],
-            [max(int(s), smallest) for s in config.max_patch_size],
-            budget,
-            lambda p: memory.estimate_mb(p, patches, amp),
-        )
-        if min(patch) < smallest:
-            raise MedSegNASError(
-                f"the memory budget of {budget:.0f} MB is too small for the smallest {network_name} patch "
-                f"({smallest}^3, estimated {memory.estimate_mb([smallest] * 3, patches, amp):.0f} MB); raise "
-                "memory_budget_mb or lower batch_size / crops_per_case"
-            )
-    else:
-        patch = list(config.patch_size)
-    spec.patch_size = patch
-    config.patch_size = patch
-    estimate = memory.estimate_mb(patch, patches, amp)
-    if estimate > budget:
-        say(
-            f"warning: estimated memory {estimate:.0f} MB exceeds the budget of {budget:.0f} MB for patch {patch}"
-        )
+    median_shape, memory_plan = plan_patch_size(
+        config,
+        spec,
+        stats,
+        memory,
+        divisor,
+        device_type=device_type,
+        say=say,
+        smallest=smallest,
+        network_name=network_name,
+    )
 
     resolved = {
         "request": {
@@ -769,24 +600,14 @@ def resolve_train_config(
             "lr_schedule": config.schedule_for(network_name),
         },
         "preprocessing": spec.to_dict(),
-        "dataset": {
-            "path": str(dataset.path),
-            "root": str(dataset.root),
-            "name": dataset.name,
-            "modalities": list(dataset.modalities),
-            "labels": [{"value": i.value, "name": i.name, "color": list(i.color)} for i in labels],
-            "num_classes": num_classes,
-            "split": {"train": [c.name for c in training], "validation": [c.name for c in validation]},
-            "classes_absent_from_training": [info.name for info in absent_in_training],
-        },
+        "dataset": dataset_record(
+            dataset,
+            labels,
+            {"train": [c.name for c in training], "validation": [c.name for c in validation]},
+            absent_in_training,
+        ),
         "statistics": {**stats.to_dict(), "median_resampled_shape": median_shape},
-        "memory": {
-            "budget_mb": round(budget, 1),
-            "estimate_mb": round(estimate, 1),
-            "amp": amp,
-            "patches_per_step": patches,
-            "model": memory.to_dict(),
-        },
+        "memory": memory_plan,
         "registry": {"register": bool(request.get("register", True)), "name": request.get("name")},
     }
     if resolved["registry"]["name"] is not None:
@@ -845,23 +666,6 @@ class TrainProgress:
         return asdict(self)
 
 
-def _check_checkpoint(checkpoint: Mapping[str, Any], resolved: Mapping[str, Any], world: int) -> None:
-    if checkpoint.get("format") != CHECKPOINT_FORMAT or checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise JobError(
-            f"checkpoint is not a version {CHECKPOINT_VERSION} training checkpoint "
-            f"(format {checkpoint.get('format')!r}, version {checkpoint.get('version')!r}); start a new run"
-        )
-    if checkpoint.get("resolved") != json.loads(json.dumps(resolved)):
-        raise JobError(
-            "checkpoint was written with another configuration than job.json records; start a new run"
-        )
-    if checkpoint.get("world_size") != world:
-        raise JobError(
-            f"this run was started with {checkpoint.get('world_size')} process(es); resume it with the same "
-            f"number (now {world}) to continue exactly"
-        )
-
-
 def _make_optimizer(network, config: TrainConfig, kind: str, world: int):
     import torch
 
@@ -913,7 +717,7 @@ def run_train(
 
     from ..data.datasets import load_dataset
     from ..data.preprocessing import PreprocessingSpec
-    from .distributed import EpochSampler, any_rank, broadcast_object, shard_evenly
+    from .distributed import EpochSampler, broadcast_object, shard_evenly
     from .pipeline import (
         SeededPatchDataset,
         case_records,
@@ -921,9 +725,7 @@ def run_train(
         make_loader,
         preprocessing_transforms,
         training_transforms,
-        validation_dice,
     )
-    from .search import _current_rss_mb, _mean_over_ranks, capture_rng_state, restore_rng_state, seed_run
 
     started = time.monotonic()
     config = TrainConfig.from_dict(resolved["train"])
@@ -935,9 +737,7 @@ def run_train(
     num_classes = len(labels)
     device = dist_info.device
     world, rank = dist_info.world_size, dist_info.rank
-    amp = device.type == "cuda" if config.amp == "auto" else bool(config.amp)
-    if amp and device.type != "cuda":
-        raise MedSegNASError("AMP needs a CUDA device; set amp to auto or false for a CPU run")
+    amp = run_amp(config.amp, device)
     main = dist_info.is_main
     run_dir = ctx.run_dir if main else None
     if main and run_dir is None:
@@ -950,14 +750,7 @@ def run_train(
 
     # ---- data -------------------------------------------------------------------------------
     dataset = load_dataset(resolved["dataset"]["path"], dataroot=resolved["request"].get("dataroot"))
-    by_name = {case.name: case for case in [*dataset.cases, *dataset.validation]}
-    split = resolved["dataset"]["split"]
-    try:
-        train_cases, val_cases = ([by_name[name] for name in split[role]] for role in ("train", "validation"))
-    except KeyError as exc:
-        raise DatasetError(
-            f"case {exc} of this run is no longer in {dataset.path}; resume with the same dataset"
-        ) from None
+    train_cases, val_cases = cases_of_split(dataset, resolved["dataset"]["split"], ("train", "validation"))
     if main:
         ctx.log(f"preprocessing {len(train_cases)} training and {len(val_cases)} validation case(s)")
     workers = config.num_workers
@@ -992,7 +785,7 @@ def run_train(
         checkpoint = broadcast_object(checkpoint)
     progress = TrainProgress()
     if checkpoint is not None:
-        _check_checkpoint(checkpoint, resolved, world)
+        check_checkpoint(checkpoint, resolved, world, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "training")
         network.load_state_dict(checkpoint["model"])
         progress = TrainProgress(**checkpoint["progress"])
     elif init_network is not None:
@@ -1054,45 +847,20 @@ def run_train(
             "rng": capture_rng_state(),
         }
 
-    writer = None
-    if artifacts is not None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(
-            log_dir=str(artifacts / "tensorboard"), purge_step=progress.global_step if ctx.resuming else None
-        )
+    writer = open_tensorboard(artifacts, progress.global_step, ctx.resuming)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _current_rss_mb()
+    rss_before = current_rss_mb()
     step_times: list[float] = []
 
     def save() -> None:
         ctx.save_checkpoint(checkpoint_state())
 
-    def stop_if_requested() -> None:
-        if any_rank(ctx.stop_requested, device):
-            save()
-            if not ctx.stop_requested:
-                ctx.request_stop("stop requested on another rank")
-            ctx.raise_if_stop_requested()
+    stop_if_requested = stop_check(ctx, device, save)
 
     def validate(epoch: int) -> dict[str, Any]:
         nonlocal best_state
-        dice, counts = validation_dice(
-            network,
-            cache_v,
-            num_classes=num_classes,
-            patch_size=spec.patch_size,
-            device=device,
-            amp=amp,
-            sw_batch_size=config.val_sw_batch_size,
-            overlap=config.val_overlap,
-        )
-        mean = float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan")
-        per_class = {
-            name: (None if not np.isfinite(v) else round(float(v), 6))
-            for name, v in zip(class_names, dice, strict=True)
-        }
+        mean, per_class, counts = score_validation(network, cache_v, spec, config, class_names, device, amp)
         record = {
             "epoch": epoch + 1,
             "step": progress.global_step,
@@ -1118,17 +886,8 @@ def run_train(
                     },
                     "best.pt",
                 )
-            text = ", ".join(f"{n} {v:.3f}" if v is not None else f"{n} -" for n, v in per_class.items())
-            ctx.log(
-                f"epoch {epoch + 1}: validation Dice {text} (mean {mean:.3f})"
-                + (" - best so far, checkpoints/best.pt updated" if improved else "")
-            )
-            if writer is not None:
-                for name, value in per_class.items():
-                    if value is not None:
-                        writer.add_scalar(f"val_dice/{name}", value, progress.global_step)
-                if not math.isnan(mean):
-                    writer.add_scalar("val_dice/mean", mean, progress.global_step)
+            note = " - best so far, checkpoints/best.pt updated" if improved else ""
+            log_validation(ctx, writer, epoch, per_class, mean, progress.global_step, note)
         return record
 
     try:
@@ -1152,7 +911,7 @@ def run_train(
                 step_times.append(time.perf_counter() - tick)
                 metrics: dict[str, Any] = {"loss": float(loss.detach()), "lr": lr}
                 if dist_info.distributed:
-                    _mean_over_ranks(metrics, ("loss",), world, device)
+                    mean_over_ranks(metrics, ("loss",), world, device)
                 progress.loss_sum += metrics["loss"]
                 progress.step_in_epoch += 1
                 progress.global_step += 1
@@ -1299,12 +1058,11 @@ def _finish(
     from ..data.preprocessing import PreprocessingSpec
     from ..data.volume import LabelInfo
     from ..models.export import export_bundle
-    from .search import _peak_memory_mb
     from .search_space import _quiet
 
     run_dir = ctx.run_dir
     artifacts = run_dir.artifacts
-    memory = dict(_peak_memory_mb(device))
+    memory = dict(peak_memory_mb(device))
     memory["estimate_mb"] = resolved["memory"]["estimate_mb"]
     if rss_before is not None and device.type == "cpu":
         memory["rss_before_training_mb"] = round(rss_before, 1)
