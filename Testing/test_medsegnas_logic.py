@@ -263,7 +263,7 @@ def _training_run(root: Path, steps: int, *, finish: bool) -> RunDir:
         summary = {
             "network": "dints",
             "parameters": 123456,
-            "memory": {"peak_allocated_mb": 812.5, "estimate_mb": 900.0},
+            "memory": {"measured_peak_mb": 812.5, "estimate_mb": 900.0, "measured": "ru_maxrss"},
             "best_epoch": 3,
             "best_val_dice": {organ.name: 0.6 + 0.01 * organ.value for organ in ORGANS},
             "best_val_dice_mean": 0.625,
@@ -332,7 +332,7 @@ def test_run_curves_become_plot_series_over_tables_updated_in_place(tmp_path: Pa
     details = panel_runs.run_details(run)
     text = details.text()
     assert "train run train-20250101-120000-abcdef: done" in text
-    assert "123,456" in text and "peak_allocated_mb 812" in text and "0.625" in text
+    assert "123,456" in text and "Memory: peak 812 MB, estimate 900 MB" in text and "0.625" in text
     dice = panel_runs.run_dice_table_node(run, scene)
     assert [dice.GetTable().GetValue(row, 0).ToString() for row in range(dice.GetNumberOfRows())] == [
         o.name for o in ORGANS

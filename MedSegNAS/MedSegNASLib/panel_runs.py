@@ -246,6 +246,24 @@ def _number_text(value: Any) -> str:
     return f"{value:.3g}"
 
 
+#: The memory figures of a summary.json the run details show, with their labels.
+_MEMORY_FIGURES = {
+    "measured_peak_mb": "peak",
+    "estimate_mb": "estimate",
+    "monai_estimate_mb": "MONAI's estimate",
+    "rss_before_training_mb": "before training",
+}
+
+
+def _memory_text(memory: dict[str, Any]) -> str:
+    """``peak 2,230 MB, estimate 691 MB``: the figures of a summary's ``memory`` block, in MB."""
+    return ", ".join(
+        f"{label} {value:,.0f} MB"
+        for key, label in _MEMORY_FIGURES.items()
+        if isinstance(value := memory.get(key), (int, float)) and not isinstance(value, bool)
+    )
+
+
 @dataclass
 class RunDetails:
     """What the Inspect section shows of a run.
@@ -286,8 +304,8 @@ class RunDetails:
         elif parameters is not None:
             lines.append(f"Parameters: {_number_text(parameters)}")
         memory = results.get("memory")
-        if isinstance(memory, dict) and memory:
-            lines.append("Memory (MB): " + ", ".join(f"{k} {_number_text(v)}" for k, v in memory.items()))
+        if isinstance(memory, dict) and (memory_text := _memory_text(memory)):
+            lines.append("Memory: " + memory_text)
         if results.get("patch_size"):
             lines.append(
                 f"Patch: {' x '.join(map(str, results['patch_size']))} voxels on {results.get('device', '?')}"
