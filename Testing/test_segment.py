@@ -93,6 +93,58 @@ def test_unet_bundle_matches_monai_bundle_run(unet, images, view, tmp_path) -> N
         assert np.mean(ours == theirs) > 0.9995  # float32 on the CPU: the same computation as MONAI's
 
 
+def test_windows_per_network_call_do_not_change_the_labels(unet, images, tmp_path, capsys) -> None:
+    """On the CPU the engine batches more windows per call than the bundle says (and evens the
+    batch sizes out); one window per call must give the same label map, and both MONAI's."""
+    outs = {}
+    for name, options in {"default": [], "one per call": ["--sw-batch-size", "1"]}.items():
+        outs[name] = tmp_path / f"{len(options)}.nii.gz"
+        assert (
+            segment(images["lps"], "--model", unet["bundle"], "-o", outs[name], "--device", "cpu", *options)
+            == 0
+        )
+    windows = [line for line in capsys.readouterr().err.splitlines() if " windows of " in line]
+    assert windows and int(windows[0].split()[0]) >= 3, windows  # several windows, so batches matter
+    default, _ = sf.read_labels(outs["default"])
+    single, _ = sf.read_labels(outs["one per call"])
+    assert np.mean(default == single) > 0.9999  # float32 rounding of other batch shapes at most
+    assert_same_as_monai(outs["default"], unet["monai"] / "lps_seg.nii.gz", images["lps"])
+
+
+def test_cpu_batches_and_freed_memory_reuse() -> None:
+    """Windows per CPU call: up to twice the bundle's, never fewer. After reuse_freed_memory, a
+    worker that allocates and frees big tensors stops faulting fresh pages in for each one."""
+    import subprocess
+    import sys
+
+    from MedSegNASLib.inference.engine import cpu_batch_size
+
+    assert cpu_batch_size(4, (96, 96, 96)) == 8
+    assert cpu_batch_size(1, (96, 96, 96)) == 2
+    assert cpu_batch_size(4, (160, 160, 160)) == 4  # big windows: the bundle's batch is enough
+    assert cpu_batch_size(4, (32, 32, 32)) == 8
+    probe = (
+        "import resource, sys, torch\n"
+        "from MedSegNASLib.inference.optimize import reuse_freed_memory\n"
+        "applied = reuse_freed_memory() if sys.argv[1] == 'reuse' else False\n"
+        "for _ in range(10):\n"  # 64 MB blocks: the heap grows until freed blocks fit new ones
+        "    torch.ones(1 << 24)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(20):\n"
+        "    torch.ones(1 << 24)\n"
+        "print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+    faults = {}
+    for mode in ("default", "reuse"):
+        run = subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        applied, faults[mode] = run.stdout.split()
+    if sys.platform.startswith("linux") and applied == "True":
+        pages = 20 * (1 << 26) // 4096
+        assert int(faults["default"]) > pages // 2  # 20 x 64 MB mapped and faulted in afresh
+        assert int(faults["reuse"]) < pages // 20  # the same pages reused
+
+
 def test_the_same_image_stored_differently_gives_the_same_labels(unet, images, tmp_path) -> None:
     """``lps`` and ``ras_permuted`` hold the same voxels at the same places: same label map."""
     outs = {}

@@ -164,3 +164,22 @@ def test_a_good_input_with_the_same_bundle_works(tmp_path: Path) -> None:
     labels = nib.load(str(output))
     assert labels.shape == (20, 18, 16)
     np.testing.assert_allclose(labels.affine, nib.load(str(good)).affine, atol=1e-4)
+
+
+def test_a_bad_image_is_reported_before_a_bad_model(tmp_path: Path) -> None:
+    """The image is read while the model loads; when both are bad, the image's error is the one
+    reported (as when the image was read first), and nothing is written."""
+    text = tmp_path / "notes.nii.gz"
+    text.write_text("this is not an image\n")
+    output = tmp_path / "out" / "labels.nii.gz"
+    result = _run([text], output, tmp_path / "no_such_bundle")
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and last.startswith("error: ") and "notes.nii.gz" in last, result.stderr[
+        -800:
+    ]
+    assert "no_such_bundle" not in last
+    good = _good(tmp_path / "good.nii.gz")
+    result = _run([good], output, tmp_path / "no_such_bundle")  # a good image: the model's error
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "no_such_bundle" in last, result.stderr[-800:]
+    assert not output.exists() and not output.parent.exists()

@@ -246,17 +246,29 @@ def segment_files(
     ``model`` is a registry id, a bundle folder or an archive (:func:`~.model.load_resolved_model`);
     ``trusted``: the user passed ``--trust``.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
 
     from ..data.io import read_volumes, write_volume
     from .engine import Progress, segment_volume
     from .model import load_resolved_model
+    from .optimize import reuse_freed_memory
 
     started = time.perf_counter()
-    volume = read_volumes(inputs)  # first: a bad image fails before the (slower) model loads
+    reuse_freed_memory()  # this is a worker process: no fresh pages for every batch of windows
+    # The image is read while the model loads (imports, weights): decompressing it runs mostly
+    # outside the GIL. A bad image is still the error reported, as when it was read first.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-read") as pool:
+        reading = pool.submit(read_volumes, inputs)
+        try:
+            model = load_resolved_model(model, trust=trusted)
+        except BaseException:
+            reading.result()
+            raise
+        volume = reading.result()
     volume.meta.setdefault("path", str(inputs[0]))
     ctx.progress(1, 2, stage="load")
-    model = load_resolved_model(model, trust=trusted)
     ctx.log(
         f"model '{model.name}': {model.in_channels} input channel(s), {model.num_classes} classes "
         f"({', '.join(lb.name for lb in model.labels[1:])}); preprocessing: {', '.join(model.steps)}"

@@ -17,13 +17,15 @@ bundle's inference config) computes; how it computes it is cheaper:
    directions); float64 with ``grid_sample`` over the whole grid otherwise (a z-score of the
    non-zero voxels depends on which voxels are exactly zero, and ``grid_sample`` leaves the
    same rounding leaks as MONAI's resampling). Back to the input grid, over the box of voxels
-   predicted as foreground: on axis-aligned grids the probabilities are interpolated only where
-   the 8 model voxels around an input voxel disagree (:func:`~.geometry.argmax_of_interpolation`),
+   predicted as foreground: on axis-aligned grids the interpolated probabilities decide only
+   where the 8 model voxels around an input voxel disagree (:func:`~.geometry.argmax_of_interpolation`),
    elsewhere in slabs reduced to labels at once; MONAI inverts float64 probabilities of every
-   class on the whole input grid.
+   class on the whole input grid. The label map is stored first-axis-fastest, as image files
+   store voxels, so writing it needs no transposing copy.
 4. **Inference.** MONAI's sliding-window scheme (same padding, windows and blending, MONAI's
    own ``sliding_window_inference`` for networks whose output window differs from the input's)
-   under ``torch.inference_mode``, the window sum kept channels-last on the CPU; float16
+   under ``torch.inference_mode``, the window sum kept channels-last on the CPU, where batches
+   hold up to twice the bundle's windows (:func:`cpu_batch_size`) in calls of even size; float16
    autocast on CUDA; on CUDA out-of-memory it retries with one window per batch and the
    stitched output in CPU memory, then on the CPU, and says so.
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -81,6 +84,8 @@ BACKGROUND_LOGIT = 30.0
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
 #: Largest memory (GB) the model-grid image and predictions may take before a run is refused.
 MAX_MODEL_GRID_GB = 64.0
+#: Input voxels per network call worth batching on the CPU (8 windows of 96^3), see cpu_batch_size.
+CPU_BATCH_VOXELS = 8 * 96**3
 #: Fraction of the 1-99 percentile range above which a non-CT voxel counts as foreground.
 FOREGROUND_FRACTION = 0.05
 
@@ -96,7 +101,8 @@ class SegmentOptions:
         postprocess: clean-up steps, or None.
         roi: sliding-window size (voxels) instead of the bundle's.
         overlap: window overlap in [0, 1) instead of the bundle's.
-        sw_batch_size: windows per network call (default: the bundle's).
+        sw_batch_size: windows per network call (default: the bundle's; on the CPU up to twice
+            that, see :func:`cpu_batch_size`).
         crop: skip windows without body voxels (exact inside the body).
         amp: reduced-precision autocast. None (default): float16 on CUDA (as MONAI's bundle
             evaluators do with ``amp: true``), float32 elsewhere (the same numbers as MONAI).
@@ -187,6 +193,19 @@ def cpu_has_fast_bfloat16() -> bool:
         return bool(probe()) if probe is not None else False
     except Exception:  # private torch API: absent or failing means "do not count on it"
         return False
+
+
+def cpu_batch_size(bundle_batch: int, roi: Sequence[int]) -> int:
+    """Windows per network call on the CPU: enough for :data:`CPU_BATCH_VOXELS` input voxels, at
+    most twice the bundle's ``sw_batch_size`` and never fewer.
+
+    A bundle's batch is sized for GPU memory; on the CPU oneDNN's convolutions cost less per
+    window in bigger batches (spleen-sized UNet, 96^3 windows: 4 per call 270 ms of CPU a
+    window, 8 per call 205 ms). The windows and their blending are MONAI's either way.
+    """
+    bundle_batch = max(1, int(bundle_batch))
+    wanted = math.ceil(CPU_BATCH_VOXELS / max(1, math.prod(int(r) for r in roi)))
+    return max(bundle_batch, min(wanted, 2 * bundle_batch))
 
 
 def autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
@@ -309,13 +328,24 @@ def _input_box(m_grid: Grid, in_grid: Grid, box: Sequence[tuple[int, int]]) -> t
     return tuple((int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
-def _torch_source(volume: Volume) -> torch.Tensor:
+def _torch_source(volume: Volume, grid: Grid, *, memory_order: bool = False) -> tuple[torch.Tensor, Grid]:
+    """The voxels as a contiguous tensor, and the grid they lie on.
+
+    ``memory_order``: the spatial axes are reordered to the order the array is stored in (the
+    grid's axes and affine columns with them: the same voxels at the same points), so that an
+    array stored first-axis-fastest (NIfTI as nibabel reads it) is used without a copy.
+    """
     array = volume.array
     if array.dtype == np.bool_ or array.dtype.kind == "u" and array.dtype.itemsize > 1:
         array = array.astype(np.float32)  # torch has no general arithmetic on uint16+ / bool
     if not array.flags.writeable:
         array = array.copy()
-    return torch.from_numpy(np.ascontiguousarray(array))
+    if memory_order and min(array.strides) > 0:
+        axes = sorted(range(3), key=lambda axis: -array.strides[axis + 1])  # slowest-varying first
+        if axes != [0, 1, 2]:
+            array = array.transpose(0, *(axis + 1 for axis in axes))
+            grid = Grid(tuple(grid.shape[axis] for axis in axes), grid.affine[:, [*axes, 3]])  # type: ignore[arg-type]
+    return torch.from_numpy(np.ascontiguousarray(array)), grid
 
 
 class _Runner:
@@ -406,9 +436,12 @@ class _Runner:
             if start not in plan.keep:
                 region = total[(0, *_window_slices(start, roi))]
                 region.add_(weights * background if weights is not None else background)
-        batch_size = max(1, int(self.sw_batch_size))
-        for first in range(0, len(kept), batch_size):
-            starts = kept[first : first + batch_size]
+        # As many network calls as batches of sw_batch_size need, with sizes differing by at most
+        # one: no small last batch, which costs more per window.
+        calls = math.ceil(len(kept) / max(1, int(self.sw_batch_size)))
+        bounds = [round(n * len(kept) / calls) for n in range(calls + 1)] if calls else [0]
+        for first, stop in itertools.pairwise(bounds):
+            starts = kept[first:stop]
             windows = torch.stack([image[(slice(None), *_window_slices(start, roi))] for start in starts])
             outputs = self.forward(windows.to(self.device))
             if tuple(outputs.shape[2:]) != roi or int(outputs.shape[1]) != num_classes:
@@ -569,6 +602,8 @@ def segment_volume(
     timings["plan"] = time.perf_counter() - clock
 
     sw_batch_size = options.sw_batch_size or model.sw_batch_size
+    if device.type == "cpu" and not options.sw_batch_size and roi is not None:
+        sw_batch_size = cpu_batch_size(model.sw_batch_size, roi)
     # The stitched output stays on CUDA; MPS and CPU runs stitch and invert in CPU memory.
     attempts = [(device, sw_batch_size, device if device.type == "cuda" else torch.device("cpu"))]
     if device.type == "cuda":
@@ -656,7 +691,11 @@ def _run(
     clock = time.perf_counter()
     progress.step("preprocess", 0, 1)
     with torch.inference_mode():
-        source = _torch_source(volume).to(work_device)
+        # Voxel-wise intensities resample separably from any axis order; otherwise the input's axis
+        # order is kept, so that statistics and grid_sample round as in MONAI.
+        memory_order = model.pointwise and not model.pre_intensity
+        source, source_grid = _torch_source(volume, in_grid, memory_order=memory_order)
+        source = source.to(work_device)
         if model.pre_intensity:
             source = _apply_transforms(model.pre_intensity, source.float())
         if plan is not None and model.pointwise:
@@ -668,7 +707,7 @@ def _run(
         if all(b > a for a, b in box):
             resample(
                 source,
-                index_map(in_grid, m_grid),
+                index_map(source_grid, m_grid),
                 [b - a for a, b in box],
                 mode=model.interpolation,
                 padding_mode=model.padding_mode,
@@ -706,20 +745,11 @@ def _run(
 def argmax_channels(values: torch.Tensor) -> torch.Tensor:
     """``values.argmax(dim=0)`` as uint8 (int16 beyond 256 channels), for ``(C, ...)`` tensors.
 
-    Channels-last memory (channels innermost): ``argmax`` over the contiguous last dimension.
-    Otherwise one comparison pass per channel over contiguous memory: about 2.5x faster on the
-    CPU than ``argmax`` over the first dimension. Ties go to the lower channel, as with ``argmax``.
+    Through ``max(dim=0)``, which returns the first largest channel on ties as ``argmax`` does
+    and runs 1.2-4x faster than ``argmax`` on the CPU in either memory layout.
     """
     dtype = torch.uint8 if values.shape[0] <= 256 else torch.int16
-    if values.dim() > 1 and values.stride(0) == 1 and values.shape[0] > 1:
-        return values.movedim(0, -1).argmax(dim=-1).to(dtype)
-    labels = torch.zeros(values.shape[1:], dtype=dtype, device=values.device)
-    best = values[0].clone()
-    for channel in range(1, int(values.shape[0])):
-        better = values[channel] > best
-        labels[better] = channel
-        torch.maximum(best, values[channel], out=best)
-    return labels
+    return values.max(dim=0).indices.to(dtype)
 
 
 def _model_labels(prediction: torch.Tensor, box: Sequence[tuple[int, int]]) -> torch.Tensor:
@@ -766,7 +796,8 @@ def _invert(
     are resampled in slabs with ``grid_sample``.
     """
     dtype = np.uint8 if model.num_classes <= 256 else np.uint16
-    labels = np.zeros(in_grid.shape, dtype=dtype)
+    # First axis fastest, as image files store voxels: written without a transposing copy.
+    labels = np.zeros(in_grid.shape, dtype=dtype, order="F")
     if prediction is None:
         return labels
     model_labels = _model_labels(

@@ -23,7 +23,8 @@ one axis, the most shrinking axis first) instead of 8 gathers per voxel; and
 :func:`argmax_of_interpolation` returns the label of the interpolated class probabilities
 without interpolating them where the 8 model voxels around an output voxel share one label (a
 weighted average of probability vectors whose largest entry is the same class has its largest
-entry there too): only voxels at a label boundary are interpolated.
+entry there too): only slabs that hold label-boundary voxels are interpolated (separably, as
+above), and only those voxels take the interpolated label.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ SLAB_VOXELS = 1 << 22
 #: Largest off-axis entry of an index map (source voxels per destination voxel) still treated as
 #: axis-aligned: across 1000 voxels it moves a sample by at most 1e-4 voxel.
 AXIS_TOLERANCE = 1e-7
-#: Label-boundary voxels interpolated per chunk by :func:`argmax_of_interpolation`.
-BOUNDARY_CHUNK = 1 << 19
+#: Output voxels per slab of :func:`argmax_of_interpolation` (its boundary voxels are interpolated
+#: together; memory about 20 bytes per voxel and class).
+BOUNDARY_CHUNK = 1 << 20
 #: Label value marking a model-grid cell whose 8 corners do not share one label.
 _MIXED = 255
 
@@ -276,21 +278,10 @@ def uniform_cells(labels: torch.Tensor) -> torch.Tensor:
     return cells.to(torch.uint8)
 
 
-def _softmax_columns(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over the first dimension of a ``(C, N)`` tensor, in place (row-wise vector ops)."""
-    scores.sub_(scores.amax(dim=0, keepdim=True)).exp_()
-    return scores.div_(scores.sum(dim=0, keepdim=True))
-
-
-def _argmax_rows(values: torch.Tensor) -> torch.Tensor:
-    """``values.argmax(dim=0)`` of a ``(C, N)`` tensor as uint8, one vector pass per class."""
-    best = values[0].clone()
-    labels = torch.zeros(values.shape[1:], dtype=torch.uint8, device=values.device)
-    for channel in range(1, int(values.shape[0])):
-        better = values[channel] > best
-        labels.masked_fill_(better, channel)
-        torch.maximum(best, values[channel], out=best)
-    return labels
+def _softmax_channels(values: torch.Tensor) -> torch.Tensor:
+    """Softmax over the first dimension of a contiguous ``(C, ...)`` tensor, in place (whole-vector ops)."""
+    values.sub_(values.amax(dim=0, keepdim=True)).exp_()
+    return values.div_(values.sum(dim=0, keepdim=True))
 
 
 def argmax_of_interpolation(
@@ -307,8 +298,10 @@ def argmax_of_interpolation(
 
     Equals ``argmax_channels(resample(softmax(prediction), ...))`` (to float rounding, ties to the
     lower class) without interpolating the probabilities everywhere: an output voxel whose 8
-    surrounding model voxels share a label gets that label directly; only at label boundaries are
-    the probabilities of the 8 model voxels computed (once per model voxel) and averaged.
+    surrounding model voxels share a label gets that label directly. Elsewhere (label
+    boundaries) the probabilities are interpolated separably (three 1D passes, each a gather
+    and a weighted sum), one slab of the first output axis at a time, over the slab's planes that
+    hold boundary voxels; those voxels take the label of the largest interpolated probability.
 
     Args:
         prediction: ``(C, *S)`` class scores on the model grid: logits (``softmax=True``) or
@@ -316,7 +309,7 @@ def argmax_of_interpolation(
         labels: ``(*S)`` uint8 argmax of ``prediction`` over the classes.
         axis_map: output index -> model-grid index.
         dst_shape, dst_offset: the output box.
-        chunk: boundary voxels interpolated at once (memory: about ``chunk * (C + 8)`` numbers).
+        chunk: output voxels per slab (memory: about ``chunk * C`` numbers, a few times).
 
     Returns:
         ``(*dst_shape)`` uint8 labels.
@@ -326,7 +319,6 @@ def argmax_of_interpolation(
         raise ValueError(f"at most {_MIXED - 1} classes, got {num_classes}")
     src_shape = [int(s) for s in prediction.shape[1:]]
     dst_shape = [int(s) for s in dst_shape]
-    device = prediction.device
     # Per destination axis d: lower/upper model index (on model axis source_axis[d]) and weights.
     taps = [
         _linear_taps(
@@ -348,63 +340,41 @@ def argmax_of_interpolation(
         axis = axis_map.source_axis[d]
         out = _take(out, axis, taps[d][0] - region[axis].start)
     out = out.permute(*(axis_map.source_axis[d] for d in range(3))).contiguous()
-    boundary = torch.nonzero(out.view(-1) == _MIXED)[:, 0]
-    if boundary.numel() == 0:
-        return out
+    del cells
 
-    # Probabilities of the model voxels that are corners of a mixed cell, computed once each.
-    needed = cells == _MIXED
-    for axis in range(3):
-        size = needed.shape[axis]
-        if size > 1:
-            shifted = needed.narrow(axis, 0, size - 1).clone()
-            needed.narrow(axis, 1, size - 1).logical_or_(shifted)
-    corners = torch.nonzero(needed).T  # (3, K), region coordinates
-    scores = prediction[(slice(None), *(c + r.start for c, r in zip(corners, region, strict=True)))].float()
-    probabilities = _softmax_columns(scores) if softmax else scores  # (C, K)
-    slot = torch.full(needed.shape, -1, dtype=torch.int64, device=device)
-    slot.view(-1)[
-        corners[0] * (needed.shape[1] * needed.shape[2]) + corners[1] * needed.shape[2] + corners[2]
-    ] = torch.arange(int(corners.shape[1]), device=device)
-    slot = slot.view(-1)
-    del needed, corners, scores
-
-    # Flat offsets (into the region) and weights of the lower/upper model voxel: per destination
-    # axis 0, and per destination row (axes 1 and 2 together) for the 4 in-row corners.
-    region_strides = [int(np.prod([r.stop - r.start for r in region[axis + 1 :]])) for axis in range(3)]
-    offsets, weights = [], []
-    for d in range(3):
-        axis = axis_map.source_axis[d]
-        lower, upper, lower_weight, upper_weight = taps[d]
-        offsets.append([(index - region[axis].start) * region_strides[axis] for index in (lower, upper)])
-        weights.append([lower_weight, upper_weight])
-    first_offsets = [torch.as_tensor(o, device=device) for o in offsets[0]]
-    first_weights = [torch.as_tensor(w, dtype=torch.float32, device=device) for w in weights[0]]
-    row_offsets = [
-        torch.as_tensor((offsets[1][a][:, None] + offsets[2][b][None, :]).reshape(-1), device=device)
-        for a in (0, 1)
-        for b in (0, 1)
-    ]
-    row_weights = [
-        torch.as_tensor(
-            (weights[1][a][:, None] * weights[2][b][None, :]).reshape(-1), dtype=torch.float32, device=device
-        )
-        for a in (0, 1)
-        for b in (0, 1)
-    ]
-    row_size = dst_shape[1] * dst_shape[2]
-    flat_out = out.view(-1)
-    for begin in range(0, int(boundary.shape[0]), chunk):
-        voxels = boundary[begin : begin + chunk]
-        plane, in_row = voxels // row_size, voxels % row_size
-        total = torch.zeros((num_classes, int(voxels.shape[0])), dtype=torch.float32, device=device)
-        for side in (0, 1):
-            plane_offset, plane_weight = first_offsets[side][plane], first_weights[side][plane]
-            for row_offset, row_weight in zip(row_offsets, row_weights, strict=True):
-                flat = row_offset[in_row].add_(plane_offset)
-                weight = row_weight[in_row].mul_(plane_weight)
-                total.addcmul_(probabilities.index_select(1, slot[flat]), weight[None])
-        flat_out[voxels] = _argmax_rows(total)
+    mixed_planes = (out == _MIXED).flatten(1).any(dim=1)
+    rows = max(1, int(chunk) // max(1, dst_shape[1] * dst_shape[2]))
+    for first in range(0, dst_shape[0], rows):
+        planes = torch.nonzero(mixed_planes[first : first + rows])
+        if planes.numel() == 0:
+            continue
+        box = [
+            (first + int(planes.min()), first + int(planes.max()) + 1),
+            (0, dst_shape[1]),
+            (0, dst_shape[2]),
+        ]
+        # The model voxels this box samples, as (C, S0, S1, S2) probabilities.
+        picks = [(taps[d][0][a:b], taps[d][1][a:b]) for d, (a, b) in enumerate(box)]
+        source_box = [slice(0, 0)] * 3
+        for d, (lower, upper) in enumerate(picks):
+            source_box[axis_map.source_axis[d]] = slice(int(lower.min()), int(upper.max()) + 1)
+        values = prediction[(slice(None), *source_box)].float().contiguous()
+        if softmax:
+            values = _softmax_channels(values)
+        for d in order:  # 1D linear interpolation along each axis, the most shrinking first
+            dim = axis_map.source_axis[d] + 1
+            a, b = box[d]
+            start = source_box[dim - 1].start
+            low = _take(values, dim, picks[d][0] - start)
+            high = _take(values, dim, picks[d][1] - start)
+            values = low.mul_(_along(taps[d][2][a:b], dim, low, torch.float32)).addcmul_(
+                high, _along(taps[d][3][a:b], dim, high, torch.float32)
+            )
+        # Dimension 1 + source_axis[d] now holds destination axis d.
+        values = values.permute(0, *(axis_map.source_axis[d] + 1 for d in range(3)))
+        # torch.max over the classes: the first largest on ties (the lower class), as argmax.
+        slab = out[box[0][0] : box[0][1]]
+        slab.copy_(torch.where(slab == _MIXED, values.max(dim=0).indices.to(torch.uint8), slab))
     return out
 
 

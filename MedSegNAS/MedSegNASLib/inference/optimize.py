@@ -11,14 +11,55 @@
 
 Outputs differ from the original network's by about 1e-6 (float32 rounding), far below anything
 that changes an argmax in practice.
+
+* :func:`reuse_freed_memory`: a process setting for inference workers (glibc's ``malloc`` keeps
+  freed blocks for reuse instead of unmapping them), which takes most of the kernel time out of
+  CPU inference.
 """
 
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import torch
 from torch import nn
 
-__all__ = ["fold_batch_norm", "prepare_for_inference"]
+__all__ = ["fold_batch_norm", "prepare_for_inference", "reuse_freed_memory"]
+
+#: glibc ``mallopt`` parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+#: Free memory glibc may keep at the top of the heap (bytes) after :func:`reuse_freed_memory`.
+KEEP_FREE_BYTES = 1 << 30
+
+
+def reuse_freed_memory(keep_free_bytes: int = KEEP_FREE_BYTES) -> bool:
+    """Make glibc's ``malloc`` reuse freed memory instead of returning it to the system at once.
+
+    A network call on the CPU allocates and frees tensors of tens to hundreds of MB. By default
+    glibc maps each such block fresh (``mmap``) and unmaps it when freed, so every batch of windows
+    faults its pages in again and the kernel zeroes them: on the 512 x 512 x 150 CT benchmark,
+    5.9 s of system time out of 34 s of CPU time. Served from the heap, with up to
+    ``keep_free_bytes`` of free memory kept at its top, the pages are reused (system time 0.8 s).
+
+    Process-wide and permanent (freed memory stays with the process), so meant for worker
+    processes such as a ``segment`` job. Returns whether it applied: False where the C library is
+    not glibc (macOS, Windows, musl), where nothing changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        gnu_version = libc.gnu_get_libc_version  # only glibc has it (and these mallopt semantics)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    del gnu_version
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    keep = int(min(max(keep_free_bytes, 0), 2**31 - 1))
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, keep))
+
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
