@@ -1,16 +1,14 @@
 """MedSegNAS Slicer module: the panel and its parameter node, connected to ``MedSegNASLib.panel_logic``.
 
-Every long task runs as a background job (``MedSegNASLib.jobs``) of Slicer's Python: the panel
-launches the worker, follows its event log from a ``qt.QTimer`` and never blocks; after a
-restart it re-attaches to the jobs still running in the runs folder. Everything the panel does
-without Qt (segment, load results, curves, tables, evaluation) is in ``MedSegNASLib.panel_logic``
-and tested with slicer-core; this file only connects widgets to it.
+Every long task is a background job (``MedSegNASLib.jobs``) followed from a ``qt.QTimer``, and
+re-attached after a restart. Everything without Qt is in ``MedSegNASLib.panel_*``, tested with
+slicer-core; this file only connects widgets to it.
 
 No ``from __future__ import annotations`` here: ``parameterNodeWrapper`` reads the field types
 with ``typing.get_type_hints`` while Slicer is still loading this file.
 """
 
-import importlib
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +17,8 @@ import slicer
 import vtk
 from MedSegNASLib import panel_dataset, panel_runs
 from MedSegNASLib import panel_logic as pl
-from MedSegNASLib.jobs import FINAL_STATES, RunDir, list_runs, refresh_status
+from MedSegNASLib import panel_selftest as selftest
+from MedSegNASLib.jobs import FINAL_STATES, RunDir, list_runs
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -52,6 +51,24 @@ def _fillRow(table, row, cells, tooltip, data) -> None:
         table.setItem(row, column, item)
 
 
+def _selectedData(table):
+    """The ``qt.Qt.UserRole`` data of a table widget's selected row (None: nothing selected)."""
+    items = table.selectedItems()
+    return items[0].data(qt.Qt.UserRole) if items else None
+
+
+def _installTorch() -> None:
+    """torch from the PyTorch extension, which picks the build for this machine's GPU."""
+    try:
+        import PyTorchUtils
+    except ImportError:
+        raise RuntimeError(
+            _("PyTorch is missing: install the PyTorch extension (Extensions Manager).")
+        ) from None
+    if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+        raise RuntimeError(_("PyTorch could not be installed; try the PyTorch Utils module."))
+
+
 class MedSegNAS(ScriptedLoadableModule):
     """Module description shown in Slicer (see ScriptedLoadableModule in Slicer's Base/Python)."""
 
@@ -62,43 +79,25 @@ class MedSegNAS(ScriptedLoadableModule):
         self.parent.dependencies = ["Segmentations"]
         self.parent.contributors = ["MedSegNAS contributors (https://github.com/medsegnas/SlicerMedSegNAS)"]
         self.parent.helpText = _(
-            """
-Segment organs in 3D images with deep-learning models: pretrained MONAI bundles or networks that
-MedSegNAS finds by differentiable architecture search (DiNTS) on your own data. Long tasks run as
-background jobs that you can follow, cancel and resume, here or on a GPU cluster.
-<ul>
-<li><b>Segment</b>: a volume and a model in, a named, colored segmentation out.</li>
-<li><b>Models</b>: import MONAI bundles (folder, zip, URL), download from the catalog; untrusted ones are marked.</li>
-<li><b>Search and train</b>: architecture search and training on a dataset folder or on scene volumes
-with their segmentations, on one or several GPUs, with live curves.</li>
-<li><b>Runs</b>: every job of a runs folder: status, curves, topology, Dice; use its model.</li>
-<li><b>Evaluate</b>: Dice, HD95 and surface Dice of a segmentation against a reference.</li>
-<li><b>Phantom data</b>: a synthetic CT dataset with organ labels to try it all.</li>
-</ul>
-See the <a href="https://github.com/medsegnas/SlicerMedSegNAS#readme">extension documentation</a>.
-"""
+            """Segment organs in 3D images with pretrained MONAI bundles or with networks that MedSegNAS
+finds by architecture search (DiNTS) on your data. Search, training and segmentation run as background
+jobs that you follow, cancel and resume, here or on a GPU cluster; the Phantom data section writes a
+synthetic CT dataset to try them. See the <a href="https://github.com/medsegnas/SlicerMedSegNAS#readme">documentation</a>."""
         )
         self.parent.acknowledgementText = _(
-            """
-MedSegNAS is built on <a href="https://monai.io">MONAI</a> and <a href="https://pytorch.org">PyTorch</a>;
-its architecture search follows DiNTS (He et al., CVPR 2021). Developed by the MedSegNAS contributors,
-Apache License 2.0.
-"""
+            """MedSegNAS is built on <a href="https://monai.io">MONAI</a> and <a href="https://pytorch.org">PyTorch</a>;
+its architecture search follows DiNTS (He et al., CVPR 2021). Apache License 2.0."""
         )
 
 
 @parameterNodeWrapper
 class MedSegNASParameterNode:
-    """The panel's settings, saved with the scene.
+    """The panel's settings, saved with the scene, in the order of its sections.
 
-    Segment: inputVolume, extraChannelVolume (second model channel), model (registry id), device,
-    fast, tta, largestComponent, fillHoles, replaceExisting. Search and train: datasetSource
-    (``folder``: datasetPath; ``scene``: the checked scene cases, exported with sceneModality),
-    preset, network (``searched``: the architecture of the run selected in Runs), epochs,
-    patchSize, memoryBudget (0: the preset's / automatic), gpus (processes, one per GPU). Evaluate: evaluateSegmentation, evaluateReference.
-    Phantom: phantomFolder, phantomCases, phantomUnlabeled, phantomSize, loadPhantomWhenDone.
-    runsFolder: where jobs create their run folders. segmentRun, trainRun, phantomRun: the run
-    folders the panel follows, so that it re-attaches after the module is reloaded.
+    extraChannelVolume: a second model channel. datasetSource ``scene``: the checked scene cases,
+    exported with sceneModality. network ``searched``: the architecture of the run selected in Runs.
+    epochs, patchSize, memoryBudget 0: the preset's. gpus: processes, one per GPU. segmentRun,
+    trainRun, phantomRun: the run folders followed, re-attached after the module is reloaded.
     """
 
     runsFolder: Path = Path.home() / "MedSegNAS" / "runs"
@@ -191,13 +190,19 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (ui.modelsBrowseFolderButton, lambda: self._browseModel(folder=True)),
             (ui.modelsBrowseFileButton, lambda: self._browseModel(folder=False)),
             (ui.modelsOpenFolderButton, lambda: self._openFolder(self.logic.registry().models_dir)),
-            (ui.runsRefreshButton, self.refreshRuns), (ui.runsCancelButton, self.onCancelRun),
-            (ui.runsResumeButton, self.onResumeRun), (ui.runsCurvesButton, self.onShowCurves),
+            (ui.runsRefreshButton, self.refreshRuns),
             (ui.runsShowFolderButton, lambda: self._openFolder(self._selectedRunPath())),
-            (ui.runsLoadPredictionsButton, self.onLoadPredictions), (ui.runsUseModelButton, self.onUseModel),
             (ui.evaluateButton, self.onEvaluate), (ui.sceneCasesRefreshButton, self.refreshSceneCases),
         ):  # fmt: skip
             button.connect("clicked(bool)", lambda _checked=False, s=slot: s())
+        for button, message, action in (  # the selected run's actions
+            (ui.runsCancelButton, _("Failed to cancel the run."), pl.cancel_job),
+            (ui.runsResumeButton, _("Failed to resume the run."), self._resumeRun),
+            (ui.runsCurvesButton, _("Failed to plot the run."), self._showCurves),
+            (ui.runsLoadPredictionsButton, _("Failed to load the predictions."), self._loadPredictions),
+            (ui.runsUseModelButton, _("Failed to register the model."), self._useRunModel),
+        ):
+            button.connect("clicked(bool)", lambda _c=False, m=message, a=action: self._withSelectedRun(m, a))
         ui.runsTableWidget.connect("itemSelectionChanged()", self._onRunSelected)
         ui.modelComboBox.connect("currentIndexChanged(int)", self._onModelChosen)
         self._jobTimer = self._timer(JOB_POLL_INTERVAL_MS, self._pollJobs)
@@ -240,16 +245,13 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         params = self._parameterNode
         if not params.inputVolume:
             params.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-        live = {}
-        if _isChosen(params.runsFolder):  # jobs started before Slicer was restarted
-            live = pl.live_runs(Path(params.runsFolder).expanduser())
+        # jobs started before Slicer was restarted
+        live = pl.live_runs(Path(params.runsFolder).expanduser()) if _isChosen(params.runsFolder) else {}
         for area in self._areas.values():
-            if area.follower is None:
-                path = getattr(params, area.runParameter) or next(
-                    (live[k]["path"] for k in area.kinds if k in live), ""
-                )
-                if path:
-                    self._follow(area, RunDir(path))
+            livePath = next((live[kind]["path"] for kind in area.kinds if kind in live), "")
+            path = getattr(params, area.runParameter) or livePath
+            if area.follower is None and path:
+                self._follow(area, RunDir(path))
 
     def setParameterNode(self, inputParameterNode, keepNode=False) -> None:
         if self._parameterNode:
@@ -267,21 +269,15 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        params = self._parameterNode
-        self._areas["segment"].update(bool(params and params.inputVolume and params.model))
+        params, ui = self._parameterNode, self.ui
         fromScene = bool(params and params.datasetSource == "scene")
+        self._areas["segment"].update(bool(params and params.inputVolume and params.model))
         self._areas["train"].update(bool(params and (fromScene or _isChosen(params.datasetPath))))
-        self.ui.datasetPathLineEdit.enabled = not fromScene
-        for widget in (
-            self.ui.sceneCasesTableWidget,
-            self.ui.sceneCasesRefreshButton,
-            self.ui.sceneModalityLineEdit,
-        ):
-            widget.enabled = fromScene
         self._areas["phantom"].update(bool(params and _isChosen(params.phantomFolder)))
-        self.ui.evaluateButton.enabled = bool(
-            params and params.evaluateSegmentation and params.evaluateReference
-        )
+        ui.evaluateButton.enabled = bool(params and params.evaluateSegmentation and params.evaluateReference)
+        ui.datasetPathLineEdit.enabled = not fromScene
+        for widget in (ui.sceneCasesTableWidget, ui.sceneCasesRefreshButton, ui.sceneModalityLineEdit):
+            widget.enabled = fromScene
         if params and str(params.runsFolder) != self._listedRunsFolder:
             self.refreshRuns()  # the user chose another runs folder
 
@@ -295,16 +291,11 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 area.statusLabel.text = _("Cancelling: finishing the current step...")
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the job."), waitCursor=True):
-            if not self.logic.ensurePackages(
-                pl.PHANTOM_PACKAGES if kind == pl.PHANTOM else pl.REQUIRED_PACKAGES
-            ):
+            packages = pl.PHANTOM_PACKAGES if kind == pl.PHANTOM else pl.REQUIRED_PACKAGES
+            if not self.logic.ensurePackages(packages):
                 return
-            job = pl.launch_from_settings(
-                kind,
-                self._parameterNode,
-                selected_run=self._selectedRunPath(),
-                scene_pairs=self._checkedSceneCases(),
-            )
+            selected, cases = self._selectedRunPath(), self._checkedSceneCases()
+            job = pl.launch_from_settings(kind, self._parameterNode, selected_run=selected, scene_pairs=cases)
             if kind in (pl.SEARCH, pl.TRAIN):
                 self._curvesRun = str(job.path)
             self._follow(area, job)
@@ -338,14 +329,11 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 path = str(area.follower.run.path)
                 self._stopFollowing(area, update.text)  # first: if loading fails, it is not polled again
                 if update.state == "done":
-                    with slicer.util.tryWithErrorDisplay(
-                        _("Failed to load the job's result."), waitCursor=True
-                    ):
-                        area.onDone(path)
+                    self._tryAction(_("Failed to load the job's result."), area.onDone, path)
         if self._curvesRun:
             with slicer.util.tryWithErrorDisplay(_("Failed to update the curves.")):
                 panel_runs.run_curves_to_plot_chart(self._curvesRun, slicer.mrmlScene)
-                if refresh_status(RunDir(self._curvesRun)).get("state") in FINAL_STATES:
+                if not pl.run_is_live(self._curvesRun):
                     self._curvesRun = None
         if not self._curvesRun and all(area.follower is None for area in self._areas.values()):
             self._jobTimer.stop()
@@ -369,42 +357,29 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showCurves(path)
 
     def _onPhantomDone(self, path) -> None:
-        dataset = (refresh_status(RunDir(path)).get("result") or {}).get("dataset")
+        dataset = pl.run_result(path).get("dataset")
         if dataset and self._parameterNode.loadPhantomWhenDone:
             volume, _segmentation = self.logic.loadDatasetCase(dataset)
-            self.ui.phantomStatusLabel.text = _("Done: {dataset}; showing {name}").format(
-                dataset=dataset, name=volume.GetName()
-            )
+            text = _("Done: {dataset}; showing {name}")
+            self.ui.phantomStatusLabel.text = text.format(dataset=dataset, name=volume.GetName())
 
     def refreshSceneCases(self) -> None:
         """List the scene's segmentations with their volumes; keep the checks of those still there."""
         table = self.ui.sceneCasesTableWidget
         checked = {segmentation.GetID() for _volume, segmentation in self._checkedSceneCases()}
-        rows = panel_dataset.scene_segmentation_pairs(slicer.mrmlScene)
+        rows = pl.scene_case_rows(slicer.mrmlScene)
         table.setRowCount(len(rows))
-        for row, (volume, segmentation) in enumerate(rows):
-            cells = [
-                segmentation.GetName(),
-                volume.GetName(),
-                ", ".join(panel_dataset.segment_names(segmentation)),
-            ]
-            _fillRow(table, row, cells, volume.GetName(), (segmentation.GetID(), volume.GetID()))
+        for row, (cells, tooltip, ids) in enumerate(rows):
+            _fillRow(table, row, cells, tooltip, ids)
             item = table.item(row, 0)
             item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-            item.setCheckState(
-                qt.Qt.Checked if segmentation.GetID() in checked or not checked else qt.Qt.Unchecked
-            )
+            item.setCheckState(qt.Qt.Checked if ids[0] in checked or not checked else qt.Qt.Unchecked)
 
     def _checkedSceneCases(self) -> list:
-        table, cases = self.ui.sceneCasesTableWidget, []
-        for row in range(table.rowCount):
-            item = table.item(row, 0)
-            if item is not None and item.checkState() == qt.Qt.Checked:
-                segmentationId, volumeId = item.data(qt.Qt.UserRole)
-                volume, segmentation = (slicer.mrmlScene.GetNodeByID(i) for i in (volumeId, segmentationId))
-                if volume is not None and segmentation is not None:
-                    cases.append((volume, segmentation))
-        return cases
+        table = self.ui.sceneCasesTableWidget
+        items = [table.item(row, 0) for row in range(table.rowCount)]
+        checked = [i.data(qt.Qt.UserRole) for i in items if i is not None and i.checkState() == qt.Qt.Checked]
+        return pl.scene_cases(slicer.mrmlScene, checked)
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -423,16 +398,13 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.blockSignals(wasBlocked)
             self._onModelChosen()
             if self.ui.catalogComboBox.count == 0:
-                from MedSegNASLib.models.registry import load_catalog
-
-                self.ui.catalogComboBox.addItems(sorted(load_catalog()))
+                self.ui.catalogComboBox.addItems(pl.catalog_names())
 
     def _onModelChosen(self, index=None) -> None:
+        combo = self.ui.modelComboBox
         if self._parameterNode:
-            self._parameterNode.model = self.ui.modelComboBox.currentData or ""
-            self.ui.modelComboBox.toolTip = (
-                self.ui.modelComboBox.itemData(self.ui.modelComboBox.currentIndex, qt.Qt.ToolTipRole) or ""
-            )
+            self._parameterNode.model = combo.currentData or ""
+            combo.toolTip = combo.itemData(combo.currentIndex, qt.Qt.ToolTipRole) or ""
 
     def _browseModel(self, folder) -> None:
         if folder:
@@ -457,24 +429,20 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _startTask(self, task, what) -> None:
         self._task = task
         self.ui.modelsStatusLabel.text = _("Importing {what}...").format(what=what)
-        for button in (self.ui.modelsImportButton, self.ui.modelsDownloadButton):
-            button.enabled = False
+        self.ui.modelsImportButton.enabled = self.ui.modelsDownloadButton.enabled = False
         self._taskTimer.start()
 
     def _pollTask(self) -> None:
-        task = self._task
+        task, bar = self._task, self.ui.modelsProgressBar
         fraction = task.fraction if task else None
-        self.ui.modelsProgressBar.maximum = (
-            0 if fraction is None else 100
-        )  # busy bar when the size is unknown
-        self.ui.modelsProgressBar.value = int(100 * (fraction or 0))
+        bar.maximum = 0 if fraction is None else 100  # busy bar when the size is unknown
+        bar.value = int(100 * (fraction or 0))
         if task is None or not task.finished:
             return
         self._taskTimer.stop()
         self._task = None
-        self.ui.modelsProgressBar.maximum, self.ui.modelsProgressBar.value = 100, 100 if not task.error else 0
-        for button in (self.ui.modelsImportButton, self.ui.modelsDownloadButton):
-            button.enabled = True
+        bar.maximum, bar.value = 100, 100 if not task.error else 0
+        self.ui.modelsImportButton.enabled = self.ui.modelsDownloadButton.enabled = True
         if task.error is not None:
             self.ui.modelsStatusLabel.text = _("Not imported: {error}").format(error=task.error)
         else:
@@ -483,8 +451,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshModels()
 
     def onRemoveModel(self) -> None:
-        items = self.ui.modelsTableWidget.selectedItems()
-        modelId = items[0].data(qt.Qt.UserRole) if items else None
+        modelId = _selectedData(self.ui.modelsTableWidget)
         if modelId and slicer.util.confirmOkCancelDisplay(_("Delete model '{id}'?").format(id=modelId)):
             with slicer.util.tryWithErrorDisplay(_("Failed to remove the model."), waitCursor=True):
                 self.logic.registry().remove(modelId)
@@ -518,8 +485,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onRunSelected()
 
     def _selectedRunPath(self):
-        items = self.ui.runsTableWidget.selectedItems()
-        return items[0].data(qt.Qt.UserRole) if items else None
+        return _selectedData(self.ui.runsTableWidget)
 
     def _onRunSelected(self) -> None:
         path = self._selectedRunPath()
@@ -537,24 +503,14 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _withSelectedRun(self, message, action) -> None:
         path = self._selectedRunPath()
         if path:
-            with slicer.util.tryWithErrorDisplay(message, waitCursor=True):
-                action(path)
+            self._tryAction(message, action, path)
             self.refreshRuns()
 
-    def onCancelRun(self) -> None:
-        self._withSelectedRun(_("Failed to cancel the run."), pl.cancel_job)
-
-    def onResumeRun(self) -> None:
-        def resume(path):
-            job = pl.resume_job(path)
-            area = next(a for a in self._areas.values() if job.read_job().get("kind") in a.kinds)
-            if area.follower is None:
-                self._follow(area, job)
-
-        self._withSelectedRun(_("Failed to resume the run."), resume)
-
-    def onShowCurves(self) -> None:
-        self._withSelectedRun(_("Failed to plot the run."), self._showCurves)
+    def _resumeRun(self, path) -> None:
+        job = pl.resume_job(path)
+        area = next(a for a in self._areas.values() if job.read_job().get("kind") in a.kinds)
+        if area.follower is None:
+            self._follow(area, job)
 
     def _showCurves(self, path) -> None:
         chart = panel_runs.run_curves_to_plot_chart(path, slicer.mrmlScene)
@@ -562,27 +518,20 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         dice = panel_runs.run_dice_table_node(path, slicer.mrmlScene)
         if dice is not None:
             self._showTable(dice)
-        if refresh_status(RunDir(path)).get("state") not in FINAL_STATES:
+        if pl.run_is_live(path):
             self._curvesRun = path
             self._jobTimer.start()
 
-    def onLoadPredictions(self) -> None:
-        def load(path):
-            loaded = panel_runs.load_validation_predictions(path, slicer.mrmlScene)
-            slicer.util.setSliceViewerLayers(background=loaded[0][0], fit=True)
+    def _loadPredictions(self, path) -> None:
+        loaded = panel_runs.load_validation_predictions(path, slicer.mrmlScene)
+        slicer.util.setSliceViewerLayers(background=loaded[0][0], fit=True)
 
-        self._withSelectedRun(_("Failed to load the predictions."), load)
-
-    def onUseModel(self) -> None:
-        def use(path):
-            record = panel_runs.use_run_model(path, home=self.logic.registryHome)
-            self._parameterNode.model = record.id
-            self.refreshModels()
-            self.ui.runsStatusLabel.text = _("Registered as '{id}'; choose it under Segment.").format(
-                id=record.id
-            )
-
-        self._withSelectedRun(_("Failed to register the model."), use)
+    def _useRunModel(self, path) -> None:
+        record = panel_runs.use_run_model(path, home=self.logic.registryHome)
+        self._parameterNode.model = record.id
+        self.refreshModels()
+        text = _("Registered as '{id}'; choose it under Segment.")
+        self.ui.runsStatusLabel.text = text.format(id=record.id)
 
     # -- evaluate and helpers -------------------------------------------------------------------
 
@@ -594,6 +543,12 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             self._showTable(table)
             self.ui.evaluateStatusLabel.text = _("Scores in table '{name}'.").format(name=table.GetName())
+
+    @staticmethod
+    def _tryAction(message, action, *args) -> None:
+        """Run ``action(*args)``; an error shows ``message`` and its details to the user."""
+        with slicer.util.tryWithErrorDisplay(message, waitCursor=True):
+            action(*args)
 
     @staticmethod
     def _showTable(tableNode) -> None:
@@ -630,39 +585,19 @@ class MedSegNASLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def ensurePackages(packages: dict, askConfirmation: bool = True) -> bool:
-        """Install the missing ``packages`` (import name -> pip requirement) into Slicer's Python.
-
-        torch comes from the PyTorch extension (it picks the build for this machine's GPU); the
-        others from pip. Packages that are present are never reinstalled or upgraded, so Slicer's
-        own numpy and SimpleITK stay as they are. Returns False when the user declined.
-        """
-        missing = pl.missing_packages(packages)
-        if not missing:
-            return True
+        """Install the missing ``packages`` (import name -> pip requirement) into Slicer's Python, torch
+        from the PyTorch extension (see ``panel_logic.ensure_packages``). False: the user declined."""
         question = _(
             "MedSegNAS needs these Python packages, which are not installed: {names}.\nInstall them now?"
         )
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-            question.format(names=", ".join(missing))
-        ):
-            return False
-        if "torch" in missing:
-            try:
-                import PyTorchUtils
-            except ImportError:
-                raise RuntimeError(
-                    _("PyTorch is missing: install the PyTorch extension (Extensions Manager).")
-                ) from None
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                raise RuntimeError(_("PyTorch could not be installed; try the PyTorch Utils module."))
-        others = [packages[name] for name in missing if name != "torch"]
-        if others:
-            slicer.util.pip_install(others)
-        importlib.invalidate_caches()
-        stillMissing = pl.missing_packages(packages)
-        if stillMissing:
-            raise RuntimeError(_("Could not install: {names}").format(names=", ".join(stillMissing)))
-        return True
+        return pl.ensure_packages(
+            packages,
+            confirm=lambda names: (
+                not askConfirmation or slicer.util.confirmOkCancelDisplay(question.format(names=names))
+            ),
+            install_torch=_installTorch,
+            install_with_pip=slicer.util.pip_install,
+        )
 
     @staticmethod
     def launchPhantomJob(datasetFolder, cases, unlabeled, size, runsFolder) -> RunDir:
@@ -672,10 +607,7 @@ class MedSegNASLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def pollJob(job, eventOffset: int = 0) -> tuple:
         """``(status, new events, next offset)`` of a job (reaps a worker this process started)."""
-        follower = pl.JobFollower(job)
-        follower.offset = eventOffset
-        update = follower.poll()
-        return update.status, update.events, follower.offset
+        return pl.poll_job(job, eventOffset)
 
     @staticmethod
     def waitForJob(job, timeoutSeconds: float = 600.0) -> dict:
@@ -712,41 +644,27 @@ class MedSegNASTest(ScriptedLoadableModuleTest):
 
     def test_phantom_case_loads_as_volume_and_segmentation(self):
         """A small phantom written by the Lib loads with its geometry and named organ segments."""
-        import tempfile
-
-        from MedSegNASLib.data.phantom import PHANTOM_LABELS
-        from MedSegNASLib.panel_selftest import phantom_dataset
-
         with tempfile.TemporaryDirectory() as folder:
-            volumeNode, segmentationNode = MedSegNASLogic.loadDatasetCase(phantom_dataset(folder), show=False)
+            dataset = selftest.phantom_dataset(folder)
+            volumeNode, segmentationNode = MedSegNASLogic.loadDatasetCase(dataset, show=False)
         self.assertEqual(volumeNode.GetImageData().GetDimensions(), (32, 32, 32))
         names = set(panel_dataset.segment_names(segmentationNode))
-        self.assertTrue(names and names <= {label.name for label in PHANTOM_LABELS if label.value})
+        self.assertTrue(names and names <= set(selftest.phantom_organ_names()))
         self.delayDisplay("Phantom case loaded")
 
     def test_segment_phantom_with_a_bundle(self):
         """A bundle segments the phantom in the background; the result is named, colored, on its grid."""
-        import tempfile
-
         missing = pl.missing_packages()
         if missing:  # not skipTest: that would hide the other tests' results run by runTest
             self.delayDisplay(f"Segment test not run: {', '.join(missing)} not installed")
             return
-        from MedSegNASLib.data.phantom import PHANTOM_LABELS
-        from MedSegNASLib.panel_selftest import phantom_bundle, phantom_dataset
-
         with tempfile.TemporaryDirectory() as folder:
-            volumeNode, _truth = MedSegNASLogic.loadDatasetCase(phantom_dataset(Path(folder) / "data"))
-            bundle = phantom_bundle(folder)
-            job = pl.launch_segment_job(volumeNode, bundle, Path(folder) / "runs", {"device": "cpu"})
-            status = MedSegNASLogic.waitForJob(job, timeoutSeconds=300)
-            self.assertEqual(status["state"], "done", status.get("error"))
-            segmentationNode = pl.load_segment_result(job, volumeNode)
+            dataset = selftest.phantom_dataset(Path(folder) / "data")
+            volumeNode, _truth = MedSegNASLogic.loadDatasetCase(dataset)
+            status, segmentationNode = selftest.segment_with_phantom_bundle(volumeNode, folder, timeout_s=300)
+        self.assertEqual(status["state"], "done", status.get("error"))
         self.assertEqual(segmentationNode.GetName(), f"{volumeNode.GetName()} - phantom_unet")
-        names = panel_dataset.segment_names(segmentationNode)
-        self.assertEqual(names, [label.name for label in PHANTOM_LABELS if label.value])
-        reference = segmentationNode.GetNodeReference(
-            segmentationNode.GetReferenceImageGeometryReferenceRole()
-        )
-        self.assertEqual(reference.GetID(), volumeNode.GetID())
+        self.assertEqual(panel_dataset.segment_names(segmentationNode), selftest.phantom_organ_names())
+        geometryRole = segmentationNode.GetReferenceImageGeometryReferenceRole()
+        self.assertEqual(segmentationNode.GetNodeReference(geometryRole).GetID(), volumeNode.GetID())
         self.delayDisplay("Phantom segmented in the background")

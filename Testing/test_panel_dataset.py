@@ -219,3 +219,21 @@ def test_training_on_scene_cases_exports_them_into_the_run_and_launches(scene, t
     finally:
         cancel_job(run)
         JobFollower(run).wait(timeout_s=60)
+
+
+def test_scene_case_rows_list_pairs_and_give_back_the_checked_nodes(scene) -> None:
+    from MedSegNASLib.panel_logic import scene_case_rows, scene_cases
+
+    values = {organ.name: organ.value for organ in ORGANS.values()}
+    first = _case(scene, 1, "case_a", values)[:2]
+    second = _case(scene, 2, "case_b", values)[:2]
+    rows = scene_case_rows(scene)
+    assert sorted(cells[:2] for cells, _tip, _ids in rows) == [
+        ["case_a labels", "case_a"],
+        ["case_b labels", "case_b"],
+    ]
+    assert all(cells[2] == ", ".join(o.name for o in ORGANS.values()) for cells, _tip, _ids in rows)
+    ids = {cells[1]: pair for cells, _tip, pair in rows}
+    assert scene_cases(scene, [ids["case_b"]]) == [second]
+    scene.RemoveNode(first[1])
+    assert scene_cases(scene, [ids["case_a"], ids["case_b"]]) == [second], "a removed node drops its case"

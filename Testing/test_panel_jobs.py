@@ -145,3 +145,53 @@ def test_two_cpu_processes_launched_and_resumed_through_torchrun(tmp_path: Path)
     assert update.state == "done", resumed.worker_log.read_text()[-3000:]
     assert (update.status["result"]["world_size"], update.status["result"]["resumed"]) == (2, True)
     assert refresh_status(RunDir(run.path))["state"] == "done"
+
+
+def test_one_look_at_a_run_reads_state_result_and_new_events(tmp_path: Path) -> None:
+    from MedSegNASLib.panel_jobs import poll_job, run_is_live, run_result
+
+    run = RunDir.create(tmp_path / "runs", "search")
+    run.write_status(state="running", pid=os.getpid())
+    run.append_event({"type": "progress", "step": 1, "total": 4})
+    assert run_is_live(run.path) and run_result(run.path) == {}
+    status, events, offset = poll_job(run.path)
+    assert status["state"] == "running"
+    assert [(e["type"], e.get("step")) for e in events] == [("progress", 1)]
+
+    run.append_event({"type": "progress", "step": 4, "total": 4})
+    run.write_status(state="done", result={"best_val_dice_mean": 0.8})
+    status, events, _ = poll_job(run.path, offset)
+    assert status["state"] == "done"
+    assert [e.get("step") for e in events] == [4], "only the events after the offset"
+    assert not run_is_live(run.path)
+    assert run_result(run.path) == {"best_val_dice_mean": 0.8}
+
+
+def test_ensure_packages_installs_only_what_is_missing_and_says_what_still_is() -> None:
+    from MedSegNASLib.panel_logic import ensure_packages
+
+    asked: list[str] = []
+    pip_calls: list[list[str]] = []
+    present = {"json": "json", "numpy": "numpy"}
+
+    def confirm(names: str) -> bool:
+        asked.append(names)
+        return True
+
+    def no_torch() -> None:
+        raise AssertionError("torch is installed here: it must not be reinstalled")
+
+    assert ensure_packages(
+        present, confirm=confirm, install_torch=no_torch, install_with_pip=pip_calls.append
+    )
+    assert asked == [] and pip_calls == [], "nothing missing: no question, no installation"
+
+    wanted = {**present, "medsegnas_no_such_package": "medsegnas-no-such-package>=1"}
+    declined = ensure_packages(
+        wanted, confirm=lambda names: False, install_torch=no_torch, install_with_pip=pip_calls.append
+    )
+    assert declined is False and pip_calls == []
+    with pytest.raises(MedSegNASError, match="Could not install: medsegnas_no_such_package"):
+        ensure_packages(wanted, confirm=confirm, install_torch=no_torch, install_with_pip=pip_calls.append)
+    assert asked == ["medsegnas_no_such_package"]
+    assert pip_calls == [["medsegnas-no-such-package>=1"]], "only the missing requirement goes to pip"

@@ -9,7 +9,8 @@ The MedSegNAS and SSLPretrain panels run every long task as a worker of the job 
   (:func:`torchrun_entry`; rank 0 writes the run directory, see :mod:`MedSegNASLib.nas.distributed`);
 * :func:`cancel_job`, :func:`resume_job` (with the GPU count the run was started with),
   :func:`live_runs` (to re-attach after a restart);
-* :class:`JobFollower` and :class:`JobUpdate`: new events, state, progress text, ETA.
+* :class:`JobFollower` and :class:`JobUpdate`: new events, state, progress text, ETA;
+  :func:`poll_job`, :func:`run_is_live`, :func:`run_result` for one look at a run.
 
 Nothing here imports torch, MONAI, Qt or ``slicer``.
 """
@@ -44,8 +45,11 @@ __all__ = [
     "format_eta",
     "launch_job",
     "live_runs",
+    "poll_job",
     "progress_text",
     "resume_job",
+    "run_is_live",
+    "run_result",
     "thread_environment",
     "torchrun_entry",
     "usable_cpu_count",
@@ -277,6 +281,18 @@ def live_runs(
     return found
 
 
+def run_is_live(run_dir: str | os.PathLike[str] | RunDir) -> bool:
+    """Whether the run has not ended yet, by its refreshed status (a dead worker's run is failed)."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    return refresh_status(run).get("state") not in FINAL_STATES
+
+
+def run_result(run_dir: str | os.PathLike[str] | RunDir) -> dict[str, Any]:
+    """The ``result`` of the run's refreshed status (what a ``done`` worker reported), ``{}`` if none."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    return refresh_status(run).get("result") or {}
+
+
 # --------------------------------------------------------------------------- following a job
 
 
@@ -459,3 +475,15 @@ class JobFollower:
         progress = self.last_progress or self.run.read_status().get("progress") or {}
         total = progress.get("total") or 0
         return int(round(100 * (progress.get("step") or 0) / total)) if total else 0
+
+
+def poll_job(
+    run_dir: str | os.PathLike[str] | RunDir, offset: int = 0
+) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """One look at a run for a script that keeps its own place in the event log: ``(refreshed
+    status, events written after byte ``offset``, offset to pass next time)``; reaps a worker that
+    this process launched (a :class:`RunDir` from :func:`launch_job`)."""
+    follower = JobFollower(run_dir)
+    follower.offset = offset
+    update = follower.poll()
+    return update.status, update.events, follower.offset

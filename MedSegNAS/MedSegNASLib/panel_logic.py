@@ -50,7 +50,10 @@ from .panel_jobs import (
     format_eta,
     launch_job,
     live_runs,
+    poll_job,
     progress_text,
+    run_is_live,
+    run_result,
     torchrun_entry,
     worker_environment,
     worker_python,
@@ -68,6 +71,8 @@ __all__ = [
     "JobFollower",
     "JobUpdate",
     "cancel_job",
+    "catalog_names",
+    "ensure_packages",
     "evaluate_segmentation_nodes",
     "find_previous_result",
     "format_eta",
@@ -80,8 +85,13 @@ __all__ = [
     "model_display_name",
     "model_table_rows",
     "model_tooltip",
+    "poll_job",
     "progress_text",
     "resume_job",
+    "run_is_live",
+    "run_result",
+    "scene_case_rows",
+    "scene_cases",
     "launch_from_settings",
     "segment_argv",
     "segment_options",
@@ -122,6 +132,40 @@ PHANTOM_PACKAGES: dict[str, str] = {
 def missing_packages(packages: Iterable[str] = REQUIRED_PACKAGES) -> list[str]:
     """Import names of ``packages`` that this Python cannot import (nothing is imported)."""
     return [name for name in packages if importlib.util.find_spec(name) is None]
+
+
+def ensure_packages(
+    packages: Mapping[str, str],
+    *,
+    confirm: Callable[[str], bool],
+    install_torch: Callable[[], object],
+    install_with_pip: Callable[[list[str]], object],
+) -> bool:
+    """Install the missing ``packages`` (import name -> pip requirement); False when ``confirm`` declines.
+
+    ``confirm`` gets the missing import names, comma-separated. torch comes from ``install_torch``
+    (in Slicer the PyTorch extension, which picks the build for the machine's GPU; it raises when it
+    cannot), the others from one ``install_with_pip`` call. Packages that are present are never
+    reinstalled or upgraded, so Slicer's own numpy and SimpleITK stay as they are.
+
+    Raises:
+        MedSegNASError: some packages are still missing after the installation.
+    """
+    missing = missing_packages(packages)
+    if not missing:
+        return True
+    if not confirm(", ".join(missing)):
+        return False
+    if "torch" in missing:
+        install_torch()
+    others = [packages[name] for name in missing if name != "torch"]
+    if others:
+        install_with_pip(others)
+    importlib.invalidate_caches()
+    still_missing = missing_packages(packages)
+    if still_missing:
+        raise MedSegNASError(f"Could not install: {', '.join(still_missing)}")
+    return True
 
 
 def resume_job(
@@ -271,6 +315,13 @@ def download_model_task(name: str, *, home: str | os.PathLike[str] | None = None
 
 
 # --------------------------------------------------------------------------- segment
+
+
+def catalog_names() -> list[str]:
+    """The names of the bundles in the model catalog (downloadable), sorted."""
+    from .models.registry import load_catalog
+
+    return sorted(load_catalog())
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -900,3 +951,33 @@ def launch_from_settings(
         dataset_modality=(s.sceneModality or "CT").strip(),
         python=python,
     )
+
+
+def scene_case_rows(scene: Any) -> list[tuple[list[str], str, tuple[str, str]]]:
+    """The panel's table of scene cases (:func:`.panel_dataset.scene_segmentation_pairs`): per row the
+    cells (segmentation, volume, segment names), the tooltip (volume name) and the
+    ``(segmentation ID, volume ID)`` pair that :func:`scene_cases` takes back."""
+    from .panel_dataset import scene_segmentation_pairs, segment_names
+
+    return [
+        (
+            [segmentation.GetName(), volume.GetName(), ", ".join(segment_names(segmentation))],
+            volume.GetName(),
+            (segmentation.GetID(), volume.GetID()),
+        )
+        for volume, segmentation in scene_segmentation_pairs(scene)
+    ]
+
+
+def scene_cases(scene: Any, id_pairs: Iterable[Sequence[str]]) -> list[tuple[Any, Any]]:
+    """``(volume node, segmentation node)`` of each ``(segmentation ID, volume ID)`` pair (the scene
+    cases checked in the panel), leaving out pairs whose nodes are no longer in ``scene``."""
+    nodes = [
+        (scene.GetNodeByID(volume_id), scene.GetNodeByID(segmentation_id))
+        for segmentation_id, volume_id in id_pairs
+    ]
+    return [
+        (volume, segmentation)
+        for volume, segmentation in nodes
+        if volume is not None and segmentation is not None
+    ]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-__all__ = ["phantom_bundle", "phantom_dataset"]
+__all__ = ["phantom_bundle", "phantom_dataset", "phantom_organ_names", "segment_with_phantom_bundle"]
 
 #: The tiny untrained UNet of the self-test: it runs in seconds on a CPU and labels a few voxels.
 PHANTOM_UNET: dict = {
@@ -28,6 +29,13 @@ def phantom_dataset(folder: str | os.PathLike[str], size: int = 32) -> Path:
     from .data.phantom import write_phantom_dataset
 
     return write_phantom_dataset(folder, cases=1, size=size, unlabeled=0, test_cases=0)
+
+
+def phantom_organ_names() -> list[str]:
+    """The names of the phantom's organ labels (background left out), in label order."""
+    from .data.phantom import PHANTOM_LABELS
+
+    return [label.name for label in PHANTOM_LABELS if label.value]
 
 
 def phantom_bundle(folder: str | os.PathLike[str], name: str = "phantom_unet") -> Path:
@@ -53,3 +61,19 @@ def phantom_bundle(folder: str | os.PathLike[str], name: str = "phantom_unet") -
         preprocessing=spec,
         name="phantom UNet",
     )
+
+
+def segment_with_phantom_bundle(
+    volume_node: Any, folder: str | os.PathLike[str], timeout_s: float = 300.0
+) -> tuple[dict[str, Any], Any | None]:
+    """Segment ``volume_node`` with :func:`phantom_bundle` (written in ``folder``) as the panel does:
+    a background ``segment`` job on the CPU (runs in ``folder/runs``), waited for.
+
+    Returns:
+        the job's final status and, when it is ``done``, the segmentation node it loaded.
+    """
+    from .panel_logic import JobFollower, launch_segment_job, load_segment_result
+
+    job = launch_segment_job(volume_node, phantom_bundle(folder), Path(folder) / "runs", {"device": "cpu"})
+    status = JobFollower(job).wait(timeout_s=timeout_s).status
+    return status, load_segment_result(job, volume_node) if status.get("state") == "done" else None
