@@ -63,7 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--unlabeled", type=int_at_least(0), default=4, metavar="M", help="unlabelled images (default: 4)"
     )
     phantom.add_argument(
-        "--test-cases", type=int_at_least(0), default=2, metavar="T", help="test images (default: 2)"
+        "--test-cases",
+        type=int_at_least(0),
+        default=2,
+        metavar="T",
+        help="labelled test cases (imagesTs/, labelsTs/): a held-out split (default: 2)",
     )
     add_job_arguments(phantom)
     phantom.set_defaults(func=phantom_command)

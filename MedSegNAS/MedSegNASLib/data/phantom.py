@@ -417,7 +417,9 @@ def plan_phantom_dataset(*, cases: int, seed: int, unlabeled: int, test_cases: i
         folder = {"training": "imagesTr", "test": "imagesTs", "unlabeled": UNLABELED_FOLDER}[role]
         for index in range(count):
             case_id = f"phantom_{number:03d}"
-            label = f"labelsTr/{case_id}.nii.gz" if role == "training" else None
+            # Test cases get labels too (labelsTs/): a held-out split that can be scored
+            # (``medsegnas evaluate --split test``) and that nothing is ever selected on.
+            label = {"training": f"labelsTr/{case_id}.nii.gz", "test": f"labelsTs/{case_id}.nii.gz"}.get(role)
             plan.append(
                 PhantomCasePlan(
                     case_id, role, phantom_case_seed(seed, role, index), f"{folder}/{case_id}.nii.gz", label
@@ -430,7 +432,9 @@ def plan_phantom_dataset(*, cases: int, seed: int, unlabeled: int, test_cases: i
 def phantom_dataset_json(plan: list[PhantomCasePlan], *, size: int, seed: int) -> dict:
     """The ``dataset.json`` of a phantom dataset (MSD keys plus ``unlabeled`` and ``label_colors``)."""
     training = [{"image": f"./{c.image}", "label": f"./{c.label}"} for c in plan if c.role == "training"]
-    test = [f"./{c.image}" for c in plan if c.role == "test"]
+    # MSD lists test images as bare paths; with labels they are {"image", "label"} objects, as in
+    # MONAI datalists (both readers of MedSegNAS accept either).
+    test = [{"image": f"./{c.image}", "label": f"./{c.label}"} for c in plan if c.role == "test"]
     unlabeled = [f"./{c.image}" for c in plan if c.role == "unlabeled"]
     return {
         "name": "MedSegNASPhantom",
@@ -488,7 +492,8 @@ def write_phantom_dataset(
     """Write a phantom dataset in Medical Segmentation Decathlon layout.
 
     Layout under ``out_dir``: ``imagesTr/`` + ``labelsTr/`` (``cases`` labelled training
-    cases), ``imagesTs/`` (``test_cases`` images), ``imagesUnlabeled/`` (``unlabeled`` images
+    cases), ``imagesTs/`` + ``labelsTs/`` (``test_cases`` labelled test cases: a held-out split,
+    listed in ``dataset.json``'s ``test`` as ``{"image", "label"}``), ``imagesUnlabeled/`` (``unlabeled`` images
     for self-supervised pretraining), all ``phantom_NNN.nii.gz``, and ``dataset.json``, which
     is written last and atomically: a folder without it is an unfinished dataset.
 
