@@ -100,6 +100,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "search; default)",
         config_help="JSON or YAML file overriding any search setting (e.g. epochs, patch_size, search_space)",
     )
+    search.add_argument(
+        "--max-params",
+        type=int,
+        default=None,
+        metavar="N",
+        help="size budget: arch.json is the most probable architecture whose retrained network (channel_mul "
+        "1.0) has at most N parameters (the config key max_params)",
+    )
     add_job_arguments(search)
     search.set_defaults(func=search_command)
     _register_train(subparsers)
@@ -201,6 +209,8 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _request(args: argparse.Namespace) -> dict[str, Any]:
     overrides = load_config_file(args.config) if args.config is not None else {}
+    if getattr(args, "max_params", None) is not None:
+        overrides["max_params"] = int(args.max_params)
     return {
         "dataset": str(args.dataset.expanduser().absolute()),
         "dataroot": None if args.dataroot is None else str(args.dataroot.expanduser().absolute()),

@@ -134,6 +134,10 @@ class SearchConfig(PipelineConfig):
     processes), ``arch_betas`` [0.5, 0.999], ``arch_weight_decay`` 0, ``arch_grad_clip`` 0.5,
     ``memory_target`` 0.8 (sigma of the memory loss), ``topology_weight`` 0.001.
 
+    Size budget: ``max_params`` (None: none): every decode (``arch.json``) is the most probable
+    architecture whose retrained network (channel_mul 1.0) has at most this many parameters
+    (:func:`~MedSegNASLib.nas.search_budget.decode_within_budget`).
+
     Runtime: ``amp`` ("auto": on CUDA only; true on CPU is an error), ``deterministic``
     (deterministic GPU kernels, slower), ``val_overlap`` / ``val_sw_batch_size`` (sliding window),
     ``seed``.
@@ -166,6 +170,7 @@ class SearchConfig(PipelineConfig):
     arch_grad_clip: float = 0.5
     memory_target: float = 0.8
     topology_weight: float = 0.001
+    max_params: int | None = None
 
     @classmethod
     def preset_values(cls, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -196,6 +201,12 @@ class SearchConfig(PipelineConfig):
             and all(is_number(b) and 0 <= b < 1 for b in self.arch_betas)
         ):
             problems.append(f"arch_betas must be two numbers in [0, 1), got {self.arch_betas!r}")
+        if self.max_params is not None and not (
+            isinstance(self.max_params, int)
+            and not isinstance(self.max_params, bool)
+            and self.max_params >= 1
+        ):
+            problems.append(f"max_params must be a positive integer or null, got {self.max_params!r}")
         return problems
 
     def check_values(self) -> None:
@@ -429,6 +440,8 @@ def resolve_search_config(
         )
     weights, architecture = _split_halves(training, config.seed)
 
+    if config.max_params is not None:
+        _check_budget(space, dataset.num_channels, len(labels), config.max_params, say)
     stats, spec, missing_in_training = measure_training_cases(dataset, training, labels, config, say)
     memory = SearchMemoryModel(space, dataset.num_channels, len(labels))
     median_shape, memory_plan = plan_patch_size(
@@ -449,6 +462,22 @@ def resolve_search_config(
         "memory": memory_plan,
     }
     return json.loads(json.dumps(resolved))  # plain JSON types only (job.json, checkpoint)
+
+
+def _check_budget(space: SearchSpace, in_channels: int, num_classes: int, max_params: int, say) -> None:
+    """Refuse, before any training, a parameter budget that no architecture of the space meets."""
+    from .search_budget import ParameterTable
+
+    table = ParameterTable.build(space, in_channels, num_classes, channel_mul=1.0)
+    smallest = table.fixed + int(table.cell.min(axis=1).min()) * space.num_blocks
+    if smallest > max_params:
+        raise MedSegNASError(
+            f"max_params {max_params:,} is below the smallest network of this {space.num_blocks}x"
+            f"{space.num_depths} space ({smallest:,} parameters at channel_mul 1.0: stems and head alone have "
+            f"{table.fixed:,}); raise max_params or use a smaller space"
+        )
+    largest = table.fixed + int(table.cell.max(axis=1).sum()) * space.num_blocks
+    say(f"size budget: at most {max_params:,} parameters (this space: {smallest:,} to {largest:,})")
 
 
 def describe_config(resolved: Mapping[str, Any]) -> str:
@@ -665,7 +694,7 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
 
     from ..data.datasets import load_dataset
     from ..data.preprocessing import PreprocessingSpec
-    from .decode import decode, path_probabilities, save_arch_json
+    from .decode import path_probabilities, save_arch_json
     from .distributed import EpochSampler, broadcast_object, shard_evenly
     from .pipeline import (
         SeededPatchDataset,
@@ -696,6 +725,7 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
     if main:
         ctx.log(describe_config(resolved))
     seed_run(config.seed, device, config.deterministic)
+    decode_best = _decoder(config, space, in_channels, num_classes)
 
     # ---- data -------------------------------------------------------------------------------
     dataset = load_dataset(resolved["dataset"]["path"], dataroot=resolved["request"].get("dataroot"))
@@ -826,8 +856,9 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
         if improved:
             progress.best_dice, progress.best_epoch = mean, epoch + 1
         if main:
-            code = decode(network, space)
+            code = decode_best(network)
             code.extra = {
+                **code.extra,
                 "epoch": epoch + 1,
                 "phase": "search" if searching else "warmup",
                 "val_dice": per_class,
@@ -923,8 +954,21 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
             step_times=step_times,
             rss_before_training=rss_before_training,
             wall_s=time.monotonic() - started,
+            decode_best=decode_best,
         )
     return summary
+
+
+def _decoder(config: SearchConfig, space: SearchSpace, in_channels: int, num_classes: int):
+    """The decode of this search: plain, or within ``config.max_params`` (parameters at channel_mul 1.0)."""
+    from .decode import decode
+
+    if config.max_params is None:
+        return lambda network: decode(network, space)
+    from .search_budget import ParameterTable, decode_within_budget
+
+    table = ParameterTable.build(space, in_channels, num_classes, channel_mul=1.0)
+    return lambda network: decode_within_budget(network, space, table, int(config.max_params))
 
 
 def _finish(
@@ -943,6 +987,7 @@ def _finish(
     step_times,
     rss_before_training,
     wall_s: float,
+    decode_best=None,
 ) -> dict[str, Any]:
     """Final artifacts on rank 0: arch.json (if no search-phase validation made one), plots, summary.json."""
     import torch
@@ -950,6 +995,8 @@ def _finish(
     from .decode import decode, load_arch_json, save_arch_json
     from .topology_plot import plot_path_probabilities, plot_topology
 
+    if decode_best is None:
+        decode_best = lambda network: decode(network, space)  # noqa: E731
     run_dir = ctx.run_dir
     memory = dict(peak_memory_mb(device))
     search = network.dints_space
@@ -978,16 +1025,17 @@ def _finish(
 
     result: dict[str, Any] = {"best_epoch": progress.best_epoch, "best_val_dice_mean": progress.best_dice}
     if run_dir is None:
-        code = decode(network, space)
+        code = decode_best(network)
         return {**result, "arch": code.to_dict(), "validations": progress.validations}
 
     artifacts = run_dir.artifacts
     arch_path = artifacts / "arch.json"
     if not arch_path.exists():
         # No validation after the warm-up improved on nothing (e.g. all Dice NaN): keep the last decode.
-        code = decode(network, space)
+        code = decode_best(network)
         last = progress.validations[-1] if progress.validations else {}
         code.extra = {
+            **code.extra,
             "epoch": progress.epoch,
             "phase": "search",
             **{k: last.get(k) for k in ("val_dice", "val_dice_mean")},
@@ -1021,6 +1069,8 @@ def _finish(
         "last_val_dice": progress.validations[-1]["val_dice"] if progress.validations else None,
         "validations": progress.validations,
         "active_paths": len(best.active_paths()),
+        "max_params": resolved["search"].get("max_params"),
+        "budget": best.extra.get("budget"),
         "parameters": {
             "searched_channel_mul_1": count(searched),
             "searched_channel_mul_search": count(
