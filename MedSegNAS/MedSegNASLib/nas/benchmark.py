@@ -285,7 +285,41 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], organs: Sequence[str]) -> 
         ]
         comparison["random_architectures_beaten"] = f"{sum(beaten)} of {len(beaten)}"
         summary["comparisons"].append(comparison)
+    if "dints-zero-cost" in models and "dints-searched" in models:
+        summary["comparisons"].append(
+            _paired(
+                rows, "dints-searched", [r for r in rows if r["model"] == "dints-zero-cost"], "zero-cost pick"
+            )
+        )
+    correlation = proxy_correlations(randoms)
+    if correlation:
+        summary["proxy_kendall_tau"] = correlation
     return summary
+
+
+def proxy_correlations(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Kendall tau (scipy) of each zero-cost proxy with test Dice over ``rows`` that have both."""
+    from scipy import stats
+
+    from .search_zero_cost import PROXIES
+
+    scored = [r for r in rows if r.get("proxies") and r.get("test_dice_mean") is not None]
+    result: dict[str, Any] = {}
+    if len(scored) < 3:
+        return result
+    dice = [r["test_dice_mean"] for r in scored]
+    for proxy in PROXIES:
+        values = [r["proxies"].get(proxy) for r in scored]
+        if any(v is None or not math.isfinite(v) for v in values):
+            result[proxy] = {"tau": None, "p": None, "n": len(values), "note": "non-finite scores"}
+            continue
+        tau = stats.kendalltau(values, dice)
+        result[proxy] = {
+            "tau": None if math.isnan(tau.statistic) else float(tau.statistic),
+            "p": None if math.isnan(tau.pvalue) else float(tau.pvalue),
+            "n": len(values),
+        }
+    return result
 
 
 def _fmt(stat: Mapping[str, Any] | None, digits: int = 3, scale: float = 1.0) -> str:
@@ -319,6 +353,16 @@ def format_table(summary: Mapping[str, Any], organs: Sequence[str]) -> str:
             *[_fmt(e["test_dice"][o]) for o in organs],
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if summary.get("proxy_kendall_tau"):
+        lines += [
+            "",
+            "| zero-cost proxy | Kendall tau with test Dice | p | architectures |",
+            "|---|---|---|---|",
+        ]
+        for proxy, entry in summary["proxy_kendall_tau"].items():
+            tau = "-" if entry["tau"] is None else f"{entry['tau']:+.2f}"
+            p = "-" if entry["p"] is None else f"{entry['p']:.2g}"
+            lines.append(f"| {proxy} | {tau} | {p} | {entry['n']} |")
     for comparison in summary.get("comparisons", []):
         if "mean_difference" not in comparison:
             continue
@@ -602,7 +646,7 @@ def _run_benchmark(ctx, config: Mapping[str, Any]) -> dict[str, Any]:
     done = {(r["model"], int(r["seed"])) for r in rows}
     seeds, n_random = list(config["seeds"]), int(config["random"])
     baselines = list(config["baselines"])
-    per_seed = 2 + n_random + 2 * len(baselines) + (1 if config["zero_cost"] else 0)
+    per_seed = 2 + n_random + 2 * len(baselines) + (2 if config["zero_cost"] else 0)
     total = len(seeds) * per_seed
     position = len(rows) + sum(1 for s in seeds if (run_dir.path / "subruns" / f"search-s{s}").is_dir())
     organs: list[str] = []
@@ -726,13 +770,6 @@ def _run_benchmark(ctx, config: Mapping[str, Any]) -> dict[str, Any]:
         searched = load_arch_json(arch_path)
         searched_params = int(search_summary["parameters"]["searched_channel_mul_1"])
         search_seconds = search_summary["timing"]["wall_s_this_process"]
-        train_and_score(
-            "dints-searched", "searched", seed, ["--arch", str(arch_path)], {},
-            {"search_seconds": search_seconds, "arch": str(run_dir.relative(arch_path)),
-             "active_paths": len(searched.active_paths())},
-        )  # fmt: skip
-
-        # ---- random architectures of the same space, no larger than the searched one -------------
         resolved_search = json.loads((search_path / "job.json").read_text())["config"]
         in_channels = len(resolved_search["dataset"]["modalities"])
         num_classes = int(resolved_search["dataset"]["num_classes"])
@@ -740,6 +777,22 @@ def _run_benchmark(ctx, config: Mapping[str, Any]) -> dict[str, Any]:
         randoms = sample_architectures(
             searched.search_space, n_random, seed, table=table, max_params=searched_params
         )
+        proxies: list[dict[str, float] | None] = [None] * (n_random + 1)
+        pending = ["dints-searched", *(f"dints-random-{i}" for i in range(n_random))]
+        if config["zero_cost"] and any((m, seed) not in done for m in pending):
+            from .search_zero_cost import score_architectures, training_patches
+
+            images, labels = training_patches(resolved_search, 4, seed)
+            proxies = score_architectures(
+                [searched, *randoms], images, labels, num_classes, seed=seed, stop=ctx.raise_if_stop_requested
+            )
+        train_and_score(
+            "dints-searched", "searched", seed, ["--arch", str(arch_path)], {},
+            {"search_seconds": search_seconds, "arch": str(run_dir.relative(arch_path)),
+             "active_paths": len(searched.active_paths()), "proxies": proxies[0]},
+        )  # fmt: skip
+
+        # ---- random architectures of the same space, no larger than the searched one -------------
         arch_folder = artifacts / "architectures"
         arch_folder.mkdir(parents=True, exist_ok=True)
         for index, code in enumerate(randoms):
@@ -748,7 +801,28 @@ def _run_benchmark(ctx, config: Mapping[str, Any]) -> dict[str, Any]:
                 save_arch_json(code, path)
             train_and_score(
                 f"dints-random-{index}", "random", seed, ["--arch", str(path)], {},
-                {"arch": str(run_dir.relative(path)), "active_paths": len(code.active_paths())},
+                {"arch": str(run_dir.relative(path)), "active_paths": len(code.active_paths()),
+                 "proxies": proxies[index + 1]},
+            )  # fmt: skip
+
+        # ---- training-free search: the proxy's pick among candidates of the same size budget ----
+        if config["zero_cost"]:
+            zc_overrides = {**dict(config["search_overrides"]), "max_params": searched_params}
+            zc_file = _write_config(configs, f"search-zero-cost-s{seed}.json", zc_overrides)
+            fresh = not (run_dir.path / "subruns" / f"search-zero-cost-s{seed}").is_dir()
+            zc_path = subruns.run(
+                f"search-zero-cost-s{seed}",
+                ["search", *dataset_args, "--preset", config["preset"], "--config", str(zc_file), "--seed",
+                 str(seed), "--zero-cost"],
+            )  # fmt: skip
+            if fresh:
+                step("search", seed=seed, method="zero-cost")
+            zc_summary = json.loads((zc_path / "artifacts" / "summary.json").read_text())
+            zc_arch = zc_path / "artifacts" / "arch.json"
+            train_and_score(
+                "dints-zero-cost", "searched", seed, ["--arch", str(zc_arch)], {},
+                {"search_seconds": zc_summary["timing"]["wall_s_this_process"], "arch": str(run_dir.relative(zc_arch)),
+                 "proxy": zc_summary["proxy"], "proxies": zc_summary["best_scores"]},
             )  # fmt: skip
 
         # ---- baselines: size-matched and standard ----------------------------------------------

@@ -108,6 +108,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="size budget: arch.json is the most probable architecture whose retrained network (channel_mul "
         "1.0) has at most N parameters (the config key max_params)",
     )
+    search.add_argument(
+        "--zero-cost",
+        action="store_true",
+        help="training-free search: rank random architectures of the space by a zero-cost proxy at "
+        "initialisation (config zero_cost_proxy, default naswot; zero_cost_candidates) and write the best as "
+        "arch.json, without training a supernet",
+    )
     add_job_arguments(search)
     search.set_defaults(func=search_command)
     _register_train(subparsers)
@@ -211,6 +218,8 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     overrides = load_config_file(args.config) if args.config is not None else {}
     if getattr(args, "max_params", None) is not None:
         overrides["max_params"] = int(args.max_params)
+    if getattr(args, "zero_cost", False):
+        overrides["zero_cost"] = True
     return {
         "dataset": str(args.dataset.expanduser().absolute()),
         "dataroot": None if args.dataroot is None else str(args.dataroot.expanduser().absolute()),

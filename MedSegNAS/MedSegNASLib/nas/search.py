@@ -138,6 +138,10 @@ class SearchConfig(PipelineConfig):
     architecture whose retrained network (channel_mul 1.0) has at most this many parameters
     (:func:`~MedSegNASLib.nas.search_budget.decode_within_budget`).
 
+    Training-free search (:mod:`~MedSegNASLib.nas.search_zero_cost`): ``zero_cost`` (rank
+    ``zero_cost_candidates`` random architectures by ``zero_cost_proxy`` -- grad_norm, snip, synflow,
+    naswot or params -- on ``zero_cost_batch`` training patches instead of training a supernet).
+
     Runtime: ``amp`` ("auto": on CUDA only; true on CPU is an error), ``deterministic``
     (deterministic GPU kernels, slower), ``val_overlap`` / ``val_sw_batch_size`` (sliding window),
     ``seed``.
@@ -171,6 +175,10 @@ class SearchConfig(PipelineConfig):
     memory_target: float = 0.8
     topology_weight: float = 0.001
     max_params: int | None = None
+    zero_cost: bool = False
+    zero_cost_candidates: int = 16
+    zero_cost_proxy: str = "naswot"
+    zero_cost_batch: int = 4
 
     @classmethod
     def preset_values(cls, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -207,6 +215,18 @@ class SearchConfig(PipelineConfig):
             and self.max_params >= 1
         ):
             problems.append(f"max_params must be a positive integer or null, got {self.max_params!r}")
+        from .search_zero_cost import PROXIES
+
+        if not isinstance(self.zero_cost, bool):
+            problems.append(f"zero_cost must be true or false, got {self.zero_cost!r}")
+        if self.zero_cost_proxy not in PROXIES:
+            problems.append(
+                f"zero_cost_proxy must be one of {', '.join(PROXIES)}, got {self.zero_cost_proxy!r}"
+            )
+        for name, minimum in (("zero_cost_candidates", 1), ("zero_cost_batch", 2)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                problems.append(f"{name} must be an integer >= {minimum}, got {value!r}")
         return problems
 
     def check_values(self) -> None:
@@ -708,6 +728,10 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
 
     started = time.monotonic()
     config = SearchConfig.from_dict(resolved["search"])
+    if config.zero_cost:
+        from .search_zero_cost import run_zero_cost_search
+
+        return run_zero_cost_search(ctx, resolved, dist_info)
     space = SearchSpace.from_dict(resolved["search_space"])
     spec = PreprocessingSpec.from_dict(resolved["preprocessing"])
     labels = resolved["dataset"]["labels"]
