@@ -159,3 +159,19 @@ def test_benchmark_runs_cancels_resumes_and_scores_every_model_on_the_test_cases
     assert table.startswith("| model |") and "DiNTS, random architecture" in table
     assert (artifacts / "dice_vs_params.png").read_bytes()[:8] == PNG_MAGIC
     assert run.read_status()["state"] == "done"
+
+
+def test_proxy_data_summary_reports_search_time_saved_and_dice_kept() -> None:
+    def row(model, seed, dice, seconds):
+        return {
+            "model": model, "kind": "searched", "seed": seed, "params": 1, "test_dice_mean": dice,
+            "test_dice": {"liver": dice}, "test_hd95_mm": {"liver": 1.0}, "search_seconds": seconds,
+            "test_dice_cases": {"a": dice}, "proxy_cases": ["c1", "c2"],
+        }  # fmt: skip
+
+    rows = [row("dints-searched", 0, 0.8, 100.0), row("dints-proxy-data", 0, 0.6, 25.0)]
+    effect = summarize_rows(rows, ["liver"])["proxy_data"]
+    assert effect["search_time_saved_fraction"]["mean"] == pytest.approx(0.75)
+    assert effect["test_dice_kept_fraction"]["mean"] == pytest.approx(0.75)
+    table = format_table(summarize_rows(rows, ["liver"]), ["liver"])
+    assert "search time saved 75 %" in table and "Dice kept 75 %" in table and "on 2 k-centre cases" in table

@@ -145,3 +145,46 @@ def test_a_budget_below_the_smallest_network_fails_before_training(
         and "stems and head" in error
     )
     assert not (run / "checkpoints" / "last.pt").exists()
+
+
+# ------------------------------------------------------------------------------ proxy data
+def test_k_centre_greedy_covers_every_cluster_before_repeating_one() -> None:
+    from MedSegNASLib.nas.search_proxy_data import k_centre_greedy
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    features = np.concatenate([c + 0.1 * rng.standard_normal((5, 2)) for c in centres])
+    chosen = k_centre_greedy(features, 3)
+    assert sorted(index // 5 for index in chosen) == [0, 1, 2]
+    with pytest.raises(MedSegNASError, match="cannot choose"):
+        k_centre_greedy(features, 16)
+
+
+def test_search_on_proxy_data_uses_only_the_chosen_cases(
+    phantom_dataset: Callable[..., Path], json_file: Callable[[str, object], Path], tmp_path: Path, capsys
+) -> None:
+    dataset = phantom_dataset(cases=6, size=32, seed=3)
+    config = json_file("proxy.json", QUICK)
+    run = tmp_path / "search"
+    argv = [
+        "search",
+        "--dataset",
+        str(dataset),
+        "--preset",
+        "tiny",
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+    ]
+    assert cli.main([*argv, "--proxy-cases", "2", "--run-dir", str(run)]) == 0
+    resolved = json.loads((run / "job.json").read_text())["config"]
+    split = resolved["dataset"]["split"]
+    assert sorted(split["weights"] + split["architecture"]) == sorted(resolved["proxy_data"]["selected"])
+    assert len(resolved["proxy_data"]["selected"]) == 2 and resolved["proxy_data"]["of"] == 4
+    assert not set(resolved["proxy_data"]["selected"]) & set(split["validation"])
+    summary = json.loads((run / "artifacts" / "summary.json").read_text())
+    assert summary["proxy_data"]["selected"] == resolved["proxy_data"]["selected"]
+    # as many proxy cases as training cases saves nothing: refused before training
+    assert cli.main([*argv, "--proxy-cases", "4", "--run-dir", str(tmp_path / "other")]) == 1
+    assert "must be fewer than the 4 training cases" in capsys.readouterr().err

@@ -62,6 +62,7 @@ MODEL_TEXT = {
     "unet-standard": "UNet, standard size",
     "segresnet-standard": "SegResNet, standard size",
     "dints-zero-cost": "DiNTS, zero-cost proxy pick",
+    "dints-proxy-data": "DiNTS, searched on proxy data",
 }
 
 CHECKPOINT_FORMAT = "medsegnas-benchmark-nas"
@@ -291,10 +292,44 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], organs: Sequence[str]) -> 
                 rows, "dints-searched", [r for r in rows if r["model"] == "dints-zero-cost"], "zero-cost pick"
             )
         )
+    proxy_data = _proxy_data_effect(rows)
+    if proxy_data:
+        summary["proxy_data"] = proxy_data
     correlation = proxy_correlations(randoms)
     if correlation:
         summary["proxy_kendall_tau"] = correlation
     return summary
+
+
+def _proxy_data_effect(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Search time saved and test Dice kept by searching on proxy data, per seed and on average."""
+    full = {int(r["seed"]): r for r in rows if r["model"] == "dints-searched"}
+    pairs = []
+    for row in rows:
+        other = full.get(int(row["seed"]))
+        if row["model"] != "dints-proxy-data" or other is None:
+            continue
+        pairs.append(
+            {
+                "seed": int(row["seed"]),
+                "search_seconds_full": other.get("search_seconds"),
+                "search_seconds_proxy": row.get("search_seconds"),
+                "test_dice_full": other.get("test_dice_mean"),
+                "test_dice_proxy": row.get("test_dice_mean"),
+                "proxy_cases": row.get("proxy_cases"),
+            }
+        )
+    if not pairs:
+        return {}
+    saved = [
+        1 - p["search_seconds_proxy"] / p["search_seconds_full"] for p in pairs if p["search_seconds_full"]
+    ]
+    kept = [p["test_dice_proxy"] / p["test_dice_full"] for p in pairs if p["test_dice_full"]]
+    return {
+        "per_seed": pairs,
+        "search_time_saved_fraction": _mean_sd(saved),
+        "test_dice_kept_fraction": _mean_sd(kept),
+    }
 
 
 def proxy_correlations(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -363,6 +398,14 @@ def format_table(summary: Mapping[str, Any], organs: Sequence[str]) -> str:
             tau = "-" if entry["tau"] is None else f"{entry['tau']:+.2f}"
             p = "-" if entry["p"] is None else f"{entry['p']:.2g}"
             lines.append(f"| {proxy} | {tau} | {p} | {entry['n']} |")
+    effect = summary.get("proxy_data")
+    if effect:
+        lines += [
+            "",
+            f"Proxy data: search time saved {_fmt(effect['search_time_saved_fraction'], 0, 100)} %, retrained test "
+            f"Dice kept {_fmt(effect['test_dice_kept_fraction'], 0, 100)} % (searched on "
+            f"{len(effect['per_seed'][0]['proxy_cases'] or [])} k-centre cases vs all).",
+        ]
     for comparison in summary.get("comparisons", []):
         if "mean_difference" not in comparison:
             continue
@@ -395,6 +438,7 @@ def plot_dice_vs_params(rows: Sequence[Mapping[str, Any]], path: Path, title: st
         "dints-searched": ("*", "tab:red", 160),
         "dints-random": ("o", "0.55", 40),
         "dints-zero-cost": ("D", "tab:purple", 60),
+        "dints-proxy-data": ("P", "tab:orange", 80),
         "unet-matched": ("s", "tab:blue", 60),
         "unet-standard": ("s", "none", 60),
         "segresnet-matched": ("^", "tab:green", 70),
@@ -506,6 +550,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-params", type=int, default=None, metavar="N", help="size budget of the search (parameters)"
     )
     nas.add_argument(
+        "--proxy-cases",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also search on N training cases chosen by k-centre greedy (proxy data), retrain on all, and report "
+        "the search time saved and the test Dice kept",
+    )
+    nas.add_argument(
         "--zero-cost",
         action="store_true",
         help="also score every architecture with zero-cost proxies at initialisation, retrain the proxy's pick "
@@ -547,6 +599,7 @@ def benchmark_nas_command(args: argparse.Namespace) -> int:
         "train_overrides": load_config_file(args.train_config) if args.train_config else {},
         "max_params": args.max_params,
         "zero_cost": bool(args.zero_cost),
+        "proxy_cases": args.proxy_cases,
         "device": args.device,
         "test_cases": [case.name for case in test],
     }
@@ -647,6 +700,7 @@ def _run_benchmark(ctx, config: Mapping[str, Any]) -> dict[str, Any]:
     seeds, n_random = list(config["seeds"]), int(config["random"])
     baselines = list(config["baselines"])
     per_seed = 2 + n_random + 2 * len(baselines) + (2 if config["zero_cost"] else 0)
+    per_seed += 2 if config.get("proxy_cases") else 0
     total = len(seeds) * per_seed
     position = len(rows) + sum(1 for s in seeds if (run_dir.path / "subruns" / f"search-s{s}").is_dir())
     organs: list[str] = []
@@ -803,6 +857,26 @@ def _run_benchmark(ctx, config: Mapping[str, Any]) -> dict[str, Any]:
                 f"dints-random-{index}", "random", seed, ["--arch", str(path)], {},
                 {"arch": str(run_dir.relative(path)), "active_paths": len(code.active_paths()),
                  "proxies": proxies[index + 1]},
+            )  # fmt: skip
+
+        # ---- proxy data: the same search on a k-centre subset of the training cases ------------
+        if config.get("proxy_cases"):
+            px_overrides = {**search_overrides, "proxy_cases": int(config["proxy_cases"])}
+            px_file = _write_config(configs, f"search-proxy-data-s{seed}.json", px_overrides)
+            fresh = not (run_dir.path / "subruns" / f"search-proxy-data-s{seed}").is_dir()
+            px_path = subruns.run(
+                f"search-proxy-data-s{seed}",
+                ["search", *dataset_args, "--preset", config["preset"], "--config", str(px_file), "--seed",
+                 str(seed)],
+            )  # fmt: skip
+            if fresh:
+                step("search", seed=seed, method="proxy data")
+            px_summary = json.loads((px_path / "artifacts" / "summary.json").read_text())
+            px_arch = px_path / "artifacts" / "arch.json"
+            train_and_score(
+                "dints-proxy-data", "searched", seed, ["--arch", str(px_arch)], {},
+                {"search_seconds": px_summary["timing"]["wall_s_this_process"], "arch": str(run_dir.relative(px_arch)),
+                 "proxy_cases": (px_summary.get("proxy_data") or {}).get("selected")},
             )  # fmt: skip
 
         # ---- training-free search: the proxy's pick among candidates of the same size budget ----

@@ -109,6 +109,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "1.0) has at most N parameters (the config key max_params)",
     )
     search.add_argument(
+        "--proxy-cases",
+        type=int,
+        default=None,
+        metavar="N",
+        help="proxy data: search on N of the training cases, chosen by k-centre greedy on image/label statistics "
+        "to cover the dataset (the config key proxy_cases); retrain on all of them",
+    )
+    search.add_argument(
         "--zero-cost",
         action="store_true",
         help="training-free search: rank random architectures of the space by a zero-cost proxy at "
@@ -218,6 +226,8 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     overrides = load_config_file(args.config) if args.config is not None else {}
     if getattr(args, "max_params", None) is not None:
         overrides["max_params"] = int(args.max_params)
+    if getattr(args, "proxy_cases", None) is not None:
+        overrides["proxy_cases"] = int(args.proxy_cases)
     if getattr(args, "zero_cost", False):
         overrides["zero_cost"] = True
     return {

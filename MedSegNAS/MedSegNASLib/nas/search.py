@@ -142,6 +142,9 @@ class SearchConfig(PipelineConfig):
     ``zero_cost_candidates`` random architectures by ``zero_cost_proxy`` -- grad_norm, snip, synflow,
     naswot or params -- on ``zero_cost_batch`` training patches instead of training a supernet).
 
+    Proxy data (:mod:`~MedSegNASLib.nas.search_proxy_data`): ``proxy_cases`` (None: all) -- search
+    on this many training cases chosen by k-centre greedy on image/label statistics.
+
     Runtime: ``amp`` ("auto": on CUDA only; true on CPU is an error), ``deterministic``
     (deterministic GPU kernels, slower), ``val_overlap`` / ``val_sw_batch_size`` (sliding window),
     ``seed``.
@@ -179,6 +182,7 @@ class SearchConfig(PipelineConfig):
     zero_cost_candidates: int = 16
     zero_cost_proxy: str = "naswot"
     zero_cost_batch: int = 4
+    proxy_cases: int | None = None
 
     @classmethod
     def preset_values(cls, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -223,6 +227,12 @@ class SearchConfig(PipelineConfig):
             problems.append(
                 f"zero_cost_proxy must be one of {', '.join(PROXIES)}, got {self.zero_cost_proxy!r}"
             )
+        if self.proxy_cases is not None and (
+            not isinstance(self.proxy_cases, int)
+            or isinstance(self.proxy_cases, bool)
+            or self.proxy_cases < 2
+        ):
+            problems.append(f"proxy_cases must be an integer >= 2 or null, got {self.proxy_cases!r}")
         for name, minimum in (("zero_cost_candidates", 1), ("zero_cost_batch", 2)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
@@ -458,6 +468,14 @@ def resolve_search_config(
             f"fold {config.fold} leaves {len(training)} training case(s); the search needs 2 or more "
             "(weights and architecture halves); use fewer folds or add cases"
         )
+    proxy_record = None
+    if config.proxy_cases is not None:
+        from .search_proxy_data import select_proxy_cases
+
+        training, proxy_record = select_proxy_cases(training, config.proxy_cases, [i.value for i in labels])
+        say(
+            f"proxy data: searching on {len(training)} of {proxy_record['of']} training cases (k-centre greedy)"
+        )
     weights, architecture = _split_halves(training, config.seed)
 
     if config.max_params is not None:
@@ -480,6 +498,7 @@ def resolve_search_config(
         "dataset": dataset_record(dataset, labels, split, missing_in_training),
         "statistics": {**stats.to_dict(), "median_resampled_shape": median_shape},
         "memory": memory_plan,
+        **({"proxy_data": proxy_record} if proxy_record is not None else {}),
     }
     return json.loads(json.dumps(resolved))  # plain JSON types only (job.json, checkpoint)
 
@@ -1094,6 +1113,7 @@ def _finish(
         "validations": progress.validations,
         "active_paths": len(best.active_paths()),
         "max_params": resolved["search"].get("max_params"),
+        "proxy_data": resolved.get("proxy_data"),
         "budget": best.extra.get("budget"),
         "parameters": {
             "searched_channel_mul_1": count(searched),
