@@ -21,6 +21,7 @@ from MedSegNASLib.nas.benchmark import format_table, match_baseline_size, summar
 from MedSegNASLib.nas.decode import load_arch_json
 from monai.networks.nets import SegResNet, UNet
 
+ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEARCH = {
     "epochs": 2,
@@ -175,3 +176,32 @@ def test_proxy_data_summary_reports_search_time_saved_and_dice_kept() -> None:
     assert effect["test_dice_kept_fraction"]["mean"] == pytest.approx(0.75)
     table = format_table(summarize_rows(rows, ["liver"]), ["liver"])
     assert "search time saved 75 %" in table and "Dice kept 75 %" in table and "on 2 k-centre cases" in table
+
+
+def test_spleen_script_holds_out_a_labelled_seeded_test_split(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "spleen_benchmark", ROOT / "benchmarks" / "spleen_benchmark.py"
+    )
+    spleen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(spleen)
+    task = tmp_path / "Task09_Spleen"
+    task.mkdir()
+    entries = [
+        {"image": f"./imagesTr/spleen_{i}.nii.gz", "label": f"./labelsTr/spleen_{i}.nii.gz"}
+        for i in range(12)
+    ]
+    msd = {"name": "Spleen", "labels": {"0": "background", "1": "spleen"}, "modality": {"0": "CT"},
+           "training": entries, "test": ["./imagesTs/spleen_99.nii.gz"]}  # fmt: skip
+    (task / "dataset.json").write_text(json.dumps(msd))
+    first = json.loads(spleen.write_benchmark_split(task, 3, seed=0).read_text())
+    again = json.loads(spleen.write_benchmark_split(task, 3, seed=0).read_text())
+    other = json.loads(spleen.write_benchmark_split(task, 3, seed=1).read_text())
+    assert first == again and first["test"] != other["test"]
+    assert len(first["test"]) == first["numTest"] == 3 and len(first["training"]) == first["numTraining"] == 9
+    assert all("label" in entry for entry in first["test"])
+    assert not {e["image"] for e in first["test"]} & {e["image"] for e in first["training"]}
+    assert load_dataset(task / "medsegnas_benchmark.json").test[0].label is not None
+    with pytest.raises(SystemExit, match="--test-cases"):
+        spleen.write_benchmark_split(task, 11)

@@ -369,10 +369,10 @@ def format_table(summary: Mapping[str, Any], organs: Sequence[str]) -> str:
     """The summary as a markdown table (mean ± sd over seeds and random architectures) and the comparisons."""
     order = [name for name in MODEL_TEXT if name in summary["models"]]
     head = (
-        "| model | runs | parameters (M) | GFLOPs / window | CPU ms / window | GPU ms / window | train s | "
-        "test Dice | test HD95 (mm) | " + " | ".join(organs) + " |"
+        "| model | runs | parameters (M) | GFLOPs / window | CPU ms / window | GPU ms / window | search s | "
+        "train s | test Dice | test HD95 (mm) | " + " | ".join(organs) + " |"
     )
-    lines = [head, "|" + "---|" * (9 + len(organs))]
+    lines = [head, "|" + "---|" * (10 + len(organs))]
     for name in order:
         e = summary["models"][name]
         cells = [
@@ -382,6 +382,7 @@ def format_table(summary: Mapping[str, Any], organs: Sequence[str]) -> str:
             _fmt(e["flops_per_window"], 1, 1e-9),
             _fmt(e["cpu_latency_ms"], 0),
             _fmt(e["gpu_latency_ms"], 1),
+            _fmt(e["search_seconds"], 0),
             _fmt(e["train_seconds"], 0),
             _fmt(e["test_dice_mean"]),
             _fmt(e["test_hd95_mean_mm"], 1),
