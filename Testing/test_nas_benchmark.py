@@ -205,3 +205,18 @@ def test_spleen_script_holds_out_a_labelled_seeded_test_split(tmp_path: Path) ->
     assert load_dataset(task / "medsegnas_benchmark.json").test[0].label is not None
     with pytest.raises(SystemExit, match="--test-cases"):
         spleen.write_benchmark_split(task, 11)
+
+
+def test_gpu_check_of_the_benchmark_says_when_there_is_no_gpu(tmp_path: Path) -> None:
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the check would run")
+    script = ROOT / "Testing" / "gpu_check_benchmark.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "no CUDA GPU" in result.stderr
+    assert not list(tmp_path.iterdir())
