@@ -126,6 +126,11 @@ def test_benchmark_runs_cancels_resumes_and_scores_every_model_on_the_test_cases
     search_events = len(events_of(search_run))
     searched_events = len(events_of(searched_run))
 
+    # Resuming with other settings is refused before anything runs; the run stays cancelled.
+    other = [*argv[:7], "2", *argv[8:]]
+    assert argv[6] == "--random" and cli.main([*other, "--run-dir", str(run.path), "--resume"]) == 1
+    assert run.read_status()["state"] == "cancelled"
+
     resumed = start_worker([*argv, "--resume"], run.path)
     assert finish(resumed, timeout=900) == 0
     # Finished sub-runs were not run again.

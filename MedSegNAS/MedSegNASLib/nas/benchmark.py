@@ -611,6 +611,16 @@ def benchmark_nas_command(args: argparse.Namespace) -> int:
             )
 
     def body(ctx) -> dict[str, Any]:
+        if ctx.resuming and ctx.run_dir is not None:
+            recorded = ctx.run_dir.read_job().get("config")
+            if recorded != json.loads(json.dumps(config)):
+                changed = sorted(
+                    k for k in config if (recorded or {}).get(k) != json.loads(json.dumps(config[k]))
+                )
+                raise JobError(
+                    f"{ctx.run_dir.path} was started with other settings ({', '.join(changed)} differ); resume it "
+                    "with the same arguments, or start a new run"
+                )
         return _run_benchmark(ctx, config)
 
     return run_job_command("benchmark", args, body, config, inputs={"dataset": dataset_path})
