@@ -225,3 +225,22 @@ def test_gpu_check_of_the_benchmark_says_when_there_is_no_gpu(tmp_path: Path) ->
     )
     assert result.returncode == 2 and "no CUDA GPU" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_job_seconds_add_up_every_session_of_a_resumed_or_killed_run(tmp_path: Path) -> None:
+    from MedSegNASLib.nas.benchmark import job_seconds
+
+    run = RunDir(tmp_path / "run")
+    run.ensure_layout()
+    events = [
+        ("log", "00:00:00", "search started (pid 1)"),
+        ("progress", "00:00:30", None),
+        ("cancelled", "00:01:00", None),  # session 1: 60 s
+        ("log", "00:05:00", "search resumed (pid 2)"),
+        ("progress", "00:05:20", None),  # killed here: session 2 counts to its last event, 20 s
+        ("log", "00:09:00", "search resumed (pid 3)"),
+        ("done", "00:09:45", None),  # session 3: 45 s
+    ]
+    for kind, clock, message in events:
+        run.append_event({"type": kind, "time": f"2026-01-01T{clock}.000+00:00", "message": message})
+    assert job_seconds(run.path) == pytest.approx(125.0)
