@@ -113,7 +113,7 @@ def test_benchmark_runs_cancels_resumes_and_scores_every_model_on_the_test_cases
     argv = [
         "benchmark", "nas", "--dataset", str(dataset), "--seeds", "0", "--random", "1", "--baselines", "unet",
         "--search-config", str(json_file("search.json", SEARCH)),
-        "--train-config", str(json_file("train.json", TRAIN)), "--device", "cpu",
+        "--train-config", str(json_file("train.json", TRAIN)), "--device", "cpu", "--proxy-cases", "2",
     ]  # fmt: skip
     run = start_worker(argv, tmp_path / "bench")
     searched_run = RunDir(run.path / "subruns" / "train-dints-searched-s0")
@@ -139,8 +139,26 @@ def test_benchmark_runs_cancels_resumes_and_scores_every_model_on_the_test_cases
     artifacts = run.path / "artifacts"
     report = json.loads((artifacts / "benchmark.json").read_text())
     rows = {row["model"]: row for row in report["rows"]}
-    assert set(rows) == {"dints-searched", "dints-random-0", "unet-matched", "unet-standard"}
-    assert [rows[m]["kind"] for m in sorted(rows)] == ["random", "searched", "baseline", "baseline"]
+    assert set(rows) == {
+        "dints-searched",
+        "dints-random-0",
+        "dints-proxy-data",
+        "unet-matched",
+        "unet-standard",
+    }
+    assert [rows[m]["kind"] for m in sorted(rows)] == [
+        "searched",
+        "random",
+        "searched",
+        "baseline",
+        "baseline",
+    ]
+    assert len(rows["dints-proxy-data"]["proxy_cases"]) == 2
+    effect = report["summary"]["proxy_data"]
+    assert effect["per_seed"][0]["search_seconds_proxy"] > 0 and effect["test_dice_kept_fraction"]["n"] in (
+        0,
+        1,
+    )
     test_names = [case.name for case in load_dataset(dataset).test]
     for model, row in rows.items():
         sub = RunDir(run.path / row["run"])

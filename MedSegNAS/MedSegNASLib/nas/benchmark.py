@@ -610,17 +610,19 @@ def benchmark_nas_command(args: argparse.Namespace) -> int:
                 f"--train-config may not set {key}: the benchmark sets it per model and seed"
             )
 
+    if args.resume and args.run_dir is not None:
+        from ..jobs.rundir import RunDir
+
+        previous = RunDir(args.run_dir)
+        recorded = previous.read_job().get("config") if previous.is_run_dir() else None
+        if recorded is not None and recorded != json.loads(json.dumps(config)):
+            changed = sorted(k for k in config if recorded.get(k) != json.loads(json.dumps(config[k])))
+            raise JobError(
+                f"{args.run_dir} was started with other settings ({', '.join(changed)} differ); resume it with the "
+                "same arguments, or start a new run"
+            )
+
     def body(ctx) -> dict[str, Any]:
-        if ctx.resuming and ctx.run_dir is not None:
-            recorded = ctx.run_dir.read_job().get("config")
-            if recorded != json.loads(json.dumps(config)):
-                changed = sorted(
-                    k for k in config if (recorded or {}).get(k) != json.loads(json.dumps(config[k]))
-                )
-                raise JobError(
-                    f"{ctx.run_dir.path} was started with other settings ({', '.join(changed)} differ); resume it "
-                    "with the same arguments, or start a new run"
-                )
         return _run_benchmark(ctx, config)
 
     return run_job_command("benchmark", args, body, config, inputs={"dataset": dataset_path})
