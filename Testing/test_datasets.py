@@ -85,7 +85,8 @@ def test_reads_msd_dataset_json(phantom_dataset: Path) -> None:
         assert case.images[0].is_absolute() and case.images[0].is_file()
         assert case.label is not None and case.label.parent.name == "labelsTr"
         assert case.label.name == case.images[0].name and case.name.startswith("phantom_")
-    assert dataset.test[0].label is None and dataset.test[0].images[0].parent.name == "imagesTs"
+    assert dataset.test[0].images[0].parent.name == "imagesTs"
+    assert dataset.test[0].label is not None and dataset.test[0].label.parent.name == "labelsTs"
     assert dataset.unlabeled[0].images[0].parent.name == "imagesUnlabeled"
 
 
@@ -194,11 +195,12 @@ def test_undeclared_label_value_names_value_and_file(copy: Path) -> None:
 
 
 def test_declared_label_never_present_is_a_warning(copy: Path) -> None:
-    for path in (copy / "labelsTr").iterdir():
+    for path in [*(copy / "labelsTr").iterdir(), *(copy / "labelsTs").iterdir()]:
         _rewrite_label(path, lambda v: Volume(np.where(v.array == 2, 0, v.array).astype(np.uint8), v.affine))
     report = validate_dataset(load_dataset(copy))
     assert report.ok
-    assert report.warnings == ["label 2 'spleen' is declared but absent from all 3 label file(s) checked"]
+    # 3 training label maps and the labelled test case's
+    assert report.warnings == ["label 2 'spleen' is declared but absent from all 4 label file(s) checked"]
 
 
 def test_no_training_cases_is_an_error_and_one_case_a_warning(copy: Path) -> None:

@@ -143,7 +143,8 @@ def dataset(tmp_path_factory) -> Path:
 def _copy_labels(dataset: Path, folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     names = []
-    for case in load_dataset(dataset).cases:
+    loaded = load_dataset(dataset)
+    for case in [*loaded.cases, *loaded.test]:  # the phantom labels its test cases (labelsTs/)
         volume = read_volume(case.label)
         write_volume(volume, folder / f"{case.name}.nii.gz")
         names.append(case.name)
@@ -163,6 +164,31 @@ def test_the_reference_itself_scores_dice_1(dataset, tmp_path) -> None:
     _, validation = train_val_split(load_dataset(dataset), fold=0, n_folds=5, seed=0)
     report = evaluate_predictions(tmp_path / "preds", dataset)
     assert report.info["cases"] == [case.name for case in validation]
+
+
+def test_the_test_split_scores_the_labelled_test_cases_that_no_training_split_holds(
+    dataset, tmp_path
+) -> None:
+    _copy_labels(dataset, tmp_path / "preds")
+    loaded = load_dataset(dataset)
+    test_names = [case.name for case in loaded.test]
+    assert test_names and all(case.label.parent.name == "labelsTs" for case in loaded.test)
+    report = evaluate_predictions(tmp_path / "preds", dataset, split="test")
+    assert report.info["cases"] == test_names
+    assert report.mean_dice()["liver"] == 1.0
+    # Search and train draw their training and validation cases from the training list only.
+    training, validation = train_val_split(loaded, fold=0, n_folds=5, seed=0)
+    assert not {c.name for c in [*training, *validation]} & set(test_names)
+
+
+def _without_test_labels(dataset: Path, folder: Path) -> Path:
+    """A copy of ``dataset.json`` (same files) whose test list has images only, as in MSD."""
+    meta = json.loads((dataset / "dataset.json").read_text())
+    meta["test"] = [entry["image"] for entry in meta["test"]]
+    meta["dataroot"] = str(dataset)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    return folder
 
 
 def test_an_erased_organ_scores_0_and_a_cropped_seg_nrrd_is_put_back_on_the_grid(dataset, tmp_path) -> None:
@@ -204,7 +230,7 @@ def test_report_files_are_strict_json_and_one_csv_row_per_case_and_class(dataset
     json_path, csv_path = report.write(tmp_path / "out" / "report.json")
     assert csv_path == tmp_path / "out" / "report.csv"
     data = json.loads(json_path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
-    assert data["split"] == "all" and data["tolerance_mm"] == 2.0 and len(data["rows"]) == 16
+    assert data["split"] == "all" and data["tolerance_mm"] == 2.0 and len(data["rows"]) == 4 * len(names)
     with csv_path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == CSV_COLUMNS
@@ -252,8 +278,9 @@ def test_evaluate_model_scores_every_case_and_class(bundle, dataset, tmp_path) -
     report = evaluate_model(
         bundle, dataset, split="all", device="cpu", progress=lambda done, total, **info: progress.append(done)
     )
-    cases = [case.name for case in load_dataset(dataset).cases]
-    assert report.info["cases"] == cases and progress == [1, 2, 3, 4]
+    loaded = load_dataset(dataset)
+    cases = [case.name for case in [*loaded.cases, *loaded.test]]
+    assert report.info["cases"] == cases and progress == [1, 2, 3, 4, 5]
     _, csv_path = report.write(tmp_path / "model.json")
     with csv_path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -315,7 +342,10 @@ def test_cli_bad_inputs_exit_1_with_one_line_and_no_files(dataset, bundle, tmp_p
     cases = {
         "missing dataset": (preds + ["--dataset", str(tmp_path / "nothere")], "not found"),
         "unknown model id": (["--model", "no_such_model", "--dataset", str(dataset)], "no_such_model"),
-        "no labelled test case": (preds + ["--dataset", str(dataset), "--split", "test"], "none has a label"),
+        "no labelled test case": (
+            preds + ["--dataset", str(_without_test_labels(dataset, tmp_path / "msd")), "--split", "test"],
+            "none has a label",
+        ),
         "out under a file": (
             preds + ["--dataset", str(dataset), "--out", str(a_file / "x.json")],
             "not a folder",

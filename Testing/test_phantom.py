@@ -75,13 +75,14 @@ def test_cli_writes_msd_dataset_json(cli_dataset) -> None:
     for key in ("name", "description", "reference", "licence"):
         assert meta[key]
     listed = [e["image"] for e in meta["training"]] + [e["label"] for e in meta["training"]]
-    listed += meta["test"] + meta["unlabeled"]
+    listed += [e["image"] for e in meta["test"]] + [e["label"] for e in meta["test"]] + meta["unlabeled"]
     for relative in listed:
         assert (out / relative).is_file(), relative
     assert {p.parent.name for p in map(Path, listed)} == {
         "imagesTr",
         "labelsTr",
         "imagesTs",
+        "labelsTs",
         "imagesUnlabeled",
     }
     assert len(set(Path(p).name for p in listed)) == 4 + 1 + 2  # image and label share a name
@@ -125,7 +126,7 @@ def test_written_dataset_validates(cli_dataset) -> None:
     out, _ = cli_dataset
     report = validate_dataset(load_dataset(out))
     assert report.ok and not report.warnings, report.summary_lines()
-    assert report.label_counts == {0: 4, 1: 4, 2: 4, 3: 4, 4: 4}
+    assert report.label_counts == {0: 5, 1: 5, 2: 5, 3: 5, 4: 5}  # 4 training + 1 labelled test case
     check = medsegnas("dataset", "check", str(out))
     assert check.returncode == 0, check.stdout + check.stderr
     assert "OK" in check.stdout.splitlines()[-1]

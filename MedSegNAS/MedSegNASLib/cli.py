@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "MedSegNASLib.models.commands",  # models list|import|download|catalog|info|trust|remove
     "MedSegNASLib.inference.commands",  # segment
     "MedSegNASLib.nas.commands",  # search
+    "MedSegNASLib.nas.benchmark",  # benchmark nas
     "MedSegNASLib.evaluation.commands",  # evaluate
     "MedSegNASLib.demo",  # demo
 )

@@ -63,7 +63,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--unlabeled", type=int_at_least(0), default=4, metavar="M", help="unlabelled images (default: 4)"
     )
     phantom.add_argument(
-        "--test-cases", type=int_at_least(0), default=2, metavar="T", help="test images (default: 2)"
+        "--test-cases",
+        type=int_at_least(0),
+        default=2,
+        metavar="T",
+        help="labelled test cases (imagesTs/, labelsTs/): a held-out split (default: 2)",
+    )
+    phantom.add_argument(
+        "--task",
+        choices=("abdomen", "abdomen-hard"),
+        default="abdomen",
+        help="abdomen: liver, spleen, kidneys (the demo's); abdomen-hard: also a thin pancreas, vessels and liver "
+        "lesions, four contrasts (CT phases, MR-like), variable field of view and slice thickness",
     )
     add_job_arguments(phantom)
     phantom.set_defaults(func=phantom_command)
@@ -138,6 +149,7 @@ def phantom_command(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "unlabeled": args.unlabeled,
         "test_cases": args.test_cases,
+        **({"task": args.task} if args.task != "abdomen" else {}),
     }
     total = len(
         plan_phantom_dataset(
@@ -172,6 +184,7 @@ def phantom_command(args: argparse.Namespace) -> int:
             seed=args.seed,
             unlabeled=args.unlabeled,
             test_cases=args.test_cases,
+            task=args.task,
             on_case=on_case,
             skip_existing=set(done),
         )

@@ -54,6 +54,46 @@ PHANTOM_LABELS: list[LabelInfo] = [
     LabelInfo(4, "left kidney", _rgb(212, 126, 151)),
 ]
 
+#: Label table of the ``abdomen-hard`` task: the four organs, a thin pancreas, the vessels
+#: (aorta, vena cava, portal and splenic veins) and liver lesions.
+PHANTOM_HARD_LABELS: list[LabelInfo] = [
+    *PHANTOM_LABELS,
+    LabelInfo(5, "pancreas", _rgb(249, 180, 111)),
+    LabelInfo(6, "vessels", _rgb(216, 101, 79)),
+    LabelInfo(7, "liver lesion", _rgb(144, 238, 144)),
+]
+
+#: Phantom tasks: the demo default and the harder benchmark task (see :func:`generate_phantom_case`).
+PHANTOM_TASKS = ("abdomen", "abdomen-hard")
+
+#: ``abdomen-hard``: the contrasts a case is drawn in, each with its organ and vessel means (HU on
+#: CT; for ``mr-t1`` a T1-like signal stored on the same integer scale: fat bright, vessels dark).
+_HARD_CONTRASTS: dict[str, dict[str, float]] = {
+    "non-contrast": {"liver": 58, "spleen": 48, "kidney": 32, "pancreas": 42, "vessels": 42, "lesion": 30},
+    "arterial": {"liver": 70, "spleen": 115, "kidney": 190, "pancreas": 115, "vessels": 280, "lesion": 120},
+    "portal-venous": {
+        "liver": 110,
+        "spleen": 112,
+        "kidney": 165,
+        "pancreas": 95,
+        "vessels": 170,
+        "lesion": 60,
+    },
+    "mr-t1": {"liver": 130, "spleen": 50, "kidney": 70, "pancreas": 165, "vessels": -300, "lesion": -60},
+}
+
+
+def phantom_labels(task: str = "abdomen") -> list[LabelInfo]:
+    """The label table of a phantom task."""
+    _check_task(task)
+    return list(PHANTOM_HARD_LABELS if task == "abdomen-hard" else PHANTOM_LABELS)
+
+
+def _check_task(task: str) -> None:
+    if task not in PHANTOM_TASKS:
+        raise ValueError(f"unknown phantom task {task!r}; choose one of {', '.join(PHANTOM_TASKS)}")
+
+
 #: Nominal range (HU) from which each organ's mean intensity is drawn, before texture, noise,
 #: partial volume and bias field.
 PHANTOM_ORGAN_HU: dict[str, tuple[float, float]] = {
@@ -170,14 +210,20 @@ def _organ_shape(
     return radius2 < 1.0, radius2
 
 
-def _draw_geometry(rng: np.random.Generator, size: int) -> dict:
+def _draw_geometry(rng: np.random.Generator, size: int, hard_rng: np.random.Generator | None = None) -> dict:
     """Trunk size, voxel grid (affine) and patient position of one case.
 
-    The random draws do not depend on ``size``; only the spacing does (field of view / size)."""
+    The random draws do not depend on ``size``; only the spacing does (field of view / size).
+    ``hard_rng`` (the ``abdomen-hard`` task) redraws the field of view (1.0-1.7 times the body
+    width: from a tight crop to a wide one) and the slice thickness (1-3.2 times the in-plane
+    spacing) from its own stream, so the default task's draws stay as they were."""
     half_width = rng.uniform(135.0, 160.0)  # lateral semi-axis of the trunk, mm
     half_depth = rng.uniform(95.0, 115.0)  # antero-posterior semi-axis, mm
     fov_xy = 2 * half_width * rng.uniform(1.12, 1.3)
     slice_ratio = rng.uniform(1.4, 2.0)
+    if hard_rng is not None:
+        fov_xy = 2 * half_width * hard_rng.uniform(1.0, 1.7)
+        slice_ratio = hard_rng.uniform(1.0, 3.2)
     axis = rng.standard_normal(3)
     tilt = _rotation(axis, rng.uniform(2.0, 8.0))
     # Scanner coordinates of the grid centre (the table position), and the patient's offset from it.
@@ -212,15 +258,24 @@ def _patient_points(affine: np.ndarray, body_centre: np.ndarray, size: int) -> n
 
 
 def generate_phantom_case(
-    seed: int, size: int = 64, *, labelled: bool = True
+    seed: int, size: int = 64, *, labelled: bool = True, task: str = "abdomen"
 ) -> tuple[Volume, Volume | None]:
     """Generate one synthetic abdominal CT and its organ label map.
+
+    ``task="abdomen-hard"`` (:data:`PHANTOM_HARD_LABELS`) is the same patient with what makes
+    architecture choices matter: a thin pancreas (a curved tube of 5-9 mm radius from the duodenum to
+    the splenic hilum), labelled vessels (aorta, vena cava and 2-4 mm portal and splenic veins),
+    1-3 liver lesions (4-14 mm), one of four contrasts per case (non-contrast, arterial and
+    portal-venous CT, and an MR-like T1 contrast with a different tissue ordering: fat bright,
+    vessels dark), a field of view from 1.0 to 1.7 times the body width and slices 1-3.2 times the
+    in-plane spacing. Its extra draws come from a separate stream: the default task is unchanged.
 
     Args:
         seed: any non-negative integer; the same seed always gives identical arrays and affine.
         size: number of voxels along each axis (the grid is ``size``\\ :sup:`3`); >= 16. The
             field of view does not depend on ``size``: voxels get larger as ``size`` shrinks.
         labelled: also return the label map. The image is the same either way.
+        task: ``"abdomen"`` (the demo default) or ``"abdomen-hard"``.
 
     Returns:
         ``(image, label)``: ``image.array`` is ``int16`` Hounsfield units of shape
@@ -235,12 +290,16 @@ def generate_phantom_case(
     if int(size) != size or size < MIN_PHANTOM_SIZE:
         raise ValueError(f"size must be an integer >= {MIN_PHANTOM_SIZE}, got {size!r}")
     size = int(size)
+    _check_task(task)
+    hard = task == "abdomen-hard"
+    hard_rng = np.random.default_rng([int(seed), 0xA8D]) if hard else None
+    contrast = str(hard_rng.choice(list(_HARD_CONTRASTS))) if hard_rng is not None else "non-contrast"
     anatomy_seq, field_seq, noise_seq = np.random.SeedSequence(int(seed)).spawn(3)
     rng = np.random.default_rng(anatomy_seq)  # scalar parameters
     field_rng = np.random.default_rng(field_seq)  # smooth fields (size-independent)
     noise_rng = np.random.default_rng(noise_seq)  # voxel noise (depends on size)
 
-    geometry = _draw_geometry(rng, size)
+    geometry = _draw_geometry(rng, size, hard_rng)
     a_x, a_y = geometry["half_width"], geometry["half_depth"]
     points = _patient_points(geometry["affine"], geometry["body_centre"], size)
     x, y, z = points
@@ -273,6 +332,14 @@ def generate_phantom_case(
 
     # --- labelled organs (shapes first: the thorax and vessels are fitted around them) ------
     organ_hu = {name: rng.uniform(*PHANTOM_ORGAN_HU[name]) for name in PHANTOM_ORGAN_HU}
+    if hard_rng is not None:
+        means = _HARD_CONTRASTS[contrast]
+        organ_hu = {
+            "liver": means["liver"] + hard_rng.uniform(-8, 8),
+            "spleen": means["spleen"] + hard_rng.uniform(-8, 8),
+            "right kidney": means["kidney"] + hard_rng.uniform(-10, 10),
+            "left kidney": means["kidney"] + hard_rng.uniform(-10, 10),
+        }
     liver_semi = np.array([0.55 * a_x, 0.68 * a_y, rng.uniform(70.0, 85.0)]) * rng.uniform(0.9, 1.1)
     liver_centre = np.array([0.36 * a_x, 0.04 * a_y, rng.uniform(35.0, 55.0)]) + rng.uniform(-6, 6, 3)
     dome = liver_centre[2] + 0.8 * liver_semi[2]  # top of the abdomen, under the lungs
@@ -361,6 +428,12 @@ def generate_phantom_case(
             values = np.where(radius2[inside] < 0.3, 0.45 * values, values)
         hu[inside] = values
 
+    if hard_rng is not None:
+        hu = _paint_hard_structures(
+            hu, label, points, hard_rng, contrast, cavity=cavity, aorta=aorta, ivc=ivc & (z < dome + 20.0),
+            liver=label == 1, organs=organs, texture=texture, a_x=a_x, a_y=a_y,
+        )  # fmt: skip
+
     # --- acquisition: point-spread function, bias field, correlated noise -------------------
     hu = ndimage.gaussian_filter(hu, sigma=0.5)
     gain = _PhysicalField(field_rng, cell_mm=120.0)(points)
@@ -372,10 +445,78 @@ def generate_phantom_case(
 
     image_array = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)[None]
     meta = {"description": f"MedSegNAS synthetic abdominal CT phantom, seed {int(seed)}", "modality": "CT"}
+    if hard:
+        meta = {
+            "description": f"MedSegNAS synthetic abdominal phantom (abdomen-hard, {contrast}), seed {int(seed)}",
+            "modality": "MR-like" if contrast == "mr-t1" else "CT",
+            "contrast": contrast,
+        }
     image = Volume(image_array, geometry["affine"].copy(), dict(meta))
     if not labelled:
         return image, None
-    return image, Volume(label[None], geometry["affine"].copy(), {**meta, "labels": list(PHANTOM_LABELS)})
+    return image, Volume(label[None], geometry["affine"].copy(), {**meta, "labels": phantom_labels(task)})
+
+
+def _tube(points: np.ndarray, nodes: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Voxels within ``radius`` (mm, per node, interpolated along each segment) of a polyline ``nodes`` (n, 3)."""
+    inside = np.zeros(points.shape[1:], dtype=bool)
+    for a, b, ra, rb in zip(nodes[:-1], nodes[1:], radius[:-1], radius[1:], strict=True):
+        direction = b - a
+        length2 = float(direction @ direction)
+        offset = points - a.reshape(3, 1, 1, 1).astype(np.float32)
+        t = np.clip(sum(direction[i] * offset[i] for i in range(3)) / length2, 0.0, 1.0)
+        distance2 = sum((offset[i] - t * direction[i]) ** 2 for i in range(3))
+        inside |= distance2 < (ra + t * (rb - ra)) ** 2
+    return inside
+
+
+def _paint_hard_structures(
+    hu, label, points, rng, contrast, *, cavity, aorta, ivc, liver, organs, texture, a_x, a_y
+) -> np.ndarray:
+    """``abdomen-hard``: pancreas, vessels and liver lesions in ``label`` and ``hu``; the MR-like remap."""
+    means = _HARD_CONTRASTS[contrast]
+    liver_c, spleen_c, right_c = organs[0].centre, organs[1].centre, organs[2].centre
+    # Pancreas: head by the duodenum (right of the midline, in front of the right kidney), body over
+    # the spine, tail at the splenic hilum; radius 5-9 mm, thinner towards the tail.
+    head = np.array([0.12 * a_x, right_c[1] + 40.0, right_c[2] + 10.0]) + rng.uniform(-5, 5, 3)
+    body = np.array([-0.05 * a_x, head[1] + rng.uniform(0, 10), head[2] + rng.uniform(5, 15)])
+    tail = spleen_c + np.array([0.35 * (0 - spleen_c[0]), 25.0, -0.2 * (spleen_c[2] - body[2])])
+    radius = rng.uniform(6.5, 9.0)
+    pancreas = _tube(points, np.stack([head, body, tail]), np.array([radius, 0.85 * radius, 0.6 * radius]))
+    pancreas &= cavity & (label == 0)
+    # Vessels: the aorta and vena cava, and 2-4 mm veins: splenic (hilum behind the pancreas to the
+    # midline) and portal (from there into the liver).
+    confluence = body + np.array([0.0, -8.0, 0.0])
+    splenic = _tube(
+        points,
+        np.stack([spleen_c, tail + np.array([0, -8.0, 0]), confluence]),
+        np.full(3, rng.uniform(2.5, 4.0)),
+    )
+    portal = _tube(
+        points,
+        np.stack([confluence, 0.5 * (confluence + liver_c), liver_c]),
+        np.full(3, rng.uniform(3.0, 4.5)),
+    )
+    vessels = (aorta | ivc | ((splenic | portal) & ~pancreas)) & cavity
+    label[pancreas] = 5
+    hu[pancreas] = means["pancreas"] + rng.uniform(-8, 8) + 8.0 * texture[pancreas]
+    label[vessels] = 6
+    hu[vessels] = means["vessels"] + rng.uniform(-10, 10) + 5.0 * texture[vessels]
+    # Liver lesions: 1-3 spheres of 4-14 mm centred inside the liver.
+    liver_voxels = np.flatnonzero(liver & (label == 1))
+    for _ in range(int(rng.integers(1, 4)) if liver_voxels.size else 0):
+        centre = points.reshape(3, -1)[:, liver_voxels[int(rng.integers(liver_voxels.size))]]
+        distance2 = sum((points[i] - centre[i]) ** 2 for i in range(3))
+        lesion = (distance2 < rng.uniform(4.0, 14.0) ** 2) & (label == 1)
+        label[lesion] = 7
+        hu[lesion] = means["lesion"] + rng.uniform(-10, 10) + 6.0 * texture[lesion]
+    if contrast == "mr-t1":
+        # T1-like tissue ordering on the same integer scale: fat bright, fluid and bone dark, air black.
+        tissue = np.interp(hu, [-1000, -850, -100, 15, 50, 260, 750], [-1000, -750, 380, -220, 0, 90, -450])
+        organs_mask = label > 0
+        tissue[organs_mask] = hu[organs_mask]  # organ, vessel and lesion signals were painted above
+        hu = tissue.astype(np.float32)
+    return hu
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,7 +558,9 @@ def plan_phantom_dataset(*, cases: int, seed: int, unlabeled: int, test_cases: i
         folder = {"training": "imagesTr", "test": "imagesTs", "unlabeled": UNLABELED_FOLDER}[role]
         for index in range(count):
             case_id = f"phantom_{number:03d}"
-            label = f"labelsTr/{case_id}.nii.gz" if role == "training" else None
+            # Test cases get labels too (labelsTs/): a held-out split that can be scored
+            # (``medsegnas evaluate --split test``) and that nothing is ever selected on.
+            label = {"training": f"labelsTr/{case_id}.nii.gz", "test": f"labelsTs/{case_id}.nii.gz"}.get(role)
             plan.append(
                 PhantomCasePlan(
                     case_id, role, phantom_case_seed(seed, role, index), f"{folder}/{case_id}.nii.gz", label
@@ -427,23 +570,33 @@ def plan_phantom_dataset(*, cases: int, seed: int, unlabeled: int, test_cases: i
     return plan
 
 
-def phantom_dataset_json(plan: list[PhantomCasePlan], *, size: int, seed: int) -> dict:
+def phantom_dataset_json(plan: list[PhantomCasePlan], *, size: int, seed: int, task: str = "abdomen") -> dict:
     """The ``dataset.json`` of a phantom dataset (MSD keys plus ``unlabeled`` and ``label_colors``)."""
+    labels = phantom_labels(task)
     training = [{"image": f"./{c.image}", "label": f"./{c.label}"} for c in plan if c.role == "training"]
-    test = [f"./{c.image}" for c in plan if c.role == "test"]
+    # MSD lists test images as bare paths; with labels they are {"image", "label"} objects, as in
+    # MONAI datalists (both readers of MedSegNAS accept either).
+    test = [{"image": f"./{c.image}", "label": f"./{c.label}"} for c in plan if c.role == "test"]
     unlabeled = [f"./{c.image}" for c in plan if c.role == "unlabeled"]
+    description = (
+        "Synthetic CT-like abdominal volumes with liver, spleen and kidney labels, generated by "
+        "MedSegNAS for tests and demos. Not patient data."
+    )
+    if task == "abdomen-hard":
+        description = (
+            "Synthetic abdominal volumes (task abdomen-hard) with liver, spleen, kidney, pancreas, vessel and "
+            "liver-lesion labels, in non-contrast, arterial and portal-venous CT and an MR-like T1 contrast, "
+            "with variable field of view and slice thickness; generated by MedSegNAS. Not patient data."
+        )
     return {
-        "name": "MedSegNASPhantom",
-        "description": (
-            "Synthetic CT-like abdominal volumes with liver, spleen and kidney labels, generated by "
-            "MedSegNAS for tests and demos. Not patient data."
-        ),
+        "name": "MedSegNASPhantom" if task == "abdomen" else "MedSegNASPhantomHard",
+        "description": description,
         "reference": "MedSegNAS phantom generator (MedSegNASLib.data.phantom)",
         "licence": "CC0-1.0",
         "release": "1.0",
         "tensorImageSize": "3D",
         "modality": {"0": "CT"},
-        "labels": {str(info.value): info.name for info in PHANTOM_LABELS},
+        "labels": {str(info.value): info.name for info in labels},
         "numTraining": len(training),
         "numTest": len(test),
         "training": training,
@@ -453,9 +606,9 @@ def phantom_dataset_json(plan: list[PhantomCasePlan], *, size: int, seed: int) -
         "numUnlabeled": len(unlabeled),
         "unlabeled": unlabeled,
         "label_colors": {
-            str(info.value): [round(255 * c) for c in info.color] for info in PHANTOM_LABELS if info.value
+            str(info.value): [round(255 * c) for c in info.color] for info in labels if info.value
         },
-        "phantom": {"seed": int(seed), "size": int(size)},
+        "phantom": {"seed": int(seed), "size": int(size), **({"task": task} if task != "abdomen" else {})},
     }
 
 
@@ -484,11 +637,13 @@ def write_phantom_dataset(
     test_cases: int = 2,
     on_case: Callable[[int, int, str], None] | None = None,
     skip_existing: set[str] | None = None,
+    task: str = "abdomen",
 ) -> Path:
     """Write a phantom dataset in Medical Segmentation Decathlon layout.
 
     Layout under ``out_dir``: ``imagesTr/`` + ``labelsTr/`` (``cases`` labelled training
-    cases), ``imagesTs/`` (``test_cases`` images), ``imagesUnlabeled/`` (``unlabeled`` images
+    cases), ``imagesTs/`` + ``labelsTs/`` (``test_cases`` labelled test cases: a held-out split,
+    listed in ``dataset.json``'s ``test`` as ``{"image", "label"}``), ``imagesUnlabeled/`` (``unlabeled`` images
     for self-supervised pretraining), all ``phantom_NNN.nii.gz``, and ``dataset.json``, which
     is written last and atomically: a folder without it is an unfinished dataset.
 
@@ -501,6 +656,7 @@ def write_phantom_dataset(
             one). It may raise to stop between cases (e.g. on a cancel request).
         skip_existing: case ids already written (e.g. from a job checkpoint); they are not
             generated again if their files exist.
+        task: ``"abdomen"`` (default) or ``"abdomen-hard"`` (see :func:`generate_phantom_case`).
 
     Returns:
         Path of the written ``dataset.json``.
@@ -517,6 +673,7 @@ def write_phantom_dataset(
             raise ValueError(f"{name} must be an integer >= 0, got {count!r}")
     if int(size) != size or size < MIN_PHANTOM_SIZE:
         raise ValueError(f"size must be an integer >= {MIN_PHANTOM_SIZE}, got {size!r}")
+    _check_task(task)
     out = Path(out_dir)
     _refuse_foreign_dataset(out / "dataset.json")
     plan = plan_phantom_dataset(cases=cases, seed=seed, unlabeled=unlabeled, test_cases=test_cases)
@@ -525,12 +682,12 @@ def write_phantom_dataset(
     for done, case in enumerate(plan, start=1):
         files = [out / case.image] + ([out / case.label] if case.label else [])
         if not (case.case_id in skip and all(f.is_file() for f in files)):
-            image, label = generate_phantom_case(case.seed, size, labelled=case.label is not None)
+            image, label = generate_phantom_case(case.seed, size, labelled=case.label is not None, task=task)
             write_volume(image, out / case.image)
             if case.label is not None:
-                write_volume(label, out / case.label, labels=PHANTOM_LABELS)
+                write_volume(label, out / case.label, labels=phantom_labels(task))
         if on_case is not None:
             on_case(done, len(plan), case.case_id)
     dataset_json = out / "dataset.json"
-    write_json_atomic(dataset_json, phantom_dataset_json(plan, size=size, seed=seed))
+    write_json_atomic(dataset_json, phantom_dataset_json(plan, size=size, seed=seed, task=task))
     return dataset_json

@@ -100,6 +100,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "search; default)",
         config_help="JSON or YAML file overriding any search setting (e.g. epochs, patch_size, search_space)",
     )
+    search.add_argument(
+        "--max-params",
+        type=int,
+        default=None,
+        metavar="N",
+        help="size budget: arch.json is the most probable architecture whose retrained network (channel_mul "
+        "1.0) has at most N parameters (the config key max_params)",
+    )
+    search.add_argument(
+        "--proxy-cases",
+        type=int,
+        default=None,
+        metavar="N",
+        help="proxy data: search on N of the training cases, chosen by k-centre greedy on image/label statistics "
+        "to cover the dataset (the config key proxy_cases); retrain on all of them",
+    )
+    search.add_argument(
+        "--zero-cost",
+        action="store_true",
+        help="training-free search: rank random architectures of the space by a zero-cost proxy at "
+        "initialisation (config zero_cost_proxy, default naswot; zero_cost_candidates) and write the best as "
+        "arch.json, without training a supernet",
+    )
     add_job_arguments(search)
     search.set_defaults(func=search_command)
     _register_train(subparsers)
@@ -201,6 +224,12 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _request(args: argparse.Namespace) -> dict[str, Any]:
     overrides = load_config_file(args.config) if args.config is not None else {}
+    if getattr(args, "max_params", None) is not None:
+        overrides["max_params"] = int(args.max_params)
+    if getattr(args, "proxy_cases", None) is not None:
+        overrides["proxy_cases"] = int(args.proxy_cases)
+    if getattr(args, "zero_cost", False):
+        overrides["zero_cost"] = True
     return {
         "dataset": str(args.dataset.expanduser().absolute()),
         "dataroot": None if args.dataroot is None else str(args.dataroot.expanduser().absolute()),

@@ -307,7 +307,13 @@ def path_probabilities(search) -> np.ndarray:
     return prob_a.detach().cpu().numpy().astype(np.float64)
 
 
-def decode(search, space: SearchSpace | None = None) -> ArchCode:
+def decode(
+    search,
+    space: SearchSpace | None = None,
+    *,
+    path_cost: np.ndarray | None = None,
+    op_code: np.ndarray | None = None,
+) -> ArchCode:
     """Most probable feasible architecture of a supernet (sparse-graph version of MONAI's decode).
 
     Args:
@@ -315,6 +321,9 @@ def decode(search, space: SearchSpace | None = None) -> ArchCode:
             :class:`~monai.networks.nets.DiNTS` around one.
         space: the search space it was built from; by default read from ``search`` (``channel_mul``
             then comes from the rounded channel counts).
+        path_cost: (num_blocks, num_paths) extra cost (>= 0) of each path when active, added to its
+            block's child costs (a size penalty: :func:`~.search_budget.decode_within_budget`).
+        op_code: (num_blocks, num_paths) operations to use instead of the most probable ones.
     Returns:
         :class:`ArchCode` with the same ``node_a``, ``arch_code_a``, ``arch_code_c`` and
         ``arch_code_a_max`` as ``search.decode()`` (as int arrays), barring exact ties in cost.
@@ -347,6 +356,13 @@ def decode(search, space: SearchSpace | None = None) -> ArchCode:
     children = np.asarray(search.child_list, dtype=np.int64)  # (num_children, num_paths)
     arch_code_a_max = children[np.argmax(child_probs, -1)]
     cost = -np.log(child_probs + 1e-5) + 0.001  # > 0: Dijkstra needs non-negative weights
+    if path_cost is not None:
+        extra = np.asarray(path_cost, dtype=np.float64)
+        if extra.shape != arch_code_a_max.shape or not np.all(np.isfinite(extra)) or extra.min() < 0:
+            raise ValueError(f"path_cost must be finite, >= 0 and of shape {arch_code_a_max.shape}")
+        cost = cost + np.einsum("bp,cp->bc", extra, children.astype(np.float64))
+    if op_code is not None:
+        arch_code_c = np.asarray(op_code, dtype=np.int64)
 
     num_blocks, num_children = child_probs.shape
     reads, writes = _node_sets(space, children)

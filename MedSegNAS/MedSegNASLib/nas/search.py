@@ -134,6 +134,17 @@ class SearchConfig(PipelineConfig):
     processes), ``arch_betas`` [0.5, 0.999], ``arch_weight_decay`` 0, ``arch_grad_clip`` 0.5,
     ``memory_target`` 0.8 (sigma of the memory loss), ``topology_weight`` 0.001.
 
+    Size budget: ``max_params`` (None: none): every decode (``arch.json``) is the most probable
+    architecture whose retrained network (channel_mul 1.0) has at most this many parameters
+    (:func:`~MedSegNASLib.nas.search_budget.decode_within_budget`).
+
+    Training-free search (:mod:`~MedSegNASLib.nas.search_zero_cost`): ``zero_cost`` (rank
+    ``zero_cost_candidates`` random architectures by ``zero_cost_proxy`` -- grad_norm, snip, synflow,
+    naswot or params -- on ``zero_cost_batch`` training patches instead of training a supernet).
+
+    Proxy data (:mod:`~MedSegNASLib.nas.search_proxy_data`): ``proxy_cases`` (None: all) -- search
+    on this many training cases chosen by k-centre greedy on image/label statistics.
+
     Runtime: ``amp`` ("auto": on CUDA only; true on CPU is an error), ``deterministic``
     (deterministic GPU kernels, slower), ``val_overlap`` / ``val_sw_batch_size`` (sliding window),
     ``seed``.
@@ -166,6 +177,12 @@ class SearchConfig(PipelineConfig):
     arch_grad_clip: float = 0.5
     memory_target: float = 0.8
     topology_weight: float = 0.001
+    max_params: int | None = None
+    zero_cost: bool = False
+    zero_cost_candidates: int = 16
+    zero_cost_proxy: str = "naswot"
+    zero_cost_batch: int = 4
+    proxy_cases: int | None = None
 
     @classmethod
     def preset_values(cls, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -196,6 +213,30 @@ class SearchConfig(PipelineConfig):
             and all(is_number(b) and 0 <= b < 1 for b in self.arch_betas)
         ):
             problems.append(f"arch_betas must be two numbers in [0, 1), got {self.arch_betas!r}")
+        if self.max_params is not None and not (
+            isinstance(self.max_params, int)
+            and not isinstance(self.max_params, bool)
+            and self.max_params >= 1
+        ):
+            problems.append(f"max_params must be a positive integer or null, got {self.max_params!r}")
+        from .search_zero_cost import PROXIES
+
+        if not isinstance(self.zero_cost, bool):
+            problems.append(f"zero_cost must be true or false, got {self.zero_cost!r}")
+        if self.zero_cost_proxy not in PROXIES:
+            problems.append(
+                f"zero_cost_proxy must be one of {', '.join(PROXIES)}, got {self.zero_cost_proxy!r}"
+            )
+        if self.proxy_cases is not None and (
+            not isinstance(self.proxy_cases, int)
+            or isinstance(self.proxy_cases, bool)
+            or self.proxy_cases < 2
+        ):
+            problems.append(f"proxy_cases must be an integer >= 2 or null, got {self.proxy_cases!r}")
+        for name, minimum in (("zero_cost_candidates", 1), ("zero_cost_batch", 2)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                problems.append(f"{name} must be an integer >= {minimum}, got {value!r}")
         return problems
 
     def check_values(self) -> None:
@@ -427,8 +468,18 @@ def resolve_search_config(
             f"fold {config.fold} leaves {len(training)} training case(s); the search needs 2 or more "
             "(weights and architecture halves); use fewer folds or add cases"
         )
+    proxy_record = None
+    if config.proxy_cases is not None:
+        from .search_proxy_data import select_proxy_cases
+
+        training, proxy_record = select_proxy_cases(training, config.proxy_cases, [i.value for i in labels])
+        say(
+            f"proxy data: searching on {len(training)} of {proxy_record['of']} training cases (k-centre greedy)"
+        )
     weights, architecture = _split_halves(training, config.seed)
 
+    if config.max_params is not None:
+        _check_budget(space, dataset.num_channels, len(labels), config.max_params, say)
     stats, spec, missing_in_training = measure_training_cases(dataset, training, labels, config, say)
     memory = SearchMemoryModel(space, dataset.num_channels, len(labels))
     median_shape, memory_plan = plan_patch_size(
@@ -447,8 +498,25 @@ def resolve_search_config(
         "dataset": dataset_record(dataset, labels, split, missing_in_training),
         "statistics": {**stats.to_dict(), "median_resampled_shape": median_shape},
         "memory": memory_plan,
+        **({"proxy_data": proxy_record} if proxy_record is not None else {}),
     }
     return json.loads(json.dumps(resolved))  # plain JSON types only (job.json, checkpoint)
+
+
+def _check_budget(space: SearchSpace, in_channels: int, num_classes: int, max_params: int, say) -> None:
+    """Refuse, before any training, a parameter budget that no architecture of the space meets."""
+    from .search_budget import ParameterTable
+
+    table = ParameterTable.build(space, in_channels, num_classes, channel_mul=1.0)
+    smallest = table.fixed + int(table.cell.min(axis=1).min()) * space.num_blocks
+    if smallest > max_params:
+        raise MedSegNASError(
+            f"max_params {max_params:,} is below the smallest network of this {space.num_blocks}x"
+            f"{space.num_depths} space ({smallest:,} parameters at channel_mul 1.0: stems and head alone have "
+            f"{table.fixed:,}); raise max_params or use a smaller space"
+        )
+    largest = table.fixed + int(table.cell.max(axis=1).sum()) * space.num_blocks
+    say(f"size budget: at most {max_params:,} parameters (this space: {smallest:,} to {largest:,})")
 
 
 def describe_config(resolved: Mapping[str, Any]) -> str:
@@ -665,7 +733,7 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
 
     from ..data.datasets import load_dataset
     from ..data.preprocessing import PreprocessingSpec
-    from .decode import decode, path_probabilities, save_arch_json
+    from .decode import path_probabilities, save_arch_json
     from .distributed import EpochSampler, broadcast_object, shard_evenly
     from .pipeline import (
         SeededPatchDataset,
@@ -679,6 +747,10 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
 
     started = time.monotonic()
     config = SearchConfig.from_dict(resolved["search"])
+    if config.zero_cost:
+        from .search_zero_cost import run_zero_cost_search
+
+        return run_zero_cost_search(ctx, resolved, dist_info)
     space = SearchSpace.from_dict(resolved["search_space"])
     spec = PreprocessingSpec.from_dict(resolved["preprocessing"])
     labels = resolved["dataset"]["labels"]
@@ -696,6 +768,7 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
     if main:
         ctx.log(describe_config(resolved))
     seed_run(config.seed, device, config.deterministic)
+    decode_best = _decoder(config, space, in_channels, num_classes)
 
     # ---- data -------------------------------------------------------------------------------
     dataset = load_dataset(resolved["dataset"]["path"], dataroot=resolved["request"].get("dataroot"))
@@ -826,8 +899,9 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
         if improved:
             progress.best_dice, progress.best_epoch = mean, epoch + 1
         if main:
-            code = decode(network, space)
+            code = decode_best(network)
             code.extra = {
+                **code.extra,
                 "epoch": epoch + 1,
                 "phase": "search" if searching else "warmup",
                 "val_dice": per_class,
@@ -923,8 +997,21 @@ def run_search(ctx, resolved: Mapping[str, Any], dist_info) -> dict[str, Any]:
             step_times=step_times,
             rss_before_training=rss_before_training,
             wall_s=time.monotonic() - started,
+            decode_best=decode_best,
         )
     return summary
+
+
+def _decoder(config: SearchConfig, space: SearchSpace, in_channels: int, num_classes: int):
+    """The decode of this search: plain, or within ``config.max_params`` (parameters at channel_mul 1.0)."""
+    from .decode import decode
+
+    if config.max_params is None:
+        return lambda network: decode(network, space)
+    from .search_budget import ParameterTable, decode_within_budget
+
+    table = ParameterTable.build(space, in_channels, num_classes, channel_mul=1.0)
+    return lambda network: decode_within_budget(network, space, table, int(config.max_params))
 
 
 def _finish(
@@ -943,6 +1030,7 @@ def _finish(
     step_times,
     rss_before_training,
     wall_s: float,
+    decode_best=None,
 ) -> dict[str, Any]:
     """Final artifacts on rank 0: arch.json (if no search-phase validation made one), plots, summary.json."""
     import torch
@@ -950,6 +1038,8 @@ def _finish(
     from .decode import decode, load_arch_json, save_arch_json
     from .topology_plot import plot_path_probabilities, plot_topology
 
+    if decode_best is None:
+        decode_best = lambda network: decode(network, space)  # noqa: E731
     run_dir = ctx.run_dir
     memory = dict(peak_memory_mb(device))
     search = network.dints_space
@@ -978,16 +1068,17 @@ def _finish(
 
     result: dict[str, Any] = {"best_epoch": progress.best_epoch, "best_val_dice_mean": progress.best_dice}
     if run_dir is None:
-        code = decode(network, space)
+        code = decode_best(network)
         return {**result, "arch": code.to_dict(), "validations": progress.validations}
 
     artifacts = run_dir.artifacts
     arch_path = artifacts / "arch.json"
     if not arch_path.exists():
         # No validation after the warm-up improved on nothing (e.g. all Dice NaN): keep the last decode.
-        code = decode(network, space)
+        code = decode_best(network)
         last = progress.validations[-1] if progress.validations else {}
         code.extra = {
+            **code.extra,
             "epoch": progress.epoch,
             "phase": "search",
             **{k: last.get(k) for k in ("val_dice", "val_dice_mean")},
@@ -1021,6 +1112,9 @@ def _finish(
         "last_val_dice": progress.validations[-1]["val_dice"] if progress.validations else None,
         "validations": progress.validations,
         "active_paths": len(best.active_paths()),
+        "max_params": resolved["search"].get("max_params"),
+        "proxy_data": resolved.get("proxy_data"),
+        "budget": best.extra.get("budget"),
         "parameters": {
             "searched_channel_mul_1": count(searched),
             "searched_channel_mul_search": count(
