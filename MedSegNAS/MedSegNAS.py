@@ -1,4 +1,4 @@
-"""MedSegNAS Slicer module: the panel and its parameter node, connected to ``MedSegNASLib.panel_logic``.
+"""MedSegNAS Slicer module: the panel and its parameter node, connected to ``MedSegNASLib.panels.panel_logic``.
 
 Every long task is a background job (``MedSegNASLib.jobs``) followed from a ``qt.QTimer``, and
 re-attached after a restart. Everything without Qt is in ``MedSegNASLib.panel_*``, tested with
@@ -15,10 +15,10 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from MedSegNASLib import panel_dataset, panel_runs
-from MedSegNASLib import panel_logic as pl
-from MedSegNASLib import panel_selftest as selftest
 from MedSegNASLib.jobs import FINAL_STATES, RunDir, list_runs
+from MedSegNASLib.panels import panel_dataset, panel_runs
+from MedSegNASLib.panels import panel_logic as pl
+from MedSegNASLib.panels import panel_selftest as selftest
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper

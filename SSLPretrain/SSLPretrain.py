@@ -475,7 +475,7 @@ class SSLPretrainTest(ScriptedLoadableModuleTest):
     def test_pretraining_on_scene_volumes(self):
         """Phantom dataset counted; 2 tiny steps on 2 scene volumes: 4 loss curves, 32^3 reconstructions."""
         from MedSegNASLib.data import read_volume, write_phantom_dataset
-        from MedSegNASLib.slicer_bridge import volume_to_volume_node
+        from MedSegNASLib.panels.slicer_bridge import volume_to_volume_node
 
         logic = SSLPretrainLogic()
         p = logic.getParameterNode()

@@ -20,13 +20,13 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="the panel logic needs slicer-core (pip install slicer-core)")
 
-from MedSegNASLib import slicer_bridge as bridge  # noqa: E402
 from MedSegNASLib.data import load_dataset, read_volume, validate_dataset  # noqa: E402
 from MedSegNASLib.data.phantom import PHANTOM_LABELS, generate_phantom_case  # noqa: E402
 from MedSegNASLib.data.volume import LabelInfo, Volume  # noqa: E402
 from MedSegNASLib.errors import DatasetError  # noqa: E402
-from MedSegNASLib.panel_dataset import export_scene_dataset, scene_segmentation_pairs  # noqa: E402
-from MedSegNASLib.panel_terminology import apply_terminology, terminology_entry  # noqa: E402
+from MedSegNASLib.panels import slicer_bridge as bridge  # noqa: E402
+from MedSegNASLib.panels.panel_dataset import export_scene_dataset, scene_segmentation_pairs  # noqa: E402
+from MedSegNASLib.panels.panel_terminology import apply_terminology, terminology_entry  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 ORGANS = {label.value: label for label in PHANTOM_LABELS if label.value}
@@ -197,8 +197,8 @@ def test_segments_of_a_segmentation_node_are_tagged_by_name(scene, tmp_path: Pat
 def test_training_on_scene_cases_exports_them_into_the_run_and_launches(scene, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from MedSegNASLib import panel_logic
-    from MedSegNASLib.panel_jobs import JobFollower, cancel_job
+    from MedSegNASLib.panels import panel_logic
+    from MedSegNASLib.panels.panel_jobs import JobFollower, cancel_job
 
     a = _case(scene, 3, "a", {"liver": 1, "spleen": 2, "right kidney": 3, "left kidney": 4})
     b = _case(scene, 4, "b", {"liver": 1, "spleen": 2, "right kidney": 3, "left kidney": 4})
@@ -222,7 +222,7 @@ def test_training_on_scene_cases_exports_them_into_the_run_and_launches(scene, t
 
 
 def test_scene_case_rows_list_pairs_and_give_back_the_checked_nodes(scene) -> None:
-    from MedSegNASLib.panel_logic import scene_case_rows, scene_cases
+    from MedSegNASLib.panels.panel_logic import scene_case_rows, scene_cases
 
     values = {organ.name: organ.value for organ in ORGANS.values()}
     first = _case(scene, 1, "case_a", values)[:2]

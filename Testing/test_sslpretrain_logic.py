@@ -27,7 +27,7 @@ from MedSegNASLib.data import read_volume, write_phantom_dataset  # noqa: E402
 from MedSegNASLib.errors import DatasetError, JobError, MedSegNASError  # noqa: E402
 from MedSegNASLib.jobs import RunDir, refresh_status  # noqa: E402
 from MedSegNASLib.jobs.rundir import hostname, process_start_ticks  # noqa: E402
-from MedSegNASLib.slicer_bridge import volume_node_to_volume, volume_to_volume_node  # noqa: E402
+from MedSegNASLib.panels.slicer_bridge import volume_node_to_volume, volume_to_volume_node  # noqa: E402
 from SSLPretrainLib import panel_logic  # noqa: E402
 from SSLPretrainLib.panel_logic import (  # noqa: E402
     LOSS_SERIES,
