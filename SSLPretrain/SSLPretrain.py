@@ -38,7 +38,7 @@ class SSLPretrain(ScriptedLoadableModule):
         self.parent.title = _("SSL Pretrain")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         # Shares the MedSegNAS module's job protocol, data I/O and dependency installation.
-        self.parent.dependencies = ["MedSegNAS"]
+        self.parent.dependencies = ["MedSegNAS", "Plots"]
         self.parent.contributors = ["MedSegNAS contributors (https://github.com/medsegnas/SlicerMedSegNAS)"]
         self.parent.helpText = _(
             """

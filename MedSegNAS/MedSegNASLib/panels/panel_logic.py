@@ -729,7 +729,8 @@ def launch_training_job(
                 modality=dataset_modality,
             )
         config = None
-        if overrides:
+        if overrides:  # epochs, patch size... set in the panel
+            (run.path / SEGMENT_INPUTS).mkdir(parents=True, exist_ok=True)
             config = write_json_atomic(run.path / SEGMENT_INPUTS / "config.json", dict(overrides))
         argv = training_argv(
             kind, dataset, preset=preset, arch=arch, network=network, device=device, config=config
