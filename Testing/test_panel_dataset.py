@@ -158,7 +158,7 @@ def test_organ_names_get_snomed_ct_terminology_entries() -> None:
     assert "~SCT^64033007^Kidney~SCT^24028007^Right~" in terminology_entry("right kidney")
     assert "~SCT^64033007^Kidney~SCT^7771000^Left~" in terminology_entry("kidney_left")
     assert "~SCT^28231008^Gallbladder~^^~" in terminology_entry("Gall Bladder")
-    assert "~SCT^89837001^Urinary bladder~" in terminology_entry("bladder")
+    assert "~SCT^89837001^Bladder~" in terminology_entry("bladder")
     lesion = terminology_entry("liver tumor")
     assert "SCT^49755003^Morphologically Altered Structure~SCT^4147007^Mass~" in lesion
     assert lesion.endswith("~Anatomic codes - DICOM master list~SCT^10200004^Liver~^^")
@@ -237,3 +237,14 @@ def test_scene_case_rows_list_pairs_and_give_back_the_checked_nodes(scene) -> No
     assert scene_cases(scene, [ids["case_b"]]) == [second]
     scene.RemoveNode(first[1])
     assert scene_cases(scene, [ids["case_a"], ids["case_b"]]) == [second], "a removed node drops its case"
+
+
+def test_each_snomed_code_has_one_name_the_one_slicer_shows() -> None:
+    """One code, one meaning: Slicer's terminologies (DICOM master list) call 89837001 "Bladder"."""
+    from MedSegNASLib.panels.panel_terminology import ORGAN_CODES
+
+    meanings: dict[str, set[str]] = {}
+    for organ in ORGAN_CODES:
+        meanings.setdefault(organ.code, set()).add(organ.meaning)
+    assert {code: names for code, names in meanings.items() if len(names) > 1} == {}
+    assert meanings["89837001"] == {"Bladder"}

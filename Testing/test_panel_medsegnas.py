@@ -103,7 +103,7 @@ def test_opening_the_panel_changes_nothing_and_lists_runs(slicer_app) -> None:
     assert slicer_app.dialogs == [] and slicer_app.slot_errors == []
 
 
-def test_user_journey(slicer_app, tmp_path: Path) -> None:
+def test_user_journey(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Phantom data -> Train (hide the module and close the scene meanwhile) -> curves -> model ->
     Segment -> Load predictions -> Evaluate; what the user sees at each step."""
     app, w = slicer_app, open_panel(slicer_app, "MedSegNAS")
@@ -178,3 +178,133 @@ def test_user_journey(slicer_app, tmp_path: Path) -> None:
     assert ui.evaluateStatusLabel.text.startswith("Scores in table")
     assert _layout_has_table(app) and _layout_has_plot(app)
     assert app.dialogs == [] and app.slot_errors == []
+
+    # defect 4: without a package, each button asks to install it; declined, nothing else happens
+    missing(monkeypatch, "nibabel")
+    app.answer = False
+    segmentations, arrangement = len(_nodes("vtkMRMLSegmentationNode")), app.layout_node.GetViewArrangement()
+    app.layout_manager.setLayout(FOUR_UP)
+    for button in (
+        ui.evaluateButton,
+        ui.runsCurvesButton,
+        ui.runsLoadPredictionsButton,
+        ui.runsUseModelButton,
+    ):
+        app.dialogs.clear()
+        app.click(button)
+        assert len(app.dialogs) == 1 and "nibabel" in app.dialogs[0], (button.objectName(), app.dialogs)
+    assert len(_nodes("vtkMRMLSegmentationNode")) == segmentations and app.layout_manager.layout == FOUR_UP
+    assert app.slot_errors == [] and arrangement
+
+
+def test_search_then_cancel_resume_and_cancel_from_runs(slicer_app, phantom_dataset, tmp_path: Path) -> None:
+    app, w = slicer_app, open_panel(slicer_app, "MedSegNAS")
+    ui = w.ui
+    ui.runsFolderPathLineEdit.currentPath = str(tmp_path / "runs")
+    ui.datasetPathLineEdit.currentPath = str(phantom_dataset(cases=3, size=32, seed=0))  # a search needs 3
+    ui.patchSizeSpinBox.value = 32  # the preset's 12 epochs: cancelled long before
+    app.click(ui.searchButton)
+    assert (ui.searchButton.text, ui.trainButton.text, ui.trainButton.enabled) == ("Cancel", "Train", False)
+    app.wait_until(lambda: ui.runsTableWidget.rowCount == 1, 10, "the run listed")
+    run = w._areas["train"].follower.run
+    progress = lambda: any(e["type"] == "progress" for e in run.read_events()[0])  # noqa: E731
+    app.wait_until(lambda: progress() or w._areas["train"].follower is None, 120, "the search's progress")
+    assert run.read_status()["state"] == "running", run.read_status().get("error")
+    app.process_events(3.5)  # the runs table refreshes itself while a run is live
+    app.click(ui.searchButton)  # Cancel
+    assert ui.trainStatusLabel.text.startswith("Cancelling"), (
+        ui.trainStatusLabel.text,
+        app.dialogs,
+        app.slot_errors,
+    )
+    app.wait_until(lambda: w._areas["train"].follower is None, 180, "the search to stop")
+    assert (ui.searchButton.text, ui.searchButton.enabled, ui.trainButton.enabled) == ("Search", True, True)
+    _select_run(app, w, "search")
+    assert ui.runsResumeButton.enabled and not ui.runsCancelButton.enabled
+    app.click(ui.runsResumeButton)
+    assert (ui.searchButton.text, ui.searchButton.enabled) == ("Cancel", True)
+    assert ui.runsCancelButton.enabled
+    app.click(ui.runsCancelButton)
+    app.wait_until(lambda: w._areas["train"].follower is None, 180, "the resumed search to stop")
+    assert ui.searchButton.text == "Search" and ui.runsResumeButton.enabled
+    assert app.dialogs == [] and app.slot_errors == []
+
+
+def test_models_section(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Browse, import, choose, remove a bundle; package checks of Import, Download, Remove (defect 4)."""
+    import qt
+    from MedSegNASLib.panels.panel_selftest import phantom_bundle
+
+    app, w = slicer_app, open_panel(slicer_app, "MedSegNAS")
+    ui = w.ui
+    bundle = phantom_bundle(tmp_path / "bundles")
+    qt.ANSWERS["getExistingDirectory"] = str(bundle)
+    app.click(ui.modelsBrowseFolderButton)
+    assert ui.modelSourceLineEdit.text == str(bundle)
+    qt.ANSWERS["getOpenFileName"] = ""  # the user cancels the file dialog: nothing changes
+    app.click(ui.modelsBrowseFileButton)
+    assert ui.modelSourceLineEdit.text == str(bundle)
+    app.click(ui.modelsImportButton)
+    assert not ui.modelsImportButton.enabled
+    app.wait_until(lambda: ui.modelsImportButton.enabled, 120, "the import")
+    assert ui.modelsStatusLabel.text.startswith("Imported as"), ui.modelsStatusLabel.text
+    assert ui.modelComboBox.count == ui.modelsTableWidget.rowCount == 1
+    assert w._parameterNode.model == ui.modelComboBox.currentData
+    app.click(ui.modelsOpenFolderButton)
+    assert app.calls[-1][0] == "openUrl" and Path(app.calls[-1][1]).is_dir()
+    app.click(ui.modelsRefreshButton)
+    assert ui.modelComboBox.count == 1
+
+    ui.modelsTableWidget.selectRow(0)
+    missing(monkeypatch, "nibabel")
+    app.answer = False
+    for button in (ui.modelsImportButton, ui.modelsDownloadButton, ui.modelsRemoveButton):
+        app.dialogs.clear()
+        app.click(button)
+        assert len(app.dialogs) == 1 and "nibabel" in app.dialogs[0], (button.objectName(), app.dialogs)
+    assert ui.modelComboBox.count == 1 and app.slot_errors == []
+    monkeypatch.delitem(sys.modules, "nibabel")
+    import nibabel  # noqa: F401 - installed again
+
+    app.answer = True  # "Delete model ...?" OK
+    app.click(ui.modelsRemoveButton)
+    assert ui.modelComboBox.count == ui.modelsTableWidget.rowCount == 0
+    assert w._parameterNode.model == "" and not ui.segmentButton.enabled
+
+
+def test_scene_cases_are_listed_with_checkboxes(slicer_app, phantom_dataset) -> None:
+    import qt
+
+    app, w = slicer_app, open_panel(slicer_app, "MedSegNAS")
+    dataset = phantom_dataset(cases=2, size=32, seed=0)
+    for case in (0, 1):
+        w.logic.loadDatasetCase(dataset, case, show=False)
+    app.choose(w.ui.datasetSourceComboBox, "scene")
+    assert not w.ui.datasetPathLineEdit.enabled and w.ui.sceneCasesRefreshButton.enabled
+    app.click(w.ui.sceneCasesRefreshButton)
+    table = w.ui.sceneCasesTableWidget
+    assert table.rowCount == 2
+    assert all(table.item(row, 0).checkState() == qt.Qt.Checked for row in range(2))
+    table.item(1, 0).setCheckState(qt.Qt.Unchecked)
+    app.click(w.ui.sceneCasesRefreshButton)  # the user's checks are kept
+    assert [table.item(row, 0).checkState() for row in range(2)] == [qt.Qt.Checked, qt.Qt.Unchecked]
+    assert w.ui.trainButton.enabled
+
+
+def test_timer_errors_show_once_in_the_status_line(slicer_app, tmp_path: Path, caplog) -> None:
+    """Defect 11: a job's result that fails to load is reported in the area's status line and the
+    log, once, without a modal dialog (no user action started it: the panel re-attached to the run)."""
+    app = slicer_app
+    module, _widget = app.load_module("MedSegNAS", ROOT / "MedSegNAS")
+    run = module.MedSegNASLogic.launchPhantomJob(tmp_path / "phantom", 1, 0, 16, tmp_path / "runs")
+    assert module.MedSegNASLogic.waitForJob(run, 120)["state"] == "done"
+    (tmp_path / "phantom" / "dataset.json").unlink()  # the user deleted it meanwhile
+    app.new_session()
+    module, w = app.load_module("MedSegNAS", ROOT / "MedSegNAS")
+    w._parameterNode.runsFolder, w._parameterNode.phantomRun = tmp_path / "runs", str(run.path)
+    app.enter(w)
+    app.wait_until(lambda: w._areas["phantom"].follower is None, 30, "the re-attached run's end")
+    app.process_events(1.5)
+    assert w.ui.phantomStatusLabel.text.startswith("Failed to load the job's result: ")
+    assert app.dialogs == [] and app.slot_errors == []
+    assert sum("Failed to load the job's result" in r.getMessage() for r in caplog.records) == 1

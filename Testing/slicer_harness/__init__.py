@@ -32,8 +32,9 @@ import os
 import sys
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -208,6 +209,14 @@ class Harness:
         """A user's click: refused (AssertionError) on a disabled button, as the GUI would."""
         assert button.enabled, f"{button.objectName()} is disabled"
         button.click()
+
+    def choose(self, combo: Any, text: str) -> None:
+        """A user's pick in a combo box: ``currentIndex`` changes, then ``activated(int)`` (user only)."""
+        index = combo.findText(text)
+        assert index >= 0, f"{text!r} is not in {combo.objectName()}"
+        assert combo.enabled, f"{combo.objectName()} is disabled"
+        combo.currentIndex = index
+        combo.activated.emit(index)
 
     def process_events(self, seconds: float = 0.0) -> None:
         """Run the event loop (timers fire) for about ``seconds``."""
