@@ -181,34 +181,25 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name, area in self._areas.items():
             for kind, button in area.buttons.items():
                 button.connect("clicked(bool)", lambda _checked, n=name, k=kind: self.onJobButton(n, k))
+        needs = self._withPackages  # the Lib's packages are installed first (the user is asked)
         for button, slot in (
-            (ui.modelsImportButton, self._withPackages(self.onImportModel)),
-            (ui.modelsDownloadButton, self._withPackages(self.onDownloadModel)),
-            (ui.modelsRemoveButton, self._withPackages(self.onRemoveModel)), (ui.modelsRefreshButton, self.refreshModels),
+            (ui.modelsImportButton, needs(self.onImportModel)), (ui.modelsDownloadButton, needs(self.onDownloadModel)),
+            (ui.modelsRemoveButton, needs(self.onRemoveModel)), (ui.modelsRefreshButton, self.refreshModels),
             (ui.modelsBrowseFolderButton, lambda: self._browseModel(folder=True)),
             (ui.modelsBrowseFileButton, lambda: self._browseModel(folder=False)),
             (ui.modelsOpenFolderButton, lambda: self._openFolder(self.logic.registry().models_dir)),
             (ui.runsRefreshButton, self.refreshRuns),
             (ui.runsShowFolderButton, lambda: self._openFolder(self._selectedRunPath())),
-            (ui.evaluateButton, self._withPackages(self.onEvaluate)),
-            (ui.sceneCasesRefreshButton, self.refreshSceneCases),
+            (ui.evaluateButton, needs(self.onEvaluate)), (ui.sceneCasesRefreshButton, self.refreshSceneCases),
         ):  # fmt: skip
             button.connect("clicked(bool)", lambda _checked=False, s=slot: s())
         for button, message, action in (  # the selected run's actions
             (ui.runsCancelButton, _("Failed to cancel the run."), pl.cancel_job),
             (ui.runsResumeButton, _("Failed to resume the run."), self._resumeRun),
-            (ui.runsCurvesButton, _("Failed to plot the run."), self._withPackages(self._showCurves)),
-            (
-                ui.runsLoadPredictionsButton,
-                _("Failed to load the predictions."),
-                self._withPackages(self._loadPredictions),
-            ),
-            (
-                ui.runsUseModelButton,
-                _("Failed to register the model."),
-                self._withPackages(self._useRunModel),
-            ),
-        ):
+            (ui.runsCurvesButton, _("Failed to plot the run."), needs(self._showCurves)),
+            (ui.runsLoadPredictionsButton, _("Failed to load the predictions."), needs(self._loadPredictions)),
+            (ui.runsUseModelButton, _("Failed to register the model."), needs(self._useRunModel)),
+        ):  # fmt: skip
             button.connect("clicked(bool)", lambda _c=False, m=message, a=action: self._withSelectedRun(m, a))
         ui.runsTableWidget.connect("itemSelectionChanged()", self._onRunSelected)
         ui.modelComboBox.connect("currentIndexChanged(int)", self._onModelChosen)
