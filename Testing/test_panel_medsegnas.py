@@ -195,6 +195,8 @@ def test_user_journey(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert len(app.dialogs) == 1 and "nibabel" in app.dialogs[0], (button.objectName(), app.dialogs)
     assert len(_nodes("vtkMRMLSegmentationNode")) == segmentations and app.layout_manager.layout == FOUR_UP
     assert app.slot_errors == [] and arrangement
+    slowest = sorted(app.slot_times.items(), key=lambda item: -item[1])[:8]
+    print("longest GUI callbacks (s):", ", ".join(f"{name} {seconds:.3f}" for name, seconds in slowest))
 
 
 def test_search_then_cancel_resume_and_cancel_from_runs(slicer_app, phantom_dataset, tmp_path: Path) -> None:

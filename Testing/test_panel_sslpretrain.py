@@ -180,3 +180,21 @@ def test_cancel_resume_and_reopening(slicer_app, phantom_dataset, tmp_path: Path
     app.choose(w.ui.runComboBox, w.ui.runComboBox.itemText(0))
     assert _count("vtkMRMLPlotChartNode") == 1 and app.layout_manager.layout != FOUR_UP
     assert app.slot_errors == [] and app.dialogs == []
+
+
+def test_a_run_that_cannot_be_read_is_reported_once_in_the_status_line(slicer_app, caplog) -> None:
+    """Defect 11: a run whose event log cannot be read (written by another version, damaged)
+    is reported in the status line and the log, once; no dialog when the panel opens, no error on
+    every timer tick."""
+    from MedSegNASLib.jobs import RunDir
+
+    run = RunDir.create(Path.home() / "MedSegNAS" / "runs", "pretrain")
+    run.write_job({"kind": "pretrain", "argv": []})
+    # no status yet: the worker is starting (a run whose status says "done" is not read further)
+    run.events_jsonl.write_text('{"type": "progress", "step": "seven", "total": 10}\n')
+    app = slicer_app
+    w = open_panel(app, "SSLPretrain")
+    app.process_events(2.5)  # a few timer ticks
+    assert w.ui.pretrainStatusLabel.text.startswith("Cannot follow the run: "), w.ui.pretrainStatusLabel.text
+    assert app.dialogs == [] and app.slot_errors == []
+    assert sum("Cannot follow the run" in r.getMessage() for r in caplog.records) == 1

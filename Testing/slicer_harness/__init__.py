@@ -254,6 +254,13 @@ class Harness:
         return pythonqt.SLOT_ERRORS
 
     @property
+    def slot_times(self) -> dict[str, float]:
+        """Slot (qualified name) -> its longest call in seconds, since the harness started."""
+        from . import pythonqt
+
+        return pythonqt.SLOT_TIMES
+
+    @property
     def calls(self) -> list:
         from . import pythonqt
 

@@ -88,7 +88,7 @@ class PythonQtObject:
         return signal
 
     def connect(self, signature: str, slot: Any) -> bool:
-        wrapped = guarded(slot)
+        wrapped = guarded(slot, f"{self.objectName() or type(self).__name__}.{signature}: {_slot_name(slot)}")
         self.__dict__.setdefault("_pythonqt_slots", []).append((signature, slot, wrapped))
         self._signal(signature).connect(wrapped)
         return True
