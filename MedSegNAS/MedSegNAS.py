@@ -1,13 +1,14 @@
 """MedSegNAS Slicer module: the panel and its parameter node, connected to ``MedSegNASLib.panels.panel_logic``.
 
 Every long task is a background job (``MedSegNASLib.jobs``) followed from a ``qt.QTimer``, and
-re-attached after a restart. Everything without Qt is in ``MedSegNASLib.panel_*``, tested with
-slicer-core; this file only connects widgets to it.
+re-attached after a restart. Everything without Qt is in ``MedSegNASLib.panels``, tested with
+slicer-core (the state behind the buttons: ``panels.panel_state``); this file connects widgets to it.
 
 No ``from __future__ import annotations`` here: ``parameterNodeWrapper`` reads the field types
 with ``typing.get_type_hints`` while Slicer is still loading this file.
 """
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -319,10 +320,12 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _follow(self, area, job, kind=None) -> None:
         """Follow ``job`` in ``area``; ``kind``: the kind launched (None: the run's own record)."""
-        if not job.is_run_dir():
+        if job.is_run_dir():
+            with contextlib.suppress(ValueError):  # not a run of this area (a stale setting): forget it
+                area.follow(pl.JobFollower(job), kind)
+        if area.follower is None:
             setattr(self._parameterNode, area.run_parameter, "")
             return
-        area.follow(pl.JobFollower(job), kind)
         setattr(self._parameterNode, area.run_parameter, str(job.path))
         area.progressBar.value = 0
         area.statusLabel.text = _("Starting...")
