@@ -270,6 +270,9 @@ def test_scene_volumes_are_written_with_hardened_transforms_and_unique_names(tmp
 
     paths = panel_logic.export_scene_volumes([first, second], tmp_path / "inputs")
     assert [path.name for path in paths] == ["CT_a_b.nii.gz", "CT_a_b_2.nii.gz"]
+    first.SetName("case_001.nii.gz")  # named after the file it was loaded from
+    (renamed,) = panel_logic.export_scene_volumes([first], tmp_path / "renamed")
+    assert renamed.name == "case_001_nii_gz.nii.gz" and read_volume(renamed).array.shape == (1, 6, 7, 8)
     written = [read_volume(path) for path in paths]
     np.testing.assert_allclose(written[0].affine, oblique, atol=1e-5)
     np.testing.assert_allclose(written[1].affine, moved, atol=1e-5)

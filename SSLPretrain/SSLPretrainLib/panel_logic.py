@@ -244,7 +244,9 @@ def _launch(
 
 
 def _safe_file_stem(name: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    # No dots: a node named after its file ("case.nii.gz") would give "case.nii.gz.nii.gz",
+    # which the image writers refuse.
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")
     return stem or "volume"
 
 
