@@ -12,6 +12,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
+from MedSegNASLib.panels.panel_state import ParameterNodeHolder, ReportedErrors
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -38,7 +39,7 @@ class SSLPretrain(ScriptedLoadableModule):
         self.parent.title = _("SSL Pretrain")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         # Shares the MedSegNAS module's job protocol, data I/O and dependency installation.
-        self.parent.dependencies = ["MedSegNAS"]
+        self.parent.dependencies = ["MedSegNAS", "Plots"]
         self.parent.contributors = ["MedSegNAS contributors (https://github.com/medsegnas/SlicerMedSegNAS)"]
         self.parent.helpText = _(
             """
@@ -88,8 +89,10 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        self._params = None  # MedSegNASLib.panels.panel_state.ParameterNodeHolder
+        self._timerErrors = ReportedErrors()
+        self._curvesWanted = False  # the user asked to see a run (started, resumed or chose it)
+        self._startedHere = set()  # job kinds started from this panel: their results are shown
         self._environmentProcess = None
         self._missingPackages = []
         self._followers = {}  # job kind -> panel_logic.JobFollower of the run the panel shows
@@ -102,6 +105,7 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SSLPretrainLogic()
+        self._params = ParameterNodeHolder(self.logic.getParameterNode, self._connectGui, self._disconnectGui)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         for button, handler in (
@@ -136,31 +140,30 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._params.detach_gui()  # keep the node: the job timer goes on
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
+        self._params.release()
         self._chartNode = None
 
     def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
+        self.initializeParameterNode(gui=self.parent.isEntered)
 
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+    @property
+    def _parameterNode(self):
+        return self._params.node if self._params else None
 
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+    def initializeParameterNode(self, gui=True) -> None:
+        self._params.attach(gui)
         self._updateButtons()
+
+    def _connectGui(self, params):
+        self.addObserver(params, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        return params.connectGui(self.ui)
+
+    def _disconnectGui(self, params, tag) -> None:
+        params.disconnectGui(tag)
+        self.removeObserver(params, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def _state(self, kind):  # of the run followed for ``kind``; None when there is none
         follower = self._followers.get(kind)
@@ -245,6 +248,7 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             run = self.logic.startPretraining(
                 self._parameterNode, checked if self._parameterNode.useSceneVolumes else []
             )
+            self._curvesWanted = True
             self.refreshRuns(select=run)
 
     def onCancel(self) -> None:
@@ -255,6 +259,7 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onResume(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to resume the run."), waitCursor=True):
             run = panel_logic.resume_job(self._followers["pretrain"].run)
+            self._curvesWanted = True
             self.refreshRuns(select=run)
 
     def refreshRuns(self, *args, select=None) -> None:
@@ -278,6 +283,9 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onRunChosen()
 
     def onRunChosen(self, index=None) -> None:
+        """The run shown (``index``: the user chose it; None: the list was refilled)."""
+        if index is not None:
+            self._curvesWanted = True  # only the user's choice shows curves (and may change the layout)
         path = self.ui.runComboBox.currentData
         followed = self._followers.get("pretrain")
         if not path:
@@ -297,17 +305,26 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         }
         live = False
         for kind, follower in list(self._followers.items()):
-            update = follower.poll()
-            live = live or not update.finished
-            widgets[kind][0].value, widgets[kind][1].text = update.percent, update.text
-            newCurves = update.curves_changed or self._chartNode is None
-            if kind == "pretrain" and newCurves and len(follower.curves):
-                self._chartNode = self.logic.showLossCurves(follower, self._chartNode)
-            if kind == "fewshot" and any(e.get("type") in ("artifact", "done") for e in update.events):
-                self._showFewshotResults(follower)
+            try:
+                live = self._pollJob(kind, follower, *widgets[kind]) or live
+            except Exception as exc:  # in the status line and the log, once; the run is no longer followed
+                widgets[kind][1].text = _("Cannot follow the run: {error}").format(error=exc)
+                self._timerErrors.report(widgets[kind][1].text, exc)
+                self._followers.pop(kind, None)
         if not live:
             self._jobTimer.stop()
         self._updateButtons()
+
+    def _pollJob(self, kind, follower, progressBar, statusLabel) -> bool:
+        """Show the run's new progress and results; True while it runs."""
+        update = follower.poll()
+        progressBar.value, statusLabel.text = update.percent, update.text
+        newCurves = update.curves_changed or self._chartNode is None
+        if kind == "pretrain" and self._curvesWanted and newCurves and len(follower.curves):
+            self._chartNode = self.logic.showLossCurves(follower, self._chartNode)
+        if kind == "fewshot" and any(e.get("type") in ("artifact", "done") for e in update.events):
+            self._showFewshotResults(follower)
+        return not update.finished
 
     def onLoadReconstructions(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to load the reconstructions."), waitCursor=True):
@@ -324,6 +341,7 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             pretrained = self._followers["pretrain"].run.path
             run = start(p.runsFolder, pretrained, p.labelledDataset, **{key: values[key] for key in options})
             self._followers[kind] = panel_logic.JobFollower(run)
+            self._startedHere.add(kind)
             self._jobTimer.start()
         self._pollJobs()
 
@@ -346,7 +364,7 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showFewshotResults(self, follower) -> None:
         files = panel_logic.fewshot_files(follower.run)
-        if "csv" in files:
+        if "csv" in files and "fewshot" in self._startedHere:  # the layout changes only when asked
             self.logic.showTable(panel_logic.fewshot_table_node(follower.run, slicer.mrmlScene))
         if "plot" in files:
             pixmap = qt.QPixmap(str(files["plot"]))
@@ -469,13 +487,22 @@ class SSLPretrainTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        from MedSegNASLib.panels.panel_logic import missing_packages
+
+        missing = missing_packages(dict.fromkeys([*panel_logic.PRETRAIN_PACKAGES, "nibabel"]))
+        if missing:  # a build machine or a Slicer without them: say so instead of failing on an import
+            message = _(
+                "SSLPretrain self-test skipped: {names} not installed (Install missing packages, in the panel)."
+            )
+            self.delayDisplay(message.format(names=", ".join(missing)))
+            return
         self.setUp()
         self.test_pretraining_on_scene_volumes()
 
     def test_pretraining_on_scene_volumes(self):
         """Phantom dataset counted; 2 tiny steps on 2 scene volumes: 4 loss curves, 32^3 reconstructions."""
         from MedSegNASLib.data import read_volume, write_phantom_dataset
-        from MedSegNASLib.slicer_bridge import volume_to_volume_node
+        from MedSegNASLib.panels.slicer_bridge import volume_to_volume_node
 
         logic = SSLPretrainLogic()
         p = logic.getParameterNode()

@@ -1,4 +1,4 @@
-"""The MedSegNAS panel's logic (``MedSegNASLib.panel_logic``) with the real MRML classes of ``slicer-core``.
+"""The MedSegNAS panel's logic (``MedSegNASLib.panels.panel_logic``) with the real MRML classes of ``slicer-core``.
 
 What a user of the panel would check: segmenting a volume node with a bundle gives a segmentation
 node named after the input and the model, with the bundle's segment names and colors, on the
@@ -22,11 +22,11 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="the panel logic needs slicer-core (pip install slicer-core)")
 torch = pytest.importorskip("torch")
 
-from MedSegNASLib import panel_logic, panel_runs  # noqa: E402
-from MedSegNASLib import slicer_bridge as bridge  # noqa: E402
 from MedSegNASLib.data.phantom import PHANTOM_LABELS, generate_phantom_case, write_phantom_dataset  # noqa: E402
 from MedSegNASLib.data.volume import LabelInfo, Volume  # noqa: E402
 from MedSegNASLib.jobs import JobContext, RunDir  # noqa: E402
+from MedSegNASLib.panels import panel_logic, panel_runs  # noqa: E402
+from MedSegNASLib.panels import slicer_bridge as bridge  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 ORGANS = [label for label in PHANTOM_LABELS if label.value != 0]

@@ -20,13 +20,13 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="the panel logic needs slicer-core (pip install slicer-core)")
 
-from MedSegNASLib import slicer_bridge as bridge  # noqa: E402
 from MedSegNASLib.data import load_dataset, read_volume, validate_dataset  # noqa: E402
 from MedSegNASLib.data.phantom import PHANTOM_LABELS, generate_phantom_case  # noqa: E402
 from MedSegNASLib.data.volume import LabelInfo, Volume  # noqa: E402
 from MedSegNASLib.errors import DatasetError  # noqa: E402
-from MedSegNASLib.panel_dataset import export_scene_dataset, scene_segmentation_pairs  # noqa: E402
-from MedSegNASLib.panel_terminology import apply_terminology, terminology_entry  # noqa: E402
+from MedSegNASLib.panels import slicer_bridge as bridge  # noqa: E402
+from MedSegNASLib.panels.panel_dataset import export_scene_dataset, scene_segmentation_pairs  # noqa: E402
+from MedSegNASLib.panels.panel_terminology import apply_terminology, terminology_entry  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 ORGANS = {label.value: label for label in PHANTOM_LABELS if label.value}
@@ -158,7 +158,7 @@ def test_organ_names_get_snomed_ct_terminology_entries() -> None:
     assert "~SCT^64033007^Kidney~SCT^24028007^Right~" in terminology_entry("right kidney")
     assert "~SCT^64033007^Kidney~SCT^7771000^Left~" in terminology_entry("kidney_left")
     assert "~SCT^28231008^Gallbladder~^^~" in terminology_entry("Gall Bladder")
-    assert "~SCT^89837001^Urinary bladder~" in terminology_entry("bladder")
+    assert "~SCT^89837001^Bladder~" in terminology_entry("bladder")
     lesion = terminology_entry("liver tumor")
     assert "SCT^49755003^Morphologically Altered Structure~SCT^4147007^Mass~" in lesion
     assert lesion.endswith("~Anatomic codes - DICOM master list~SCT^10200004^Liver~^^")
@@ -197,8 +197,8 @@ def test_segments_of_a_segmentation_node_are_tagged_by_name(scene, tmp_path: Pat
 def test_training_on_scene_cases_exports_them_into_the_run_and_launches(scene, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from MedSegNASLib import panel_logic
-    from MedSegNASLib.panel_jobs import JobFollower, cancel_job
+    from MedSegNASLib.panels import panel_logic
+    from MedSegNASLib.panels.panel_jobs import JobFollower, cancel_job
 
     a = _case(scene, 3, "a", {"liver": 1, "spleen": 2, "right kidney": 3, "left kidney": 4})
     b = _case(scene, 4, "b", {"liver": 1, "spleen": 2, "right kidney": 3, "left kidney": 4})
@@ -222,7 +222,7 @@ def test_training_on_scene_cases_exports_them_into_the_run_and_launches(scene, t
 
 
 def test_scene_case_rows_list_pairs_and_give_back_the_checked_nodes(scene) -> None:
-    from MedSegNASLib.panel_logic import scene_case_rows, scene_cases
+    from MedSegNASLib.panels.panel_logic import scene_case_rows, scene_cases
 
     values = {organ.name: organ.value for organ in ORGANS.values()}
     first = _case(scene, 1, "case_a", values)[:2]
@@ -237,3 +237,14 @@ def test_scene_case_rows_list_pairs_and_give_back_the_checked_nodes(scene) -> No
     assert scene_cases(scene, [ids["case_b"]]) == [second]
     scene.RemoveNode(first[1])
     assert scene_cases(scene, [ids["case_a"], ids["case_b"]]) == [second], "a removed node drops its case"
+
+
+def test_each_snomed_code_has_one_name_the_one_slicer_shows() -> None:
+    """One code, one meaning: Slicer's terminologies (DICOM master list) call 89837001 "Bladder"."""
+    from MedSegNASLib.panels.panel_terminology import ORGAN_CODES
+
+    meanings: dict[str, set[str]] = {}
+    for organ in ORGAN_CODES:
+        meanings.setdefault(organ.code, set()).add(organ.meaning)
+    assert {code: names for code, names in meanings.items() if len(names) > 1} == {}
+    assert meanings["89837001"] == {"Bladder"}

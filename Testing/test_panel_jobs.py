@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from MedSegNASLib.errors import MedSegNASError
 from MedSegNASLib.jobs import RunDir, refresh_status
-from MedSegNASLib.panel_jobs import (
+from MedSegNASLib.panels.panel_jobs import (
     LAUNCH_INFO,
     JobFollower,
     launch_job,
@@ -60,7 +60,7 @@ def test_several_processes_run_under_torch_distributed_run() -> None:
 
 def test_training_command_for_two_gpus(tmp_path: Path) -> None:
     slicer = pytest.importorskip("slicer")  # noqa: F841 - panel_logic imports the MRML classes
-    from MedSegNASLib import panel_logic
+    from MedSegNASLib.panels import panel_logic
 
     dataset = tmp_path / "dataset.json"
     dataset.write_text("{}")
@@ -148,7 +148,7 @@ def test_two_cpu_processes_launched_and_resumed_through_torchrun(tmp_path: Path)
 
 
 def test_one_look_at_a_run_reads_state_result_and_new_events(tmp_path: Path) -> None:
-    from MedSegNASLib.panel_jobs import poll_job, run_is_live, run_result
+    from MedSegNASLib.panels.panel_jobs import poll_job, run_is_live, run_result
 
     run = RunDir.create(tmp_path / "runs", "search")
     run.write_status(state="running", pid=os.getpid())
@@ -168,7 +168,7 @@ def test_one_look_at_a_run_reads_state_result_and_new_events(tmp_path: Path) -> 
 
 
 def test_ensure_packages_installs_only_what_is_missing_and_says_what_still_is() -> None:
-    from MedSegNASLib.panel_logic import ensure_packages
+    from MedSegNASLib.panels.panel_logic import ensure_packages
 
     asked: list[str] = []
     pip_calls: list[list[str]] = []

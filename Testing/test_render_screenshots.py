@@ -22,9 +22,9 @@ vtk = pytest.importorskip("vtk")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import slicer_views as rendering  # noqa: E402
-from MedSegNASLib import slicer_bridge as bridge  # noqa: E402
 from MedSegNASLib.data.phantom import PHANTOM_LABELS, generate_phantom_case  # noqa: E402
 from MedSegNASLib.errors import MedSegNASError  # noqa: E402
+from MedSegNASLib.panels import slicer_bridge as bridge  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PHANTOM_SEED = 2  # its most crowded axial plane crosses all four organs

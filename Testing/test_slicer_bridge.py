@@ -18,10 +18,10 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer", reason="the Slicer bridge needs slicer-core (pip install slicer-core)")
 vtk = pytest.importorskip("vtk")
 
-from MedSegNASLib import slicer_bridge as bridge  # noqa: E402
 from MedSegNASLib.data.io import read_volume, write_volume  # noqa: E402
 from MedSegNASLib.data.volume import LPS_TO_RAS, LabelInfo, Volume  # noqa: E402
 from MedSegNASLib.errors import ImageFormatError, ImageReadError, MedSegNASError  # noqa: E402
+from MedSegNASLib.panels import slicer_bridge as bridge  # noqa: E402
 
 SHAPE = (24, 20, 16)  # I, J, K
 SPACING = (0.8, 1.1, 2.5)

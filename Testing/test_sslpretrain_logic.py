@@ -27,7 +27,7 @@ from MedSegNASLib.data import read_volume, write_phantom_dataset  # noqa: E402
 from MedSegNASLib.errors import DatasetError, JobError, MedSegNASError  # noqa: E402
 from MedSegNASLib.jobs import RunDir, refresh_status  # noqa: E402
 from MedSegNASLib.jobs.rundir import hostname, process_start_ticks  # noqa: E402
-from MedSegNASLib.slicer_bridge import volume_node_to_volume, volume_to_volume_node  # noqa: E402
+from MedSegNASLib.panels.slicer_bridge import volume_node_to_volume, volume_to_volume_node  # noqa: E402
 from SSLPretrainLib import panel_logic  # noqa: E402
 from SSLPretrainLib.panel_logic import (  # noqa: E402
     LOSS_SERIES,
@@ -270,6 +270,9 @@ def test_scene_volumes_are_written_with_hardened_transforms_and_unique_names(tmp
 
     paths = panel_logic.export_scene_volumes([first, second], tmp_path / "inputs")
     assert [path.name for path in paths] == ["CT_a_b.nii.gz", "CT_a_b_2.nii.gz"]
+    first.SetName("case_001.nii.gz")  # named after the file it was loaded from
+    (renamed,) = panel_logic.export_scene_volumes([first], tmp_path / "renamed")
+    assert renamed.name == "case_001_nii_gz.nii.gz" and read_volume(renamed).array.shape == (1, 6, 7, 8)
     written = [read_volume(path) for path in paths]
     np.testing.assert_allclose(written[0].affine, oblique, atol=1e-5)
     np.testing.assert_allclose(written[1].affine, moved, atol=1e-5)

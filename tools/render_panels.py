@@ -308,8 +308,8 @@ def _percent(event: dict[str, Any]) -> int:
 def _model_records(runs: list[dict[str, Any]], registry: Path | None, scratch: Path) -> list[Any]:
     """The registry's models; else the newest exported model of the runs, registered in a scratch
     registry (as the panel's *Use this model* would); else an example record."""
-    from MedSegNASLib import panel_runs
     from MedSegNASLib.models.registry import ModelRecord, ModelRegistry
+    from MedSegNASLib.panels import panel_runs
 
     if registry is not None:
         return ModelRegistry(registry).list()
@@ -349,10 +349,10 @@ def medsegnas_session(
     runs_dir: Path | None, dataset: Path | None, registry: Path | None, scratch: Path
 ) -> PanelSession:
     """The MedSegNAS panel after the demo: a search running, earlier runs listed, a model registered."""
-    from MedSegNASLib import panel_logic, panel_runs
     from MedSegNASLib.jobs import list_runs
     from MedSegNASLib.models.registry import load_catalog
-    from MedSegNASLib.panel_jobs import progress_text
+    from MedSegNASLib.panels import panel_logic, panel_runs
+    from MedSegNASLib.panels.panel_jobs import progress_text
 
     session = PanelSession()
     runs = list_runs(runs_dir) if runs_dir is not None else []
@@ -469,7 +469,7 @@ def ssl_session(runs_dir: Path | None, dataset: Path | None, check_environment: 
     if runs_dir is not None:
         session.texts["runsFolderPathLineEdit"] = str(runs_dir)
     event = event or EXAMPLE_PRETRAIN_EVENT
-    from MedSegNASLib.panel_jobs import progress_text
+    from MedSegNASLib.panels.panel_jobs import progress_text
 
     session.combo_items["runComboBox"] = [label for label, _path in choices] or [
         f"pretrain-20261126-220512-5be1c2 (running {_percent(event)}%)"

@@ -130,8 +130,8 @@ def choose_case(args: argparse.Namespace) -> Case:
 def render_slices(case: Case, path: Path, args: argparse.Namespace) -> Path:
     """Load the case into a new MRML scene and write the slice + 3D overview picture."""
     import slicer_views as rendering  # beside this script: it imports slicer, so it stays out of the Lib
-    from MedSegNASLib import slicer_bridge
     from MedSegNASLib.data.io import read_volume
+    from MedSegNASLib.panels import slicer_bridge
 
     image = case.image if isinstance(case.image, Volume) else read_volume(case.image)
     with rendering.SceneViews(size=(args.view_size, args.view_size)) as views:

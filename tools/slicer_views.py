@@ -2,7 +2,7 @@
 
 This renders what a Slicer user sees, without the Slicer application or Qt: the MRML classes of the
 ``slicer-core`` wheel build the views, and VTK renders them into an offscreen (EGL or OSMesa)
-window. Like ``MedSegNASLib.slicer_bridge`` it imports ``slicer``, so it lives beside
+window. Like ``MedSegNASLib.panels.slicer_bridge`` it imports ``slicer``, so it lives beside
 ``tools/render_screenshots.py`` rather than in the Lib (only the bridge there may import ``slicer``).
 
 What comes from MRML, as in the application:
@@ -33,7 +33,7 @@ import slicer
 import vtk
 from MedSegNASLib.atomic import write_atomic
 from MedSegNASLib.errors import MedSegNASError
-from MedSegNASLib.slicer_bridge import segmentation_node_to_labelmap
+from MedSegNASLib.panels.slicer_bridge import segmentation_node_to_labelmap
 from vtk.util import numpy_support
 
 __all__ = [
@@ -496,7 +496,7 @@ def segment_rich_position(label_map: Any) -> np.ndarray:
 
     Args:
         label_map: :class:`~MedSegNASLib.data.volume.Volume` with a ``(1, I, J, K)`` integer array
-            (e.g. :func:`~MedSegNASLib.slicer_bridge.segmentation_node_to_labelmap`).
+            (e.g. :func:`~MedSegNASLib.panels.slicer_bridge.segmentation_node_to_labelmap`).
 
     Returns:
         ``(3,)`` RAS coordinates.

@@ -6,8 +6,9 @@ Sub-packages:
     nas         DiNTS search, decode, retrain
     inference   segmentation engine
     models      model registry and safe MONAI bundle import/export
+    panels      the MRML layer of the two Slicer panels (slicer bridge, panel logic, jobs for panels)
 
-Only ``slicer_bridge`` imports ``slicer``; nothing here imports Qt.
+Only ``panels`` imports ``slicer``; nothing here imports Qt.
 """
 
 __version__ = "0.1.0"

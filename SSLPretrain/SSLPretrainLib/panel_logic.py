@@ -16,7 +16,7 @@ MedSegNAS protocol (:mod:`MedSegNASLib.jobs`) run by ``python -m SSLPretrainLib.
 - :func:`live_runs` finds the runs still going after Slicer was restarted, to re-attach to them.
 
 MRML nodes are made with the scene passed in (``slicer.mrmlScene`` in the application);
-``slicer`` itself is only imported through :mod:`MedSegNASLib.slicer_bridge`, and only by the
+``slicer`` itself is only imported through :mod:`MedSegNASLib.panels.slicer_bridge`, and only by the
 functions that need it, so importing this module when Slicer starts costs nothing (no torch,
 MONAI or nibabel).
 """
@@ -35,18 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from MedSegNASLib import panel_jobs
 from MedSegNASLib.atomic import write_json_atomic
 from MedSegNASLib.errors import DatasetError, JobError, MedSegNASError
 from MedSegNASLib.jobs import RunDir, list_runs, refresh_status
+from MedSegNASLib.panels import panel_jobs
 
 # Shared with the MedSegNAS panel; importable from here as the SSLPretrain module uses them.
-from MedSegNASLib.panel_jobs import LIVE_STATES as LIVE_STATES
-from MedSegNASLib.panel_jobs import JobUpdate as JobUpdate
-from MedSegNASLib.panel_jobs import as_float, launch_job
-from MedSegNASLib.panel_jobs import cancel_job as cancel_job
-from MedSegNASLib.panel_jobs import format_eta as format_eta
-from MedSegNASLib.panel_jobs import worker_python as worker_python
+from MedSegNASLib.panels.panel_jobs import LIVE_STATES as LIVE_STATES
+from MedSegNASLib.panels.panel_jobs import JobUpdate as JobUpdate
+from MedSegNASLib.panels.panel_jobs import as_float, launch_job
+from MedSegNASLib.panels.panel_jobs import cancel_job as cancel_job
+from MedSegNASLib.panels.panel_jobs import format_eta as format_eta
+from MedSegNASLib.panels.panel_jobs import worker_python as worker_python
 
 from .cli import REQUIRED_PACKAGES
 from .config import LOSS_NAMES, PRESETS, resolve_config
@@ -167,7 +167,7 @@ def preset_defaults(preset: str) -> dict[str, Any]:
 
 def worker_environment() -> dict[str, str]:
     """Environment additions for a worker: ``PYTHONPATH`` to ``SSLPretrainLib`` and ``MedSegNASLib``,
-    CPU thread counts (see :func:`MedSegNASLib.panel_jobs.worker_environment`)."""
+    CPU thread counts (see :func:`MedSegNASLib.panels.panel_jobs.worker_environment`)."""
     import SSLPretrainLib
 
     return panel_jobs.worker_environment(SSLPretrainLib)
@@ -244,7 +244,9 @@ def _launch(
 
 
 def _safe_file_stem(name: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    # No dots: a node named after its file ("case.nii.gz") would give "case.nii.gz.nii.gz",
+    # which the image writers refuse.
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")
     return stem or "volume"
 
 
@@ -252,12 +254,12 @@ def export_scene_volumes(volume_nodes: Iterable[Any], folder: str | os.PathLike[
     """Write volume nodes as NIfTI files (``<node name>.nii.gz``, made unique) with their geometry.
 
     Linear parent transforms are hardened into the written geometry (see
-    :func:`MedSegNASLib.slicer_bridge.export_volume_node`).
+    :func:`MedSegNASLib.panels.slicer_bridge.export_volume_node`).
 
     Raises:
         DatasetError: no volume given.
     """
-    from MedSegNASLib.slicer_bridge import export_volume_node
+    from MedSegNASLib.panels.slicer_bridge import export_volume_node
 
     nodes = [node for node in volume_nodes if node is not None]
     if not nodes:
@@ -618,7 +620,7 @@ def load_reconstructions(
         JobError: the run has written no reconstructions yet.
     """
     from MedSegNASLib.data.io import read_volume
-    from MedSegNASLib.slicer_bridge import volume_to_volume_node
+    from MedSegNASLib.panels.slicer_bridge import volume_to_volume_node
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     step, samples = reconstruction_records(run)
@@ -685,7 +687,7 @@ def fewshot_table_node(
         name: node name (default ``<run id> few-shot``).
         replace_node: a table node to fill instead of a new one (default: the one named ``name``).
     """
-    from MedSegNASLib.slicer_bridge import metrics_to_table_node
+    from MedSegNASLib.panels.slicer_bridge import metrics_to_table_node
 
     path = Path(source.path if isinstance(source, RunDir) else source)
     if path.is_dir():

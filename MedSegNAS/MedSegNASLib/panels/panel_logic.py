@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 
 import slicer
 
-from .atomic import write_json_atomic
-from .errors import JobError, MedSegNASError
-from .jobs import RunDir, refresh_status
+from ..atomic import write_json_atomic
+from ..errors import JobError, MedSegNASError
+from ..jobs import RunDir, refresh_status
 from .panel_jobs import (
     JobFollower,
     JobUpdate,
@@ -62,9 +62,9 @@ from .panel_jobs import resume_job as _resume_job
 from .panel_terminology import apply_terminology
 
 if TYPE_CHECKING:  # torch is imported only where a model runs
-    from .data.volume import LabelInfo, Volume
-    from .inference.engine import SegmentOptions
-    from .models.registry import ModelRecord
+    from ..data.volume import LabelInfo, Volume
+    from ..inference.engine import SegmentOptions
+    from ..models.registry import ModelRecord
 
 __all__ = [
     "BackgroundTask",
@@ -262,7 +262,7 @@ def model_display_name(record: ModelRecord) -> str:
 
 def model_tooltip(record: ModelRecord) -> str:
     """Tooltip of a registered model: what it segments, from what, how big, where it came from, trust."""
-    from .models.registry import human_size
+    from ..models.registry import human_size
 
     labels = [str(item.get("name")) for item in record.labels if int(item.get("value", 0)) != 0]
     channels = (
@@ -302,14 +302,14 @@ def import_model_task(
     source: str, *, trusted: bool = False, home: str | os.PathLike[str] | None = None
 ) -> BackgroundTask:
     """Import a bundle folder, archive or URL into the registry in a thread."""
-    from .models.registry import ModelRegistry
+    from ..models.registry import ModelRegistry
 
     return BackgroundTask(ModelRegistry(home).import_model, source, trusted=trusted, if_exists="rename")
 
 
 def download_model_task(name: str, *, home: str | os.PathLike[str] | None = None) -> BackgroundTask:
     """Download a catalog bundle (checksum checked) into the registry in a thread."""
-    from .models.registry import ModelRegistry
+    from ..models.registry import ModelRegistry
 
     return BackgroundTask(ModelRegistry(home).download, name)
 
@@ -319,13 +319,13 @@ def download_model_task(name: str, *, home: str | os.PathLike[str] | None = None
 
 def catalog_names() -> list[str]:
     """The names of the bundles in the model catalog (downloadable), sorted."""
-    from .models.registry import load_catalog
+    from ..models.registry import load_catalog
 
     return sorted(load_catalog())
 
 
 def _looks_like_path(spec: str) -> bool:
-    from .models.registry import ARCHIVE_SUFFIXES
+    from ..models.registry import ARCHIVE_SUFFIXES
 
     return (
         "/" in spec
@@ -343,7 +343,7 @@ def model_key(model_spec: str | os.PathLike[str]) -> str:
 
 def model_label(model_spec: str | os.PathLike[str]) -> str:
     """The model's name in a result's node name: the registry id, or the bundle folder/archive name."""
-    from .models.registry import ARCHIVE_SUFFIXES
+    from ..models.registry import ARCHIVE_SUFFIXES
 
     text = os.fspath(model_spec)
     if not _looks_like_path(text):
@@ -406,7 +406,7 @@ def _input_volume(volume_node: Any, extra_channel_nodes: Sequence[Any]) -> Volum
     """The input volume node and the extra channels stacked as one ``(C, I, J, K)`` volume."""
     import numpy as np
 
-    from .data.volume import Volume
+    from ..data.volume import Volume
     from .slicer_bridge import volume_node_to_volume
 
     volume = volume_node_to_volume(volume_node)
@@ -454,8 +454,8 @@ def segment_volume_node(
         The ``vtkMRMLSegmentationNode`` named ``"<input> - <model>"``: one segment per label of the
         bundle (its names and colors), reference image geometry from the input volume.
     """
-    from .inference.engine import segment_volume
-    from .inference.model import load_resolved_model
+    from ..inference.engine import segment_volume
+    from ..inference.model import load_resolved_model
 
     volume = _input_volume(volume_node, extra_channel_nodes)
     model = load_resolved_model(os.fspath(model_spec), trust=trusted, home=home)
@@ -584,7 +584,7 @@ def load_segment_result(
     info = json.loads((run.path / SEGMENT_INPUTS / SCENE_INFO).read_text(encoding="utf-8"))
     output = Path((status.get("result") or {}).get("output") or run.path / SEGMENT_OUTPUT)
     if volume_node is None:
-        from .data.io import read_volume
+        from ..data.io import read_volume
         from .slicer_bridge import _resolve_scene, volume_to_volume_node
 
         scene = _resolve_scene(scene)
@@ -729,7 +729,8 @@ def launch_training_job(
                 modality=dataset_modality,
             )
         config = None
-        if overrides:
+        if overrides:  # epochs, patch size... set in the panel
+            (run.path / SEGMENT_INPUTS).mkdir(parents=True, exist_ok=True)
             config = write_json_atomic(run.path / SEGMENT_INPUTS / "config.json", dict(overrides))
         argv = training_argv(
             kind, dataset, preset=preset, arch=arch, network=network, device=device, config=config
@@ -747,7 +748,7 @@ def _segments(segmentation_node: Any) -> list[tuple[str, str, int | None]]:
     """(segment ID, name, stored label value or None) of every segment, in order."""
     import vtk
 
-    from .data.io import LABEL_VALUE_TAG
+    from ..data.io import LABEL_VALUE_TAG
 
     segmentation = segmentation_node.GetSegmentation()
     found = []
@@ -827,7 +828,7 @@ def evaluate_segmentation_nodes(
 
     Segments are matched by name, then by stored label value (:func:`match_segments`); both
     segmentations are exported on one grid (the volume the reference is referenced to) with
-    :func:`~MedSegNASLib.slicer_bridge.segments_to_labelmap`, then scored by
+    :func:`~MedSegNASLib.panels.slicer_bridge.segments_to_labelmap`, then scored by
     :func:`~MedSegNASLib.evaluation.metrics.label_metrics` (absent-class rules there: a missed
     segment scores Dice 0, HD95 inf). Where segments of one segmentation overlap, the later wins.
 
@@ -836,8 +837,8 @@ def evaluate_segmentation_nodes(
         ``segment``, ``matched`` (segment name in the evaluated segmentation, "" when none),
         ``dice``, ``hd95_mm``, ``nsd``, ``voxels_reference``, ``voxels_segmentation``, ``status``.
     """
-    from .data.volume import LabelInfo
-    from .evaluation.metrics import label_metrics
+    from ..data.volume import LabelInfo
+    from ..evaluation.metrics import label_metrics
     from .slicer_bridge import metrics_to_table_node, segments_to_labelmap
 
     pairs = match_segments(segmentation_node, reference_node)

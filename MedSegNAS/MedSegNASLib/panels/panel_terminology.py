@@ -71,7 +71,7 @@ ORGAN_CODES: tuple[_Organ, ...] = (
     _Organ(("esophagus",), "32849002", "Esophagus"),
     _Organ(("adrenal",), "23451007", "Adrenal gland"),
     _Organ(("duodenum",), "38848004", "Duodenum"),
-    _Organ(("bladder",), "89837001", "Urinary bladder"),
+    _Organ(("bladder",), "89837001", "Bladder"),  # the CodeMeaning of Slicer's terminologies
     _Organ(("lung",), "39607008", "Lung"),
     _Organ(("heart",), "80891009", "Heart"),
     _Organ(("brain",), "12738006", "Brain"),

@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_json_atomic
-from .errors import DatasetError, MedSegNASError
+from ..atomic import write_json_atomic
+from ..errors import DatasetError, MedSegNASError
 from .panel_terminology import apply_terminology
 
 __all__ = ["export_scene_dataset", "load_dataset_case", "scene_segmentation_pairs", "segment_names"]
@@ -150,8 +150,8 @@ def export_scene_dataset(
             segment that does not lie on its volume, or a non-empty target folder.
         MedSegNASError: a volume or segmentation the bridge cannot export (non-linear transform...).
     """
-    from .data.io import write_volume
-    from .data.volume import LabelInfo
+    from ..data.io import write_volume
+    from ..data.volume import LabelInfo
     from .slicer_bridge import segments_to_labelmap, volume_node_to_volume
 
     pairs = [(volume, segmentation) for volume, segmentation in pairs]
@@ -273,8 +273,8 @@ def load_dataset_case(
     Returns:
         ``(volume node, segmentation node)``; the segmentation is ``None`` for an unlabelled case.
     """
-    from .data.datasets import load_dataset
-    from .data.io import read_volume
+    from ..data.datasets import load_dataset
+    from ..data.io import read_volume
     from .slicer_bridge import _resolve_scene, labelmap_to_segmentation_node, volume_to_volume_node
 
     description = load_dataset(dataset)

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_json_atomic
-from .errors import JobError, MedSegNASError
-from .jobs import FINAL_STATES, RunDir, cancel, launch, list_runs, refresh_status
-from .jobs.runner import DEFAULT_ENTRY
+from ..atomic import write_json_atomic
+from ..errors import JobError, MedSegNASError
+from ..jobs import FINAL_STATES, RunDir, cancel, launch, list_runs, refresh_status
+from ..jobs.runner import DEFAULT_ENTRY
 
 __all__ = [
     "LAUNCH_INFO",

@@ -26,14 +26,14 @@ PHANTOM_UNET: dict = {
 
 def phantom_dataset(folder: str | os.PathLike[str], size: int = 32) -> Path:
     """A one-case phantom dataset (``dataset.json``) in ``folder``."""
-    from .data.phantom import write_phantom_dataset
+    from ..data.phantom import write_phantom_dataset
 
     return write_phantom_dataset(folder, cases=1, size=size, unlabeled=0, test_cases=0)
 
 
 def phantom_organ_names() -> list[str]:
     """The names of the phantom's organ labels (background left out), in label order."""
-    from .data.phantom import PHANTOM_LABELS
+    from ..data.phantom import PHANTOM_LABELS
 
     return [label.name for label in PHANTOM_LABELS if label.value]
 
@@ -42,9 +42,9 @@ def phantom_bundle(folder: str | os.PathLike[str], name: str = "phantom_unet") -
     """A MONAI bundle ``folder/name`` of :data:`PHANTOM_UNET` (random weights) with the phantom's labels."""
     from monai.networks.nets import UNet
 
-    from .data.phantom import PHANTOM_LABELS
-    from .data.preprocessing import PreprocessingSpec
-    from .models.export import export_bundle
+    from ..data.phantom import PHANTOM_LABELS
+    from ..data.preprocessing import PreprocessingSpec
+    from ..models.export import export_bundle
 
     spec = PreprocessingSpec(
         channels=["CT"],

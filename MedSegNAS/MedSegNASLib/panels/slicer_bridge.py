@@ -35,9 +35,9 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .data.io import LABEL_VALUE_TAG, read_volume, segment_id_for_label, write_volume
-from .data.volume import LabelInfo, Volume
-from .errors import ImageFormatError, ImageReadError, MedSegNASError
+from ..data.io import LABEL_VALUE_TAG, read_volume, segment_id_for_label, write_volume
+from ..data.volume import LabelInfo, Volume
+from ..errors import ImageFormatError, ImageReadError, MedSegNASError
 
 __all__ = [
     "LABEL_VALUE_TAG",

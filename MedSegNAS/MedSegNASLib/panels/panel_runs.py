@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import slicer
 
-from .errors import MedSegNASError
-from .jobs import RunDir, run_summary
+from ..errors import MedSegNASError
+from ..jobs import RunDir, run_summary
 from .panel_terminology import apply_terminology
 
 if TYPE_CHECKING:
-    from .data.volume import LabelInfo
-    from .models.registry import ModelRecord
+    from ..data.volume import LabelInfo
+    from ..models.registry import ModelRecord
 
 __all__ = [
     "RunCurves",
@@ -365,8 +365,8 @@ def run_dice_table_node(run_dir: str | os.PathLike[str] | RunDir, scene: Any) ->
 
 def _run_dataset(run: RunDir) -> tuple[Any, list[LabelInfo]]:
     """The dataset a search/train run used and its label table (from ``job.json``)."""
-    from .data.datasets import load_dataset
-    from .data.volume import LabelInfo
+    from ..data.datasets import load_dataset
+    from ..data.volume import LabelInfo
 
     job = run.read_job()
     config = job.get("config") or {}
@@ -396,7 +396,7 @@ def load_validation_predictions(
     Returns:
         ``[(volume node, prediction node, ground-truth node or None), ...]`` in case-name order.
     """
-    from .data.io import read_volume
+    from ..data.io import read_volume
     from .slicer_bridge import labelmap_to_segmentation_node, volume_to_volume_node
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
@@ -434,7 +434,7 @@ def use_run_model(
     home: str | os.PathLike[str] | None = None,
 ) -> ModelRecord:
     """Register a run's exported bundle (``artifacts/model``) in the model registry (a copy)."""
-    from .models.registry import register_model
+    from ..models.registry import register_model
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
     model = run_details(run).model

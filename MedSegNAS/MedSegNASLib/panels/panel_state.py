@@ -1,0 +1,145 @@
+"""The panels' state that outlives a single handler, without Qt (tested directly and through the panels).
+
+* :class:`JobArea`: one area of a panel that follows a job: which run its buttons follow, of which
+  kind (the kind the panel launched, not guessed from a ``job.json`` the worker may not have
+  written yet), and what each button shows.
+* :class:`ParameterNodeHolder`: which parameter node the panel uses, and whether the GUI is
+  connected to it. The node is re-acquired when a scene closes, even while the module is hidden,
+  because the panel's timers keep following jobs and read it.
+* :class:`ReportedErrors`: errors inside timer callbacks are shown once (status line and log), not
+  in a dialog on every tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["JobArea", "ParameterNodeHolder", "ReportedErrors", "kind_of_run_folder"]
+
+logger = logging.getLogger(__name__)
+
+
+def kind_of_run_folder(path: str | os.PathLike[str]) -> str:
+    """The job kind in a run folder's name (``<kind>-<YYYYmmdd-HHMMSS>-<id>``, see ``RunDir.create``):
+    known from the launch on, before the worker writes ``job.json``."""
+    parts = Path(path).name.rsplit("-", 3)
+    return parts[0] if len(parts) == 4 else ""
+
+
+class JobArea:
+    """One area that follows a job: its start buttons (one per job kind), one of which turns into
+    Cancel while a job of its kind runs; the others wait.
+
+    Args:
+        idle_texts: job kind -> the text of its start button (in the order of the buttons).
+        run_parameter: the parameter node field that keeps the followed run folder (re-attached
+            after a module reload or a restart).
+        on_done: called with the run folder when the job ends ``done``.
+    """
+
+    def __init__(
+        self, idle_texts: Mapping[str, str], run_parameter: str, on_done: Callable[[str], Any]
+    ) -> None:
+        self.idle_texts = dict(idle_texts)
+        self.run_parameter, self.on_done = run_parameter, on_done
+        self.follower: Any = None
+        self.kind: str | None = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.idle_texts)
+
+    @property
+    def busy(self) -> bool:
+        return self.follower is not None
+
+    def follow(self, follower: Any, kind: str | None = None) -> None:
+        """Follow ``follower``'s run, of ``kind`` (the kind launched; None: the run's ``job.json``)."""
+        kind = kind or follower.kind or kind_of_run_folder(follower.run.path)
+        if kind not in self.idle_texts:
+            raise ValueError(
+                f"a {kind or 'job of unknown kind'} run cannot be followed here ({', '.join(self.kinds)})"
+            )
+        self.follower, self.kind = follower, kind
+
+    def stop(self) -> None:
+        self.follower, self.kind = None, None
+
+    def button_states(self, can_start: bool, cancel_text: str = "Cancel") -> dict[str, tuple[str, bool]]:
+        """Job kind -> (button text, enabled): the followed kind's button cancels, the others wait."""
+        states = {}
+        for kind, idle in self.idle_texts.items():
+            running = self.busy and kind == self.kind
+            states[kind] = (cancel_text if running else idle, running or (not self.busy and can_start))
+        return states
+
+
+class ParameterNodeHolder:
+    """The parameter node a panel uses, and whether its widgets are connected to it.
+
+    Args:
+        acquire: returns the scene's parameter node (the module logic's ``getParameterNode``).
+        connect: ``connect(node)`` connects the widgets and observers, returns a tag.
+        disconnect: ``disconnect(node, tag)`` undoes it.
+
+    Slicer calls ``enter``/``exit`` when the module is shown/hidden and the scene sends
+    StartClose/EndClose whenever the user closes it: while hidden the panel keeps the node (its
+    timers read it) but not the widgets; between StartClose and EndClose there is no node.
+    """
+
+    def __init__(
+        self,
+        acquire: Callable[[], Any],
+        connect: Callable[[Any], Any],
+        disconnect: Callable[[Any, Any], None],
+    ) -> None:
+        self._acquire, self._connect, self._disconnect = acquire, connect, disconnect
+        self.node: Any = None
+        self._tag: Any = None
+
+    @property
+    def gui_connected(self) -> bool:
+        return self._tag is not None
+
+    def attach(self, gui: bool) -> Any:
+        """(Re-)acquire the scene's node; connect the widgets to it when ``gui`` (module shown)."""
+        node = self._acquire()
+        if node is not self.node or (gui and not self.gui_connected) or (not gui and self.gui_connected):
+            self.detach_gui()
+            self.node = node
+            if gui and node is not None:
+                self._tag = self._connect(node)
+        return self.node
+
+    def detach_gui(self) -> None:
+        """Disconnect the widgets; keep the node (the module is hidden, its jobs go on)."""
+        if self.gui_connected and self.node is not None:
+            self._disconnect(self.node, self._tag)
+        self._tag = None
+
+    def release(self) -> None:
+        """The scene is closing: no node until :meth:`attach`."""
+        self.detach_gui()
+        self.node = None
+
+
+class ReportedErrors:
+    """Errors of timer callbacks: each distinct message is logged once; ``report`` says whether it is new."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def report(self, message: str, exc: BaseException | None = None) -> bool:
+        """Log ``message`` the first time it is seen (with the exception); True when it was new."""
+        if message in self._seen:
+            return False
+        self._seen.add(message)
+        logger.error(message, exc_info=exc)
+        return True
+
+    def clear(self) -> None:
+        self._seen.clear()

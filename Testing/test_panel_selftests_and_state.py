@@ -1,0 +1,133 @@
+"""The modules' self-tests (Slicer's Reload and Test) and the panels' state classes (``panel_state``).
+
+* ``MedSegNASTest`` / ``SSLPretrainTest`` run as Slicer runs them (``slicer.selfTests[name]()``) in
+  the offscreen harness: they pass where the packages are installed, and skip with a message that
+  names the missing ones where they are not (a build machine without nibabel).
+* ``JobArea``: the button a run follows comes from the kind launched, not from a ``job.json`` the
+  worker has not written yet (defect 6); ``ParameterNodeHolder``: the node is re-acquired after a
+  scene close even while the module is hidden (defect 7); ``ReportedErrors``: once per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import panel_session  # noqa: E402
+from panel_session import ROOT, missing  # noqa: E402
+
+slicer = pytest.importorskip("slicer")
+
+
+@pytest.fixture
+def slicer_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    yield from panel_session.session(tmp_path, monkeypatch)
+
+
+@pytest.mark.slow  # a segment job: about 20 s alone, more on a loaded machine
+def test_medsegnas_self_test_passes(slicer_app) -> None:
+    from slicer_harness import scripted
+
+    slicer_app.load_module("MedSegNAS", ROOT / "MedSegNAS")
+    scripted.DISPLAYED.clear()
+    slicer.selfTests["MedSegNAS"]()
+    assert scripted.DISPLAYED == ["Phantom case loaded", "Phantom segmented in the background"]
+
+
+@pytest.mark.parametrize("name", ["MedSegNAS", "SSLPretrain"])
+def test_self_tests_skip_with_a_clear_message_without_nibabel(
+    slicer_app, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    from slicer_harness import scripted
+
+    slicer_app.load_module(name, ROOT / name)
+    missing(monkeypatch, "nibabel")
+    scripted.DISPLAYED.clear()
+    slicer.selfTests[name]()  # raises nothing
+    assert len(scripted.DISPLAYED) == 1
+    assert scripted.DISPLAYED[0].startswith(f"{name} self-test skipped: nibabel not installed")
+
+
+@pytest.mark.slow
+def test_sslpretrain_self_test_passes(slicer_app) -> None:
+    from slicer_harness import scripted
+
+    slicer_app.load_module("SSLPretrain", ROOT / "SSLPretrain")
+    scripted.DISPLAYED.clear()
+    slicer.selfTests["SSLPretrain"]()
+    assert len(scripted.DISPLAYED) == 1 and "2 unlabelled image(s)" in scripted.DISPLAYED[0]
+
+
+# -- panel_state ---------------------------------------------------------------------------------
+
+
+class _Follower:
+    def __init__(self, path: Path, kind: str = "") -> None:
+        from MedSegNASLib.jobs import RunDir
+
+        self.run, self.kind = RunDir(path), kind
+
+
+def test_job_area_follows_the_kind_launched_not_the_first_button(tmp_path: Path) -> None:
+    from MedSegNASLib.panels.panel_state import JobArea
+
+    area = JobArea({"search": "Search", "train": "Train"}, "trainRun", on_done=print)
+    assert area.button_states(can_start=True) == {"search": ("Search", True), "train": ("Train", True)}
+    area.follow(_Follower(tmp_path / "train-20260101-120000-abcdef"), "train")  # no job.json yet
+    assert area.button_states(can_start=True) == {"search": ("Search", False), "train": ("Cancel", True)}
+    area.stop()
+    # re-attached without the launch: job.json's kind, else the run folder's name
+    area.follow(_Follower(tmp_path / "train-20260101-120000-abcdef"))
+    assert area.kind == "train"
+    area.follow(_Follower(tmp_path / "x", kind="search"))
+    assert area.kind == "search"
+    with pytest.raises(ValueError, match="segment"):
+        area.follow(_Follower(tmp_path / "segment-20260101-120000-abcdef"))
+
+
+def test_parameter_node_holder_reacquires_after_a_scene_close_while_hidden() -> None:
+    from MedSegNASLib.panels.panel_state import ParameterNodeHolder
+
+    scene = slicer.vtkMRMLScene()
+
+    def acquire():
+        node = scene.GetSingletonNode("Test", "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = slicer.vtkMRMLScriptedModuleNode()
+            node.SetSingletonTag("Test")
+            node = scene.AddNode(node)
+        return node
+
+    connected = []
+    holder = ParameterNodeHolder(
+        acquire, lambda node: connected.append(node) or len(connected), lambda n, t: None
+    )
+    holder.attach(gui=True)
+    assert holder.gui_connected and connected == [holder.node]
+    holder.detach_gui()  # module hidden: the node stays for the timers
+    assert holder.node is not None and not holder.gui_connected
+    scene.StartState(scene.CloseState)
+    holder.release()  # StartClose
+    assert holder.node is None
+    scene.Clear(0)
+    scene.EndState(scene.CloseState)
+    holder.attach(gui=False)  # EndClose while hidden
+    assert holder.node is acquire() and not holder.gui_connected and len(connected) == 1
+    holder.attach(gui=True)  # shown again
+    assert holder.gui_connected and len(connected) == 2
+
+
+def test_reported_errors_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    from MedSegNASLib.panels.panel_state import ReportedErrors
+
+    errors = ReportedErrors()
+    with caplog.at_level(logging.ERROR):
+        assert errors.report("Cannot follow the job: gone", ValueError("gone"))
+        assert not errors.report("Cannot follow the job: gone")
+        assert errors.report("another")
+    assert [r.getMessage() for r in caplog.records] == ["Cannot follow the job: gone", "another"]
