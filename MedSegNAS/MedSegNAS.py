@@ -18,6 +18,7 @@ import vtk
 from MedSegNASLib import panel_dataset, panel_runs
 from MedSegNASLib import panel_logic as pl
 from MedSegNASLib import panel_selftest as selftest
+from MedSegNASLib.dependencies import doctor_report, unsupported_slicer_message
 from MedSegNASLib.jobs import FINAL_STATES, RunDir, list_runs
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -165,6 +166,11 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        message = unsupported_slicer_message(slicer.app.applicationVersion)
+        if message:  # an older Slicer (older Python): say so here, not as errors in buttons and workers
+            self.layout.addWidget(qt.QLabel(message))
+            self.enter = self.exit = self.cleanup = lambda: None
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedSegNAS.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -587,9 +593,11 @@ class MedSegNASLogic(ScriptedLoadableModuleLogic):
     def ensurePackages(packages: dict, askConfirmation: bool = True) -> bool:
         """Install the missing ``packages`` (import name -> pip requirement) into Slicer's Python, torch
         from the PyTorch extension (see ``panel_logic.ensure_packages``). False: the user declined."""
-        question = _(
-            "MedSegNAS needs these Python packages, which are not installed: {names}.\nInstall them now?"
-        )
+        question = (
+            _("MedSegNAS needs these Python packages, which are not installed: {names}.\nInstall them now?")
+            + "\n\n"
+            + doctor_report()[0]
+        )  # the same check as `medsegnas doctor` and SSLPretrain's
         return pl.ensure_packages(
             packages,
             confirm=lambda names: (

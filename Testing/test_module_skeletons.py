@@ -648,7 +648,8 @@ def test_sslpretrain_info_without_torch_says_what_to_install() -> None:
     assert "monai       INSTALLED BUT FAILS TO IMPORT (ModuleNotFoundError: " in result.stdout
     assert "cpu only" in result.stdout
     (error,) = result.stderr.strip().splitlines()
-    assert error.startswith("error: torch not installed in ") and "pip install torch monai" in error
+    assert error.startswith("error: torch not installed in ") and "install torch (pytorch.org)" in error
+    assert "medsegnas doctor" in error
 
 
 # --------------------------------------------------------------------------------------------

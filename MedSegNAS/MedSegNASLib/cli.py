@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "MedSegNASLib.nas.commands",  # search
     "MedSegNASLib.evaluation.commands",  # evaluate
     "MedSegNASLib.demo",  # demo
+    "MedSegNASLib.dependencies",  # doctor
 )
 
 EXIT_OK = 0

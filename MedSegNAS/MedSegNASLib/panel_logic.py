@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import slicer
 
 from .atomic import write_json_atomic
+from .dependencies import PIP_PACKAGES, SLICER_PACKAGES, packages_for
 from .errors import JobError, MedSegNASError
 from .jobs import RunDir, refresh_status
 from .panel_jobs import (
@@ -112,18 +113,11 @@ SCENE_INFO = "scene.json"
 #: Job kinds the panel launches and follows.
 SEGMENT, SEARCH, TRAIN, PHANTOM = "segment", "search", "train", "phantom"
 JOB_KINDS: tuple[str, ...] = (SEGMENT, SEARCH, TRAIN, PHANTOM)
-#: Python packages the jobs need (import name -> pip requirement); torch comes from the PyTorch extension.
-REQUIRED_PACKAGES: dict[str, str] = {
-    "torch": "torch>=2.4",
-    "monai": "monai>=1.5,<1.7",
-    "nibabel": "nibabel>=5.0",
-    "scipy": "scipy>=1.10",
-    "SimpleITK": "SimpleITK>=2.3",
-}
-#: What a phantom job needs (torch saves its checkpoints).
-PHANTOM_PACKAGES: dict[str, str] = {
-    name: REQUIRED_PACKAGES[name] for name in ("scipy", "SimpleITK", "nibabel", "torch")
-}
+#: Python packages the panel's jobs need (import name -> pip requirement), from the one list in
+#: :mod:`.dependencies`: every feature; torch comes from the PyTorch extension.
+REQUIRED_PACKAGES: dict[str, str] = packages_for()
+#: What a phantom job needs.
+PHANTOM_PACKAGES: dict[str, str] = packages_for("phantom")
 
 
 # --------------------------------------------------------------------------- environment and jobs
@@ -131,7 +125,9 @@ PHANTOM_PACKAGES: dict[str, str] = {
 
 def missing_packages(packages: Iterable[str] = REQUIRED_PACKAGES) -> list[str]:
     """Import names of ``packages`` that this Python cannot import (nothing is imported)."""
-    return [name for name in packages if importlib.util.find_spec(name) is None]
+    from .dependencies import is_installed
+
+    return [name for name in packages if not is_installed(name)]
 
 
 def ensure_packages(
@@ -156,9 +152,14 @@ def ensure_packages(
         return True
     if not confirm(", ".join(missing)):
         return False
+    shipped = [name for name in missing if name in SLICER_PACKAGES]
+    if shipped:  # never installed over Slicer's own: a Slicer without them is broken
+        raise MedSegNASError(
+            f"{', '.join(shipped)} should come with Slicer but cannot be imported; reinstall Slicer"
+        )
     if "torch" in missing:
         install_torch()
-    others = [packages[name] for name in missing if name != "torch"]
+    others = [packages[name] for name in missing if name in PIP_PACKAGES]
     if others:
         install_with_pip(others)
     importlib.invalidate_caches()

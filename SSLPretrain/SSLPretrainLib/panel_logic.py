@@ -37,6 +37,7 @@ from typing import Any
 
 from MedSegNASLib import panel_jobs
 from MedSegNASLib.atomic import write_json_atomic
+from MedSegNASLib.dependencies import packages_for
 from MedSegNASLib.errors import DatasetError, JobError, MedSegNASError
 from MedSegNASLib.jobs import RunDir, list_runs, refresh_status
 
@@ -75,12 +76,9 @@ RECONSTRUCTION_ROLES: tuple[str, ...] = ("input", "masked", "reconstruction")
 #: Folder of a pretraining run that holds the scene volumes written for it.
 INPUTS_FOLDER = "inputs"
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-#: pip requirements of what a job needs (torch itself comes from Slicer's PyTorch extension).
-PRETRAIN_PACKAGES: dict[str, str] = {
-    "torch": "torch>=2.4",
-    "monai": "monai>=1.5,<1.7",
-    "einops": "einops>=0.6",
-}
+#: What the panel's jobs need (import name -> pip requirement), from the one list in
+#: :mod:`MedSegNASLib.dependencies`; torch itself comes from Slicer's PyTorch extension.
+PRETRAIN_PACKAGES: dict[str, str] = packages_for("ssl")
 
 assert {key for _, key in LOSS_SERIES} == {"loss", *LOSS_NAMES}, "one series per loss term and the total"
 
