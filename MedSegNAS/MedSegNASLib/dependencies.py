@@ -73,7 +73,7 @@ PIP_PACKAGES = OrderedDict(
         ("matplotlib", "matplotlib>=3.7"),
         ("yaml", "pyyaml>=6.0"),
         ("tqdm", "tqdm>=4.60"),
-        ("filelock", "filelock>=3.12"),
+        ("filelock", "filelock>=3.13"),
         ("psutil", "psutil>=5.9"),
     ]
 )
