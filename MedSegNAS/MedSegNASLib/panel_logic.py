@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import slicer
 
 from .atomic import write_json_atomic
-from .dependencies import PIP_PACKAGES, SLICER_PACKAGES, packages_for
+from .dependencies import SLICER_PACKAGES, packages_for
 from .errors import JobError, MedSegNASError
 from .jobs import RunDir, refresh_status
 from .panel_jobs import (
@@ -160,7 +160,7 @@ def ensure_packages(
         )
     if "torch" in missing:
         install_torch()
-    others = [packages[name] for name in missing if name in PIP_PACKAGES]
+    others = [packages[name] for name in missing if name != "torch"]  # Slicer's own: refused above
     if others:
         install_with_pip(others)
     importlib.invalidate_caches()

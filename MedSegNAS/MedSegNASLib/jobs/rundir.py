@@ -309,21 +309,24 @@ class RunDir:
             os.close(fd)
         return record
 
-    def read_events(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    def read_events(self, offset: int = 0, max_bytes: int | None = None) -> tuple[list[dict[str, Any]], int]:
         """Events written after byte ``offset``, and the offset to pass next time.
 
         Only complete lines (ending in a newline) are returned: a line the worker is writing
         right now stays unread until it is finished. A complete line that is not a JSON object
         (a damaged file) is skipped rather than stopping every reader at that point.
+        ``max_bytes`` bounds what one call reads (a GUI timer's tick); the rest comes next time.
         """
         try:
             with open(self.events_jsonl, "rb") as handle:
                 handle.seek(offset)
-                data = handle.read()
+                data = handle.read() if max_bytes is None else handle.read(max(1, int(max_bytes)))
         except FileNotFoundError:
             return [], offset
         end = data.rfind(b"\n")
         if end < 0:
+            if max_bytes is not None and len(data) >= max_bytes:  # one line longer than the bound:
+                return [], offset + len(data)  # skip it rather than stall (its rest is skipped as damaged)
             return [], offset
         events: list[dict[str, Any]] = []
         for line in data[: end + 1].splitlines():

@@ -224,6 +224,10 @@ def _finish(
     """
     if run is None:
         return
+    try:
+        ctx.flush_curves()
+    except OSError as exc:  # a full disk must not hide how the job ended
+        print(f"warning: could not write the curves file: {exc}", file=sys.stderr)
     run.append_event(_final_event(state, error=error, message=message, result=result), sync=True)
     fields: dict[str, Any] = {"state": state, "ended": now_iso(), "error": error, "result": result}
     if ctx.last_progress is not None:
