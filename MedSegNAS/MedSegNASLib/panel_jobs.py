@@ -387,10 +387,10 @@ class JobFollower:
     shown_metrics: Sequence[tuple[str, str]] | None = None
     #: Most bytes of the event log one :meth:`poll` reads: a tick stays short however long the
     #: log (a search writes 100k events); a follower behind catches up over the next ticks.
-    max_bytes_per_poll: int = 256 * 1024
+    max_bytes_per_poll: int = 128 * 1024
     #: A first poll of a longer log starts this many bytes before its end (re-attaching to a long
     #: run: the progress line needs only the latest events; curves come from ``curves.json``).
-    tail_bytes: int = 64 * 1024
+    tail_bytes: int = 16 * 1024
 
     def __init__(self, run_dir: str | os.PathLike[str] | RunDir) -> None:
         self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)

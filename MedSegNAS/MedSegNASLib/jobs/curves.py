@@ -3,8 +3,8 @@
 A long search writes 100k progress events; a GUI timer that parses them all freezes Slicer for
 seconds. So the worker (:class:`CurveRecorder`, fed by :meth:`JobContext.progress`) keeps its
 numeric progress metrics in a small file, downsampled as it grows: at most :data:`MAX_POINTS`
-ordinary points (every other one is dropped, oldest to newest, when there are more, so the
-spacing doubles), plus every validation (a point whose ``val_*`` metrics changed), which is never
+ordinary points, evenly spaced (every ``stride``-th, the stride doubling whenever there would be
+more) plus the newest one, and every validation (a point whose ``val_*`` metrics changed), which is never
 dropped. The file is replaced atomically, at most every :data:`WRITE_INTERVAL_S` seconds once it
 is large, and at the end of the run. A resumed worker continues the same file; the steps that
 the stopped worker reported after its checkpoint are replaced by the new ones.
@@ -29,7 +29,7 @@ from .rundir import RunDir, write_json_atomic
 #: File name inside the run directory.
 CURVES_FILE = "curves.json"
 #: Ordinary (non-validation) points kept; beyond that every other one is dropped.
-MAX_POINTS = 2000
+MAX_POINTS = 600
 #: Seconds between two rewrites of a large curves file (a small one is rewritten on every point).
 WRITE_INTERVAL_S = 2.0
 #: Below this many points the file is rewritten on every point (cheap, and readers see each step).
@@ -66,6 +66,7 @@ class CurveRecorder:
         self.points: list[dict[str, Any]] = []
         self.stride = 1
         self._ordinary = 0
+        self._seen = 0  # ordinary points offered so far (their "n")
         self._last_validation: dict[str, float] = {}
         self._last_write = -math.inf
         self._dirty = False
@@ -74,18 +75,18 @@ class CurveRecorder:
             self.points = [point for point in data["points"] if isinstance(point, dict)]
             self.stride = int(data.get("stride") or 1)
             self._ordinary = sum(1 for point in self.points if not point.get("validation"))
-            for point in self.points:
-                if point.get("validation"):
-                    self._last_validation.update(self._validation_values(point.get("metrics") or {}))
+            self._recount()
 
     @staticmethod
     def _validation_values(metrics: Mapping[str, Any]) -> dict[str, float]:
         return {key: value for key, value in _numeric(metrics).items() if key.startswith("val_")}
 
     def add(self, record: Mapping[str, Any]) -> bool:
-        """Take one progress record (``step``, ``stage``, ``epoch``, ``metrics``); True when kept.
+        """Take one progress record (``step``, ``stage``, ``epoch``, ``metrics``); True when it
+        changed the curves.
 
-        Records without numeric metrics (loading, prediction stages) are not curves.
+        Ordinary points are kept every :attr:`stride`-th (counted in ``n``), plus the newest one;
+        validations always. Records without numeric metrics (loading, prediction) are not curves.
         """
         metrics = _numeric(record.get("metrics") or {})
         if not metrics:
@@ -93,9 +94,8 @@ class CurveRecorder:
         step, stage = int(record.get("step") or 0), str(record.get("stage") or "")
         # A resumed worker redoes the steps after its checkpoint: its points replace the old ones.
         while self.points and self.points[-1].get("stage") == stage and int(self.points[-1]["step"]) >= step:
-            dropped = self.points.pop()
-            if not dropped.get("validation"):
-                self._ordinary -= 1
+            self.points.pop()
+            self._recount()
         validation_values = self._validation_values(metrics)
         is_validation = any(
             self._last_validation.get(key) != value
@@ -103,6 +103,13 @@ class CurveRecorder:
             for key, value in validation_values.items()
         )
         self._last_validation.update(validation_values)
+        if not is_validation:  # the previous newest ordinary point, if off the stride, is replaced
+            index = len(self.points) - 1
+            while index >= 0 and self.points[index].get("validation"):
+                index -= 1
+            if index >= 0 and int(self.points[index].get("n", 0)) % self.stride:
+                del self.points[index]
+                self._ordinary -= 1
         point: dict[str, Any] = {"step": step, "stage": stage}
         if record.get("epoch") is not None:
             point["epoch"] = record["epoch"]
@@ -110,28 +117,33 @@ class CurveRecorder:
         if is_validation:
             point["validation"] = True
         else:
+            point["n"] = self._seen
+            self._seen += 1
             self._ordinary += 1
         self.points.append(point)
-        if self._ordinary > self.max_points:
+        while self._ordinary > self.max_points:
             self._thin()
         self._dirty = True
         return True
 
+    def _recount(self) -> None:
+        """Counters after points were loaded or dropped: the validation values are the newest point's
+        (every progress event carries the latest validation metrics)."""
+        ordinary = [p for p in self.points if not p.get("validation")]
+        self._ordinary = len(ordinary)
+        self._last_validation = self._validation_values(self.points[-1]["metrics"]) if self.points else {}
+        self._seen = int(ordinary[-1].get("n", len(ordinary) - 1)) + 1 if ordinary else 0
+
     def _thin(self) -> None:
-        """Drop every other ordinary point (the newest one stays): the spacing doubles."""
-        ordinary_index = 0
-        last = len(self.points) - 1
-        kept = []
-        for index, point in enumerate(self.points):
-            if point.get("validation") or index == last:
-                kept.append(point)
-                continue
-            if ordinary_index % 2 == 0:
-                kept.append(point)
-            ordinary_index += 1
-        self.points = kept
-        self._ordinary = sum(1 for point in kept if not point.get("validation"))
+        """Double the stride: drop the ordinary points off it (the newest one stays)."""
         self.stride *= 2
+        last = len(self.points) - 1
+        self.points = [
+            p
+            for index, p in enumerate(self.points)
+            if p.get("validation") or index == last or int(p.get("n", 0)) % self.stride == 0
+        ]
+        self._ordinary = sum(1 for p in self.points if not p.get("validation"))
 
     def maybe_write(self, *, force: bool = False, now: float | None = None) -> bool:
         """Rewrite the file if points changed and it is small, ``force``d, or due; True if written."""
