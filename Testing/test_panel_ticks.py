@@ -96,7 +96,9 @@ def test_a_run_without_curves_file_is_read_a_bounded_chunk_per_call(tmp_path: Pa
     """Runs written by an older version: the event log, at most 1 MiB per call, caught up over calls."""
     run = RunDir.create(tmp_path, "train")
     events = 12_000
-    run.events_jsonl.write_text("".join(json.dumps(_event(step, 0.5)) + "\n" for step in range(1, events + 1)))
+    run.events_jsonl.write_text(
+        "".join(json.dumps(_event(step, 0.5)) + "\n" for step in range(1, events + 1))
+    )
     assert run.events_jsonl.stat().st_size > 2 * panel_runs.MAX_EVENT_BYTES_PER_READ
     panel_runs._CURVES_CACHE.clear()
     calls = 0
@@ -140,7 +142,9 @@ def test_curve_recorder_thins_keeps_validations_and_replaces_replayed_steps(tmp_
     run = RunDir.create(tmp_path, "train")
     recorder = CurveRecorder(run, max_points=10)
     for step in range(1, 101):
-        recorder.add({"step": step, "stage": "train", "metrics": {"loss": 1.0 / step, "val_dice": step // 25 / 10}})
+        recorder.add(
+            {"step": step, "stage": "train", "metrics": {"loss": 1.0 / step, "val_dice": step // 25 / 10}}
+        )
     recorder.maybe_write(force=True)
     points = read_curve_points(run)
     ordinary = [p["step"] for p in points if not p.get("validation")]

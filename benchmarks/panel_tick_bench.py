@@ -47,7 +47,15 @@ def write_run(root: Path, events: int, validate_every: int = 500) -> tuple[RunDi
         if step % validate_every == 0:
             val = min(0.95, val + 0.01)
         loss = 1.0 / math.sqrt(step)
-        ctx.progress(step, events * 2, stage="search", epoch=step // 100 + 1, loss=loss, arch_loss=loss / 2, val_dice=val)
+        ctx.progress(
+            step,
+            events * 2,
+            stage="search",
+            epoch=step // 100 + 1,
+            loss=loss,
+            arch_loss=loss / 2,
+            val_dice=val,
+        )
     ctx.flush_curves()
     return run, ctx
 
