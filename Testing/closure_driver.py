@@ -151,7 +151,7 @@ def check_swin_unetr() -> None:
 
     network = SwinUNETR(in_channels=1, out_channels=2, feature_size=12).eval()
     with torch.no_grad():
-        shape = tuple(network(torch.zeros(1, 1, 32, 32, 32)).shape)
+        shape = tuple(network(torch.zeros(1, 1, 64, 64, 64)).shape)
     print(f"ok Swin UNETR forward {shape}", flush=True)
 
 
