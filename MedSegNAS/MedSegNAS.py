@@ -16,6 +16,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
+from MedSegNASLib.dependencies import doctor_report, unsupported_slicer_message
 from MedSegNASLib.jobs import FINAL_STATES, RunDir, list_runs
 from MedSegNASLib.panels import panel_dataset, panel_runs
 from MedSegNASLib.panels import panel_logic as pl
@@ -158,10 +159,15 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runStates = {}  # run folder -> state, as last listed
         self._listedRunsFolder = None
         self._curvesRun = None  # run whose curves are plotted (refreshed while it runs)
-        self._task = None  # model import/download in a thread
+        self._task = None  # JobFollower of a model import/download job
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        message = unsupported_slicer_message(slicer.app.applicationVersion)
+        if message:  # an older Slicer (older Python): say so here, not as errors in buttons and workers
+            self.layout.addWidget(qt.QLabel(message))
+            self.enter = self.exit = self.cleanup = lambda: None
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedSegNAS.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -450,37 +456,43 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelSourceLineEdit.text = path
 
     def onImportModel(self) -> None:
-        source = self.ui.modelSourceLineEdit.text.strip()
+        source, trusted = self.ui.modelSourceLineEdit.text.strip(), self.ui.trustCheckBox.checked
         if source:
-            self._startTask(pl.import_model_task(source, trusted=self.ui.trustCheckBox.checked), source)
+            self._startTask(lambda runs: pl.launch_model_import_job(source, runs, trusted=trusted, home=self.logic.registryHome), source)  # fmt: skip
 
     def onDownloadModel(self) -> None:
         name = self.ui.catalogComboBox.currentText
         if name:
-            self._startTask(pl.download_model_task(name), name)
+            self._startTask(lambda runs: pl.launch_model_download_job(name, runs, home=self.logic.registryHome), name)  # fmt: skip
 
-    def _startTask(self, task, what) -> None:
-        self._task = task
-        self.ui.modelsStatusLabel.text = _("Importing {what}...").format(what=what)
-        self.ui.modelsImportButton.enabled = self.ui.modelsDownloadButton.enabled = False
-        self._taskTimer.start()
+    def _startTask(self, launch, what) -> None:
+        """Run a model import/download as a background job (a worker process) followed by a timer."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the import."), waitCursor=True):
+            self._task = pl.JobFollower(launch(Path(self._parameterNode.runsFolder).expanduser()))
+            self.ui.modelsStatusLabel.text = _("Importing {what}...").format(what=what)
+            self.ui.modelsImportButton.enabled = self.ui.modelsDownloadButton.enabled = False
+            self._taskTimer.start()
 
     def _pollTask(self) -> None:
-        task, bar = self._task, self.ui.modelsProgressBar
-        fraction = task.fraction if task else None
-        bar.maximum = 0 if fraction is None else 100  # busy bar when the size is unknown
-        bar.value = int(100 * (fraction or 0))
-        if task is None or not task.finished:
+        bar = self.ui.modelsProgressBar
+        update = self._task.poll() if self._task else None
+        known = update is not None and update.total > 1  # byte counts once the download started
+        bar.maximum, bar.value = (100, update.percent) if known else (0, 0)  # else a busy bar
+        if update is None or not update.finished:
             return
         self._taskTimer.stop()
         self._task = None
-        bar.maximum, bar.value = 100, 100 if not task.error else 0
+        bar.maximum, bar.value = 100, 100 if update.state == "done" else 0
         self.ui.modelsImportButton.enabled = self.ui.modelsDownloadButton.enabled = True
-        if task.error is not None:
-            self.ui.modelsStatusLabel.text = _("Not imported: {error}").format(error=task.error)
+        modelId = (update.status.get("result") or {}).get("model")
+        if update.state != "done" or not modelId:
+            self.ui.modelsStatusLabel.text = _("Not imported: {error}").format(
+                error=update.status.get("error") or update.text
+            )
         else:
-            self.ui.modelsStatusLabel.text = _("Imported as '{id}'.").format(id=task.result.id)
-            self._parameterNode.model = task.result.id
+            self.ui.modelsStatusLabel.text = _("Imported as '{id}'.").format(id=modelId)
+            if self._parameterNode:
+                self._parameterNode.model = modelId
         self.refreshModels()
 
     def onRemoveModel(self) -> None:
@@ -625,9 +637,11 @@ class MedSegNASLogic(ScriptedLoadableModuleLogic):
     def ensurePackages(packages: dict, askConfirmation: bool = True) -> bool:
         """Install the missing ``packages`` (import name -> pip requirement) into Slicer's Python, torch
         from the PyTorch extension (see ``panel_logic.ensure_packages``). False: the user declined."""
-        question = _(
-            "MedSegNAS needs these Python packages, which are not installed: {names}.\nInstall them now?"
-        )
+        question = (
+            _("MedSegNAS needs these Python packages, which are not installed: {names}.\nInstall them now?")
+            + "\n\n"
+            + doctor_report()[0]
+        )  # the same check as `medsegnas doctor` and SSLPretrain's
         return pl.ensure_packages(
             packages,
             confirm=lambda names: (

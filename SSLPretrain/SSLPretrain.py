@@ -12,6 +12,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
+from MedSegNASLib.dependencies import unsupported_slicer_message
 from MedSegNASLib.panels.panel_state import ParameterNodeHolder, ReportedErrors
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -100,6 +101,11 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        message = unsupported_slicer_message(slicer.app.applicationVersion)
+        if message:  # an older Slicer (older Python): say so here, not as errors in buttons and workers
+            self.layout.addWidget(qt.QLabel(message))
+            self.enter = self.exit = self.cleanup = lambda: None
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/SSLPretrain.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)

@@ -11,13 +11,16 @@ Background workers started from here run this script too (``job_entry``).
 ``count`` sleeps ``S`` seconds per step, reports progress, saves ``{"count", "steps"}`` after
 every step (``steps`` lists the step indices done, in order, across resumes) and stops
 between steps when asked. ``--ignore-sigterm`` makes it ignore SIGTERM, to test the SIGKILL
-after the grace period. ``--fail-at K`` raises a DatasetError at step K.
+after the grace period. ``--fail-at K`` raises a DatasetError at step K. ``--grandchild`` first
+starts a child process that starts a grandchild in a session of its own (out of the worker's
+process group, as a tool that daemonizes would) and writes both pids to ``artifacts/tree.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +34,16 @@ def count_body(args: argparse.Namespace):
     def body(ctx: JobContext) -> dict:
         if args.ignore_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if args.grandchild and ctx.run_dir is not None:
+            tree = ctx.run_dir.artifacts / "tree.json"
+            script = (
+                "import json, subprocess, sys, time\n"
+                "grandchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
+                " start_new_session=True)\n"
+                f"open({str(tree)!r}, 'w').write(json.dumps([__import__('os').getpid(), grandchild.pid]))\n"
+                "time.sleep(120)\n"
+            )
+            subprocess.Popen([sys.executable, "-c", script])
         state = (ctx.load_checkpoint() if ctx.resuming else None) or {"count": 0, "steps": []}
         if ctx.resuming:
             ctx.log(f"resuming at step {state['count']}")
@@ -66,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--step-s", type=float, default=0.1)
     count.add_argument("--ignore-sigterm", action="store_true")
     count.add_argument("--fail-at", type=int, default=None)
+    count.add_argument("--grandchild", action="store_true")
     add_job_arguments(count)
     count.set_defaults(func=count_command)
     commands.register(subparsers)

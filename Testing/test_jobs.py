@@ -230,6 +230,61 @@ def test_worker_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Path
     assert not run.lock_is_held()
 
 
+def _tree_pids(run: RunDir) -> list[int]:
+    tree = run.artifacts / "tree.json"
+    wait_for(lambda: tree.exists() and tree.read_text().endswith("]"), what="the worker's child processes")
+    return json.loads(tree.read_text())
+
+
+def _gone(pid: int) -> bool:
+    """Not running any more (a zombie whose parent has not reaped it yet counts as gone)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("ignore_sigterm", [False, True], ids=["sigterm", "sigkill-after-grace"])
+def test_cancel_reaches_children_and_grandchildren_outside_the_process_group(
+    tmp_path: Path, ignore_sigterm: bool
+) -> None:
+    """Defect 9: cancel stops the whole process tree (psutil), not only the worker's process group."""
+    extra = ["--grandchild", *(["--ignore-sigterm"] if ignore_sigterm else [])]
+    run = launch_count(tmp_path, 400, 0.1, *extra)
+    child, grandchild = _tree_pids(run)
+    assert os.getpgid(grandchild) != run.read_status()["pgid"], "the grandchild left the worker's group"
+    state = cancel(run, grace_s=1.0)
+    assert state == "cancelled"
+    run.process.wait(timeout=10)
+    wait_for(lambda: _gone(child) and _gone(grandchild), what="the child and grandchild to stop")
+    assert not run.lock_is_held()
+
+
+def test_run_lock_is_portable_and_released_when_its_holder_dies(tmp_path: Path) -> None:
+    """The run lock (filelock): one holder at a time, also within one process; a SIGKILLed holder's
+    lock is free at once, so its run reads as failed rather than running forever."""
+    run = RunDir.create(tmp_path, "count")
+    first = run.try_lock()
+    assert first is not None and run.lock_is_held()
+    assert run.try_lock(0.2) is None, "a second holder must wait"
+    first.release()
+    assert not run.lock_is_held()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom MedSegNASLib.jobs import RunDir\n"
+         f"lock = RunDir({str(run.path)!r}).acquire_lock()\nprint('locked', flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    assert run.lock_is_held()
+    with pytest.raises(JobError, match="in use by a running worker"):
+        run.acquire_lock(0.2)
+    holder.kill()
+    holder.wait(timeout=10)
+    assert not run.lock_is_held()
+
+
 def test_failure_in_the_body_is_recorded_with_its_message(tmp_path: Path) -> None:
     run_path = tmp_path / "failing"
     result = subprocess.run(

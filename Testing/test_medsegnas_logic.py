@@ -229,10 +229,10 @@ def test_model_tooltip_and_use_run_model(bundle: Path, tmp_path: Path) -> None:
     assert "[untrusted" in panel_logic.model_display_name(record)
     assert "UNTRUSTED" in panel_logic.model_tooltip(record)
 
-    task = panel_logic.import_model_task(str(bundle), home=tmp_path / "home")
-    imported = task.wait(120)
-    assert imported.id != record.id, "an id clash is renamed, not overwritten"
-    assert task.finished
+    run = panel_logic.launch_model_import_job(str(bundle), tmp_path / "runs", home=tmp_path / "home")
+    update = panel_logic.JobFollower(run).wait(timeout_s=180)  # a worker process, not a thread
+    assert update.state == "done", run.worker_log.read_text()
+    assert update.status["result"]["model"] != record.id, "an id clash is renamed, not overwritten"
 
 
 # ------------------------------------------------------------------------------------- runs

@@ -648,7 +648,8 @@ def test_sslpretrain_info_without_torch_says_what_to_install() -> None:
     assert "monai       INSTALLED BUT FAILS TO IMPORT (ModuleNotFoundError: " in result.stdout
     assert "cpu only" in result.stdout
     (error,) = result.stderr.strip().splitlines()
-    assert error.startswith("error: torch not installed in ") and "pip install torch monai" in error
+    assert error.startswith("error: torch not installed in ") and "install torch (pytorch.org)" in error
+    assert "medsegnas doctor" in error
 
 
 # --------------------------------------------------------------------------------------------
@@ -752,6 +753,8 @@ def test_module_logic_runs_a_phantom_job_and_loads_its_result(tmp_path: Path) ->
 #: Slicer macros they call check what the real ones need (every listed file exists) and record
 #: their arguments for the test.
 _SLICER_CONFIG = """
+set(Slicer_VERSION_MAJOR 5)
+set(Slicer_VERSION_MINOR 10)
 set(Slicer_USE_FILE "${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake")
 set(Slicer_EXTENSION_GENERATE_CONFIG "${CMAKE_CURRENT_LIST_DIR}/GenerateConfig.cmake")
 set(Slicer_EXTENSION_CPACK "${CMAKE_CURRENT_LIST_DIR}/CPack.cmake")
@@ -780,14 +783,19 @@ file(APPEND "${REPORT}" "extension ${PROJECT_NAME} depends=${EXTENSION_DEPENDS} 
 """
 
 
-def test_extension_configures_with_cmake(tmp_path: Path) -> None:
+@pytest.mark.parametrize("slicer_version", ["5.10", "5.8"])
+def test_extension_configures_with_cmake(tmp_path: Path, slicer_version: str) -> None:
+    """Configures against a Slicer 5.10 stand-in; a 5.8 one (Python 3.9) stops with a clear message."""
     import shutil
 
     if shutil.which("cmake") is None:
         pytest.skip("cmake is not installed")
     slicer_dir = tmp_path / "slicer"
     slicer_dir.mkdir()
-    (slicer_dir / "SlicerConfig.cmake").write_text(_SLICER_CONFIG)
+    minor = slicer_version.split(".")[1]
+    (slicer_dir / "SlicerConfig.cmake").write_text(
+        _SLICER_CONFIG.replace("Slicer_VERSION_MINOR 10", f"Slicer_VERSION_MINOR {minor}")
+    )
     (slicer_dir / "UseSlicer.cmake").write_text(_USE_SLICER)
     (slicer_dir / "GenerateConfig.cmake").write_text(_GENERATE_CONFIG)
     (slicer_dir / "CPack.cmake").write_text("")
@@ -811,6 +819,10 @@ def test_extension_configures_with_cmake(tmp_path: Path) -> None:
     )
     if "No CMAKE_C_COMPILER could be found" in result.stderr or "No CMAKE_CXX_COMPILER" in result.stderr:
         pytest.skip("no C/C++ compiler for project()")
+    if slicer_version == "5.8":
+        assert result.returncode != 0
+        assert "MedSegNAS requires 3D Slicer 5.10 or later (found 5.8)" in result.stderr
+        return
     assert result.returncode == 0, result.stdout + result.stderr
     assert "CMake Warning" not in result.stderr, result.stderr
     report = (build / "report.txt").read_text().splitlines()

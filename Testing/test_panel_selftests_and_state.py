@@ -131,3 +131,17 @@ def test_reported_errors_are_logged_once(caplog: pytest.LogCaptureFixture) -> No
         assert not errors.report("Cannot follow the job: gone")
         assert errors.report("another")
     assert [r.getMessage() for r in caplog.records] == ["Cannot follow the job: gone", "another"]
+
+
+@pytest.mark.parametrize("name", ["MedSegNAS", "SSLPretrain"])
+def test_an_older_slicer_gets_a_clear_message_instead_of_the_panel(
+    slicer_app, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    import qt
+
+    monkeypatch.setattr(type(slicer.app), "applicationVersion", "5.8.1")
+    _module, widget = slicer_app.load_module(name, ROOT / name)
+    labels = [w.text for w in widget.parent.findChildren(qt.QLabel)]
+    assert any("needs 3D Slicer 5.10 or later" in text and "5.8.1" in text for text in labels), labels
+    assert not hasattr(widget, "ui")  # no buttons that would fail later
+    slicer_app.enter(widget)  # showing the module does not raise either

@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "MedSegNASLib.nas.benchmark",  # benchmark nas
     "MedSegNASLib.evaluation.commands",  # evaluate
     "MedSegNASLib.demo",  # demo
+    "MedSegNASLib.dependencies",  # doctor
 )
 
 EXIT_OK = 0

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from MedSegNASLib.cli import add_commands, command_parser, run_cli
+from MedSegNASLib.dependencies import doctor_report, install_command, packages_for
 from MedSegNASLib.errors import MedSegNASError
 
 from . import __version__
@@ -32,8 +33,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "SSLPretrainLib.fewshot",  # fewshot
 )
 
-#: Packages a pretraining worker cannot run without.
-REQUIRED_PACKAGES: tuple[str, ...] = ("torch", "monai")
+#: Packages (import names) a pretraining, fine-tuning or few-shot worker cannot run without
+#: (:mod:`MedSegNASLib.dependencies`, feature ``ssl``).
+REQUIRED_PACKAGES: tuple[str, ...] = tuple(packages_for("ssl"))
 
 
 def _package_version(name: str) -> tuple[str | None, str | None]:
@@ -75,6 +77,7 @@ def collect_environment() -> dict[str, Any]:
         "torch_cuda": None,
         "devices": [],
         "default_device": "cpu",
+        "doctor": doctor_report()[0],
     }
     if packages["torch"] is None:
         return environment
@@ -119,6 +122,8 @@ def format_environment(environment: dict[str, Any]) -> str:
     if not environment["devices"]:
         lines.append("device      cpu only (no CUDA or MPS device found)")
     lines.append(f"default     --device auto uses {environment['default_device']}")
+    if environment.get("doctor"):  # the same check the MedSegNAS panel and `medsegnas doctor` show
+        lines += ["", "medsegnas doctor:", environment["doctor"]]
     return "\n".join(lines)
 
 
@@ -130,7 +135,10 @@ def command_info(args: argparse.Namespace) -> int:
     if not_installed:  # first: a missing torch is also why MONAI fails to import
         raise MedSegNASError(
             f"{', '.join(not_installed)} not installed in {sys.executable}: in 3D Slicer open the "
-            "SSLPretrain module, which offers to install it; elsewhere run `pip install torch monai`"
+            "SSLPretrain module, which offers to install it; elsewhere "
+            + (f"run `{install_command(not_installed)}`, " if install_command(not_installed) else "")
+            + ("install torch (pytorch.org), " if "torch" in not_installed else "")
+            + "then check with `medsegnas doctor`"
         )
     if missing:
         raise MedSegNASError(

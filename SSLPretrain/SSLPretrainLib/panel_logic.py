@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from MedSegNASLib.atomic import write_json_atomic
+from MedSegNASLib.dependencies import packages_for
 from MedSegNASLib.errors import DatasetError, JobError, MedSegNASError
 from MedSegNASLib.jobs import RunDir, list_runs, refresh_status
+from MedSegNASLib.jobs.curves import CURVES_FILE, read_curve_points
 from MedSegNASLib.panels import panel_jobs
 
 # Shared with the MedSegNAS panel; importable from here as the SSLPretrain module uses them.
@@ -75,12 +77,9 @@ RECONSTRUCTION_ROLES: tuple[str, ...] = ("input", "masked", "reconstruction")
 #: Folder of a pretraining run that holds the scene volumes written for it.
 INPUTS_FOLDER = "inputs"
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-#: pip requirements of what a job needs (torch itself comes from Slicer's PyTorch extension).
-PRETRAIN_PACKAGES: dict[str, str] = {
-    "torch": "torch>=2.4",
-    "monai": "monai>=1.5,<1.7",
-    "einops": "einops>=0.6",
-}
+#: What the panel's jobs need (import name -> pip requirement), from the one list in
+#: :mod:`MedSegNASLib.dependencies`; torch itself comes from Slicer's PyTorch extension.
+PRETRAIN_PACKAGES: dict[str, str] = packages_for("ssl")
 
 assert {key for _, key in LOSS_SERIES} == {"loss", *LOSS_NAMES}, "one series per loss term and the total"
 
@@ -499,17 +498,45 @@ class LossCurves:
 
 
 class JobFollower(panel_jobs.JobFollower):
-    """Follows one run directory and keeps its :class:`LossCurves`: call :meth:`poll` from a timer
-    (cheap: reads only new event lines); ``update.curves_changed`` says when to redraw the chart."""
+    """Follows one run directory and keeps its :class:`LossCurves`: call :meth:`poll` from a timer;
+    ``update.curves_changed`` says when to redraw the chart.
+
+    The curves come from the run's compact ``curves.json`` (:mod:`MedSegNASLib.jobs.curves`),
+    re-read when it changes, so a tick stays short however long the run; a run without one (an
+    older version) builds them from its event log, read at most ``max_bytes_per_poll`` a tick.
+    """
 
     shown_metrics = tuple((name, key) for name, key in LOSS_SERIES)
 
     def __init__(self, run_dir: str | os.PathLike[str] | RunDir) -> None:
         super().__init__(run_dir)
         self.curves = LossCurves()
+        self._curves_stamp: tuple[int, int] | None = None
+
+    def skip_history(self) -> bool:
+        return (self.run.path / CURVES_FILE).exists()
 
     def take_events(self, events: list[dict[str, Any]]) -> bool:
+        if self._curves_stamp is not None:
+            return False  # the curves file has them
         return self.curves.add_events(events)
+
+    def poll(self) -> JobUpdate:
+        update = super().poll()
+        try:
+            stat = (self.run.path / CURVES_FILE).stat()
+        except OSError:
+            return update
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp != self._curves_stamp:
+            points = read_curve_points(self.run)
+            if points is not None:
+                self.curves = LossCurves()
+                self.curves.add_events(points)
+                self._curves_stamp = stamp
+                self.bytes_read += stat.st_size
+                update.curves_changed = True
+        return update
 
 
 # -- MRML nodes ---------------------------------------------------------------------------------

@@ -76,6 +76,8 @@ class Application:
     """``slicer.app``: what panels call on qSlicerApplication."""
 
     applicationName = "3D Slicer"
+    #: The Slicer version the panels see; a test may set an older one.
+    applicationVersion = "5.10.0"
 
     def __init__(self, harness: Harness) -> None:
         self._harness = harness

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from ..atomic import write_atomic
 from ..errors import JobError
+from .curves import CurveRecorder
 from .rundir import RunDir
 
 #: Seconds between two rewrites of ``status.json`` for progress (events get every step).
@@ -151,6 +152,8 @@ class JobContext:
         self._stop_reason: str | None = None
         self._eta_origin: tuple[tuple[str, int], float, int] | None = None
         self._last_status_write = float("-inf")
+        # The compact curves file the panels plot instead of parsing the whole event log.
+        self._curves = CurveRecorder(run_dir) if run_dir is not None else None
 
     # -- stop requests ----------------------------------------------------------------------
 
@@ -201,8 +204,15 @@ class JobContext:
             record = self.run_dir.append_event(record)
             if now - self._last_status_write >= STATUS_INTERVAL_S or step >= total or self.stop_requested:
                 self._write_progress_status(record, now)
+            if self._curves is not None and self._curves.add(record):
+                self._curves.maybe_write(force=step >= total or self.stop_requested, now=now)
         self.last_progress = record
         self.display.progress(record)
+
+    def flush_curves(self) -> None:
+        """Write the curves file now (the runner does it when the job ends)."""
+        if self._curves is not None:
+            self._curves.maybe_write(force=True)
 
     def log(self, message: str, level: str = "info") -> None:
         """A message for the user (``level``: debug, info, warning, error)."""

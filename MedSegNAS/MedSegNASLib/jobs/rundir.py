@@ -27,9 +27,10 @@ to the same file after it. Non-finite floats are written as
 the strings "nan", "inf", "-inf" so that every line is strict JSON.
 
 The lock is what makes a run directory safe to share between a GUI, a shell and a worker:
-the kernel releases it when the worker dies, even by SIGKILL, so "lock free" means "no live
-worker" without trusting pids. Workers need POSIX ``flock`` (Linux, macOS); on Windows this
-module imports but using a run directory raises :class:`~MedSegNASLib.errors.JobError`.
+the operating system releases it when the worker dies, even by SIGKILL, so "lock free" means "no
+live worker" without trusting pids. It is a :class:`filelock.FileLock` (``flock`` on Linux and
+macOS, ``msvcrt.locking`` on Windows); pids are checked with :mod:`psutil` (with their start
+time, so a reused pid is not taken for the worker).
 """
 
 from __future__ import annotations
@@ -42,17 +43,14 @@ import os
 import re
 import secrets
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+from filelock import FileLock, Timeout
+
 from .. import atomic
 from ..errors import JobError
-
-try:  # POSIX only; Windows can import this module but cannot run workers.
-    import fcntl
-except ImportError:  # pragma: no cover - exercised on Windows only
-    fcntl = None  # type: ignore[assignment]
 
 #: Every state a run can be in; the last three are final.
 STATES: tuple[str, ...] = ("queued", "running", "cancelling", "cancelled", "failed", "done")
@@ -104,50 +102,53 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     atomic.write_json_atomic(path, to_jsonable(data))
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """Start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), else ``None``.
+def process_start_ticks(pid: int) -> float | None:
+    """Start time of process ``pid`` (seconds since the epoch, :meth:`psutil.Process.create_time`),
+    or ``None`` when it does not exist or is a zombie.
 
     Stored next to the pid so that a pid reused by an unrelated process is not taken for the
-    worker. ``None`` when the process does not exist, is a zombie, or there is no ``/proc``.
+    worker. (The name is kept from when this read ``/proc``; status files store it as ``pid_start``.)
     """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        process = psutil.Process(int(pid))
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
+    except (psutil.Error, ValueError, TypeError):
         return None
-    # The command name (field 2) is in parentheses and may contain spaces: split after it.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if not fields or fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
 
 
-def pid_alive(pid: int | None, start_ticks: int | None = None) -> bool:
-    """True when ``pid`` is a live (not zombie) process, with the same start time if given."""
+#: Two start times of one process read at different moments differ by rounding only.
+_START_TIME_TOLERANCE_S = 0.05
+
+
+def pid_alive(pid: int | None, start_time: float | None = None) -> bool:
+    """True when ``pid`` is a live (not zombie) process, with the same start time if given.
+
+    A start time recorded by an older version (``/proc`` clock ticks, an int far below any epoch
+    time) is not compared: the pid alone decides then.
+    """
     if not pid:
         return False
-    if Path("/proc/self/stat").exists():
-        ticks = process_start_ticks(pid)
-        return ticks is not None and (start_ticks is None or ticks == start_ticks)
-    try:  # no /proc (macOS): existence only
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    started = process_start_ticks(pid)
+    if started is None:
         return False
-    except PermissionError:
+    if start_time is None or (isinstance(start_time, int) and start_time < 10**9):
         return True
-    return True
+    return abs(started - float(start_time)) < _START_TIME_TOLERANCE_S
 
 
 class RunLock:
-    """The worker's exclusive ``flock`` on ``<run>/.lock``; released by the kernel when it dies."""
+    """The worker's exclusive lock on ``<run>/.lock``; released by the system when it dies."""
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, lock: FileLock) -> None:
         self.path = path
-        self._fd: int | None = fd
+        self._lock: FileLock | None = lock
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
+        if self._lock is not None:
+            self._lock.release(force=True)
+            self._lock = None
 
     def __enter__(self) -> RunLock:
         return self
@@ -156,12 +157,10 @@ class RunLock:
         self.release()
 
 
-def _require_flock() -> None:
-    if fcntl is None:
-        raise JobError(
-            "run directories need POSIX file locks (Linux or macOS); on Windows run the command "
-            "without --run-dir/--detach, or inside WSL"
-        )
+def _file_lock(path: Path) -> FileLock:
+    # A new, non-singleton lock object per call: two holders in one process must exclude each
+    # other as two processes do (a launcher and the reader probing it, in the tests).
+    return FileLock(str(path), thread_local=False, is_singleton=False)
 
 
 class RunDir:
@@ -310,21 +309,24 @@ class RunDir:
             os.close(fd)
         return record
 
-    def read_events(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    def read_events(self, offset: int = 0, max_bytes: int | None = None) -> tuple[list[dict[str, Any]], int]:
         """Events written after byte ``offset``, and the offset to pass next time.
 
         Only complete lines (ending in a newline) are returned: a line the worker is writing
         right now stays unread until it is finished. A complete line that is not a JSON object
         (a damaged file) is skipped rather than stopping every reader at that point.
+        ``max_bytes`` bounds what one call reads (a GUI timer's tick); the rest comes next time.
         """
         try:
             with open(self.events_jsonl, "rb") as handle:
                 handle.seek(offset)
-                data = handle.read()
+                data = handle.read() if max_bytes is None else handle.read(max(1, int(max_bytes)))
         except FileNotFoundError:
             return [], offset
         end = data.rfind(b"\n")
         if end < 0:
+            if max_bytes is not None and len(data) >= max_bytes:  # one line longer than the bound:
+                return [], offset + len(data)  # skip it rather than stall (its rest is skipped as damaged)
             return [], offset
         events: list[dict[str, Any]] = []
         for line in data[: end + 1].splitlines():
@@ -348,19 +350,13 @@ class RunDir:
         a worker died. Waiting a little absorbs those short holds and :meth:`lock_is_held`'s
         probes; a real second worker holds it far longer.
         """
-        _require_flock()
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return RunLock(self.lock_file, fd)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    return None
-                time.sleep(0.05)
+        lock = _file_lock(self.lock_file)
+        try:
+            lock.acquire(timeout=max(0.0, timeout_s), poll_interval=0.05)
+        except Timeout:
+            return None
+        return RunLock(self.lock_file, lock)
 
     def acquire_lock(self, timeout_s: float = 2.0) -> RunLock:
         """:meth:`try_lock`, raising :class:`JobError` when a live worker holds the lock."""
@@ -375,18 +371,14 @@ class RunDir:
         return lock
 
     def lock_is_held(self) -> bool:
-        """True while a live worker holds the lock (probed with a non-blocking shared lock)."""
-        _require_flock()
-        try:
-            fd = os.open(self.lock_file, os.O_RDONLY)
-        except FileNotFoundError:
+        """True while a live worker (or a launcher starting one) holds the lock: a probe that takes
+        and at once drops it."""
+        if not self.lock_file.exists():
             return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
+        lock = self.try_lock(0.0)
+        if lock is None:
             return True
-        finally:
-            os.close(fd)
+        lock.release()
         return False
 
     # -- helpers ----------------------------------------------------------------------------

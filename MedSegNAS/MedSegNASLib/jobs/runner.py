@@ -20,8 +20,11 @@ from 130, which means the user hit Ctrl-C twice and the job stopped without savi
 Controllers (the CLI, the Slicer panel, tests) use :func:`launch`, :func:`cancel`,
 :func:`refresh_status`, :func:`list_runs` and :meth:`RunDir.read_events`.
 
-Workers are POSIX processes (Linux, macOS). :func:`refresh_status` and :func:`cancel` can only
-see processes on their own host; a run that another machine is writing is left as reported.
+Workers run on Linux, macOS and Windows: the run lock is a :mod:`filelock` lock and
+:func:`cancel` reaches the worker's whole process tree through :mod:`psutil` (children and
+grandchildren, also those that left the worker's process group). :func:`refresh_status` and
+:func:`cancel` can only see processes on their own host; a run that another machine is writing
+is left as reported.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from ..errors import JobError, MedSegNASError
 from .context import JobCancelled, JobContext
@@ -162,7 +167,7 @@ def _execute(
             run.write_status(
                 state="running",
                 pid=pid,
-                pgid=os.getpgrp(),
+                pgid=os.getpgrp() if hasattr(os, "getpgrp") else None,
                 pid_start=process_start_ticks(pid),
                 host=hostname(),
                 started=now_iso(),
@@ -219,6 +224,10 @@ def _finish(
     """
     if run is None:
         return
+    try:
+        ctx.flush_curves()
+    except OSError as exc:  # a full disk must not hide how the job ended
+        print(f"warning: could not write the curves file: {exc}", file=sys.stderr)
     run.append_event(_final_event(state, error=error, message=message, result=result), sync=True)
     fields: dict[str, Any] = {"state": state, "ended": now_iso(), "error": error, "result": result}
     if ctx.last_progress is not None:
@@ -259,8 +268,10 @@ def _install_stop_handlers(ctx: JobContext) -> dict[int, Any]:
         os.write(2, b"\nstopping after the current step (press Ctrl-C again to abort now)\n")
 
     previous = {signal.SIGINT: signal.signal(signal.SIGINT, on_sigint)}
-    if hasattr(signal, "SIGTERM"):
-        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_sigterm)
+    # SIGBREAK: what a cancel sends on Windows (CTRL_BREAK_EVENT to the worker's process group).
+    for name in ("SIGTERM", "SIGBREAK"):
+        if hasattr(signal, name):
+            previous[getattr(signal, name)] = signal.signal(getattr(signal, name), on_sigterm)
     return previous
 
 
@@ -457,6 +468,15 @@ def launch(
     return run
 
 
+def _new_process_group() -> dict[str, Any]:
+    """Popen options that start the worker in its own process group: its own session on POSIX (a
+    terminal's Ctrl-C does not reach it), a new console process group on Windows (so that a cancel
+    can send it CTRL_BREAK_EVENT, which Python turns into SIGBREAK)."""
+    if os.name == "nt":
+        return {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+    return {"start_new_session": True}
+
+
 def _spawn(run: RunDir, command: list[str], cwd: str, env: Mapping[str, str] | None) -> subprocess.Popen:
     # Passive OpenMP waiting: busy-spinning threads make a CPU worker several times slower as soon
     # as another process (the Slicer GUI, a second job) wants a core; measured in the search tests.
@@ -472,7 +492,7 @@ def _spawn(run: RunDir, command: list[str], cwd: str, env: Mapping[str, str] | N
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                **_new_process_group(),
             )
         except OSError as exc:
             message = f"could not start the worker ({command[0]}): {exc.strerror or exc}"
@@ -537,21 +557,61 @@ def _record_end(run: RunDir, state: str, error: str) -> dict[str, Any]:
     return run.write_status(state=state, ended=now_iso(), error=error)
 
 
-def _signal_worker(status: Mapping[str, Any], signum: int) -> bool:
-    """Send ``signum`` to the worker's process group (or the pid alone if it leads none)."""
-    pid, pgid = status.get("pid"), status.get("pgid")
-    if not pid_alive(pid, status.get("pid_start")):
-        return False
+def process_tree(pid: int | None, start_time: float | None = None) -> list[psutil.Process]:
+    """The live process ``pid`` (if its start time matches) and all its descendants, parents first."""
+    if not pid_alive(pid, start_time):
+        return []
     try:
-        if pgid and pgid == pid:
-            os.killpg(pgid, signum)
-        else:  # a worker started from a shell shares the shell's group: signal it alone
-            os.kill(pid, signum)
-    except ProcessLookupError:
+        root = psutil.Process(int(pid))
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _signal_worker(status: Mapping[str, Any], signum: int) -> bool:
+    """Send ``signum`` to the worker and every process it started (its process tree).
+
+    The tree is listed before signalling, so children that lose their parent on the way are still
+    reached. On POSIX the worker's own process group gets the signal too (processes that were
+    orphaned earlier still belong to it). On Windows a stop request (SIGTERM) is CTRL_BREAK_EVENT
+    to the worker's console process group, SIGKILL ends every process of the tree.
+    """
+    pid, pgid = status.get("pid"), status.get("pgid")
+    tree = process_tree(pid, status.get("pid_start"))
+    if not tree:
         return False
-    except PermissionError:
-        raise JobError(f"not allowed to signal worker process {pid} (it belongs to another user)") from None
-    return True
+    sent = False
+    if os.name == "nt" and signum != getattr(signal, "SIGKILL", None):  # pragma: no cover - Windows
+        try:
+            os.kill(int(pid), signal.CTRL_BREAK_EVENT)
+            return True
+        except OSError:
+            return False
+    if os.name != "nt" and pgid and pgid == pid:  # a worker started from a shell shares the shell's group
+        try:
+            os.killpg(pgid, signum)
+            sent = True
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            raise JobError(
+                f"not allowed to signal worker process {pid} (it belongs to another user)"
+            ) from None
+    for process in tree:
+        try:
+            if signum == getattr(signal, "SIGKILL", None):
+                process.kill()
+            else:
+                process.send_signal(signum)
+            sent = True
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.AccessDenied:
+            if process.pid == pid:
+                raise JobError(
+                    f"not allowed to signal worker process {pid} (it belongs to another user)"
+                ) from None
+    return sent
 
 
 def cancel(run_dir: str | os.PathLike[str] | RunDir, grace_s: float = 30.0, wait: bool = True) -> str:

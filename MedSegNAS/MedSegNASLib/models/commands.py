@@ -1,5 +1,11 @@
 """``medsegnas models list|import|download|catalog|info|trust|remove``: the model registry from a shell.
 
+``import`` and ``download`` are also jobs (``--run-dir RUN`` / ``--detach``, kinds ``model-import``
+and ``model-download``): the Slicer panel runs them as background workers like every long task
+(a Python thread inside Slicer barely runs: the GUI's main thread holds the GIL while idle).
+Their ``done`` result holds ``model`` (the registry id), ``path`` and ``trust_state``; a cancelled
+download keeps its partial file and resumes when started again.
+
 The registry lives in ``$MEDSEGNAS_HOME/models`` (default ``~/.medsegnas/models``; ``--home``
 overrides both); the catalog of downloadable bundles is ``$MEDSEGNAS_CATALOG`` or the shipped
 ``catalog.json`` (``--catalog`` overrides both).
@@ -9,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..jobs.runner import add_job_arguments, run_job_command
 from .registry import (
     TRUST_COMMAND,
     Checksum,
@@ -77,6 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     importing.add_argument(
         "--strict", action="store_true", help="refuse a bundle that needs code to run (unless --trust)"
     )
+    importing.add_argument(
+        "--rename", action="store_true", help="on an id clash import under a new id (ID-2, ID-3...)"
+    )
+    add_job_arguments(importing)
     importing.set_defaults(func=import_command)
 
     download = actions.add_parser(
@@ -92,6 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download.add_argument("--force", action="store_true", help="replace a model with the same id")
     download.add_argument("--strict", action="store_true", help="refuse a bundle that needs code to run")
     download.add_argument("--catalog", type=Path, metavar="FILE", help="catalog file (default: shipped)")
+    add_job_arguments(download)
     download.set_defaults(func=download_command)
 
     catalog = actions.add_parser("catalog", help="list the downloadable bundles")
@@ -219,37 +232,96 @@ def list_command(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Job kinds of ``models import`` and ``models download`` run with --run-dir / --detach.
+IMPORT_KIND, DOWNLOAD_KIND = "model-import", "model-download"
+#: Seconds between two progress events of a download job (every chunk would flood the event log).
+PROGRESS_INTERVAL_S = 0.5
+
+
+def _as_job(args: argparse.Namespace) -> bool:
+    return args.run_dir is not None or args.detach
+
+
+def _job_progress(ctx: Any, stage: str) -> ProgressCallback:
+    """A registry progress callback that reports to a job (throttled) and stops it when asked."""
+    last = {"time": -math.inf}
+
+    def report(done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if (total and done >= total) or now - last["time"] >= PROGRESS_INTERVAL_S:
+            last["time"] = now
+            ctx.progress(min(done, total or done), max(total or done, 1), stage=stage)
+        ctx.raise_if_stop_requested()  # a cancel between two chunks; the partial file is kept
+
+    return report
+
+
+def _run_as_job(kind: str, args: argparse.Namespace, work, config: dict[str, Any], source: str) -> int:
+    """Run ``work(progress)`` (an import into the registry) as a job whose result names the model."""
+
+    def body(ctx) -> dict[str, Any]:
+        registry = ModelRegistry(args.home)
+        record = work(registry, _job_progress(ctx, "download" if kind == DOWNLOAD_KIND else "import"))
+        path = registry.model_path(record.id)
+        _describe_import(record, path)
+        ctx.log(f"imported '{record.id}' into {path}")
+        return {
+            "model": record.id,
+            "path": str(path),
+            "trust_state": record.trust_state,
+            "problems": list(record.problems),
+        }
+
+    home = str(args.home) if args.home else None
+    return run_job_command(kind, args, body, {**config, "home": home}, inputs={"source": source})
+
+
 def import_command(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(args.home)
     checksum = None
     if args.sha256:
         checksum = Checksum("sha256", args.sha256)
     elif args.checksum:
         checksum = Checksum.parse(args.checksum)
-    record = registry.import_model(
-        args.source,
-        model_id=args.name,
-        trusted=args.trust,
-        checksum=checksum,
-        force=args.force,
-        strict=args.strict,
-        progress=_progress_printer(),
-    )
+
+    def work(registry: ModelRegistry, progress: ProgressCallback) -> ModelRecord:
+        return registry.import_model(
+            args.source,
+            model_id=args.name,
+            trusted=args.trust,
+            checksum=checksum,
+            force=args.force,
+            strict=args.strict,
+            if_exists="rename" if args.rename else None,
+            progress=progress,
+        )
+
+    if _as_job(args):
+        config = {"source": args.source, "name": args.name, "trust": args.trust, "rename": args.rename}
+        return _run_as_job(IMPORT_KIND, args, work, config, args.source)
+    registry = ModelRegistry(args.home)
+    record = work(registry, _progress_printer())
     _describe_import(record, registry.model_path(record.id))
     return 0
 
 
 def download_command(args: argparse.Namespace) -> int:
+    def work(registry: ModelRegistry, progress: ProgressCallback) -> ModelRecord:
+        return registry.download(
+            args.catalog_name,
+            catalog=args.catalog,
+            model_id=args.name,
+            trusted=args.trust,
+            force=args.force,
+            strict=args.strict,
+            progress=progress,
+        )
+
+    if _as_job(args):
+        config = {"catalog_name": args.catalog_name, "name": args.name, "trust": args.trust}
+        config["catalog"] = str(args.catalog) if args.catalog else None
+        return _run_as_job(DOWNLOAD_KIND, args, work, config, args.catalog_name)
     registry = ModelRegistry(args.home)
-    record = registry.download(
-        args.catalog_name,
-        catalog=args.catalog,
-        model_id=args.name,
-        trusted=args.trust,
-        force=args.force,
-        strict=args.strict,
-        progress=_progress_printer(),
-    )
+    record = work(registry, _progress_printer())
     _describe_import(record, registry.model_path(record.id))
     return 0
 

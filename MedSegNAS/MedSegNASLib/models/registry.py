@@ -56,14 +56,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from filelock import FileLock, Timeout
+
 from ..atomic import write_json_atomic
 from ..errors import MedSegNASError
-
-try:  # POSIX
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None  # type: ignore[assignment]
-    import msvcrt
 
 __all__ = [
     "HOME_ENV",
@@ -668,27 +664,20 @@ class ResolvedModel:
 
 @contextlib.contextmanager
 def _exclusive_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (created if needed); released on exit or death."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Hold an exclusive lock on ``path`` (created if needed; :class:`filelock.FileLock`, as the run
+    directories use); released on exit, or by the system when the holder dies."""
+    lock = FileLock(str(path), thread_local=False, is_singleton=False)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if fcntl is not None:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                else:  # pragma: no cover - Windows
-                    msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RegistryError(
-                        f"the model registry is locked by another process ({path}) for more than "
-                        f"{timeout:.0f} s; try again when its import has finished"
-                    ) from None
-                time.sleep(0.05)
+        lock.acquire(timeout=timeout, poll_interval=0.05)
+    except Timeout:
+        raise RegistryError(
+            f"the model registry is locked by another process ({path}) for more than "
+            f"{timeout:.0f} s; try again when its import has finished"
+        ) from None
+    try:
         yield
     finally:
-        os.close(fd)  # closing drops the lock
+        lock.release(force=True)
 
 
 # ------------------------------------------------------------------------------- registry

@@ -385,6 +385,12 @@ class JobFollower:
 
     #: (label, metric key) pairs of the progress line; None: loss, arch loss, validation Dice.
     shown_metrics: Sequence[tuple[str, str]] | None = None
+    #: Most bytes of the event log one :meth:`poll` reads: a tick stays short however long the
+    #: log (a search writes 100k events); a follower behind catches up over the next ticks.
+    max_bytes_per_poll: int = 128 * 1024
+    #: A first poll of a longer log starts this many bytes before its end (re-attaching to a long
+    #: run: the progress line needs only the latest events; curves come from ``curves.json``).
+    tail_bytes: int = 16 * 1024
 
     def __init__(self, run_dir: str | os.PathLike[str] | RunDir) -> None:
         self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
@@ -392,6 +398,29 @@ class JobFollower:
         self.last_progress: dict[str, Any] | None = None
         self.last_message = ""
         self.last_update: JobUpdate | None = None
+        #: Bytes of the event log read by the last :meth:`poll` (bounded by :attr:`max_bytes_per_poll`).
+        self.bytes_read = 0
+        self._started = False
+
+    def skip_history(self) -> bool:
+        """Whether a first poll may skip all but the log's tail (subclasses that build something
+        from every event say no when they have no other source)."""
+        return True
+
+    def _start_offset(self) -> int:
+        """Where the first poll starts reading: 0, or the first line of the log's tail."""
+        try:
+            size = self.run.events_jsonl.stat().st_size
+        except OSError:
+            return 0
+        if size <= self.tail_bytes or not self.skip_history():
+            return 0
+        with open(self.run.events_jsonl, "rb") as handle:
+            handle.seek(size - self.tail_bytes)
+            chunk = handle.read(self.tail_bytes)
+        newline = chunk.find(b"\n")
+        self.bytes_read += len(chunk)
+        return size - self.tail_bytes + newline + 1 if newline >= 0 else 0
 
     @property
     def kind(self) -> str:
@@ -425,7 +454,18 @@ class JobFollower:
             process.poll()
         # Status first: a final state read here guarantees the final event is in the log below.
         status = refresh_status(self.run)
-        events, self.offset = self.run.read_events(self.offset)
+        self.bytes_read = 0
+        if not self._started:
+            self._started = True
+            if self.offset == 0:
+                self.offset = self._start_offset()
+        events, offset = self.run.read_events(self.offset, max_bytes=self.max_bytes_per_poll)
+        self.bytes_read += offset - self.offset
+        self.offset = offset
+        try:
+            caught_up = self.offset >= self.run.events_jsonl.stat().st_size
+        except OSError:
+            caught_up = True
         for event in events:
             if event.get("type") == "progress":
                 self.last_progress = event
@@ -434,7 +474,7 @@ class JobFollower:
         curves_changed = self.take_events(events)
         state = str(status.get("state") or "queued")
         progress = self.last_progress or status.get("progress") or {}
-        finished = state in FINAL_STATES
+        finished = state in FINAL_STATES and caught_up  # its last events are read before it is done
         total = int(progress.get("total") or 1)
         self.last_update = JobUpdate(
             state=state,
@@ -482,8 +522,9 @@ def poll_job(
 ) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
     """One look at a run for a script that keeps its own place in the event log: ``(refreshed
     status, events written after byte ``offset``, offset to pass next time)``; reaps a worker that
-    this process launched (a :class:`RunDir` from :func:`launch_job`)."""
+    this process launched (a :class:`RunDir` from :func:`launch_job`). At most
+    :attr:`JobFollower.max_bytes_per_poll` bytes are read per call."""
     follower = JobFollower(run_dir)
-    follower.offset = offset
+    follower.offset, follower._started = offset, True  # from ``offset`` (no tail skip), bounded
     update = follower.poll()
     return update.status, update.events, follower.offset

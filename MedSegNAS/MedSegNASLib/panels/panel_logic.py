@@ -10,8 +10,9 @@ beside this one, so everything is tested with the real MRML classes of the ``sli
   named ``"<input> - <model>"``, has the bundle's named, colored segments with their terminology
   (:mod:`.panel_terminology`), references the input volume, and replaces the previous result of
   the same input and model (found by node attributes).
-* **Models** (here): :func:`model_tooltip`, :func:`model_display_name`, :class:`BackgroundTask` for
-  imports and downloads (a thread: the network and the bundle checks never block the GUI).
+* **Models** (here): :func:`model_tooltip`, :func:`model_display_name`;
+  :func:`launch_model_import_job` and :func:`launch_model_download_job` run imports and downloads
+  as background jobs (worker processes: a thread would barely run inside Slicer).
 * **Search and train** (here): :func:`launch_training_job` (one process or one per GPU,
   :func:`training_argv`), with the dataset from a folder or exported from scene volumes and
   segmentations (:func:`.panel_dataset.export_scene_dataset`).
@@ -33,7 +34,6 @@ import importlib.util
 import json
 import os
 import shutil
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import slicer
 
 from ..atomic import write_json_atomic
+from ..dependencies import SLICER_PACKAGES, packages_for
 from ..errors import JobError, MedSegNASError
 from ..jobs import RunDir, refresh_status
 from .panel_jobs import (
@@ -67,7 +68,6 @@ if TYPE_CHECKING:  # torch is imported only where a model runs
     from ..models.registry import ModelRecord
 
 __all__ = [
-    "BackgroundTask",
     "JobFollower",
     "JobUpdate",
     "cancel_job",
@@ -93,6 +93,8 @@ __all__ = [
     "scene_case_rows",
     "scene_cases",
     "launch_from_settings",
+    "launch_model_download_job",
+    "launch_model_import_job",
     "segment_argv",
     "segment_options",
     "segment_volume_node",
@@ -112,18 +114,11 @@ SCENE_INFO = "scene.json"
 #: Job kinds the panel launches and follows.
 SEGMENT, SEARCH, TRAIN, PHANTOM = "segment", "search", "train", "phantom"
 JOB_KINDS: tuple[str, ...] = (SEGMENT, SEARCH, TRAIN, PHANTOM)
-#: Python packages the jobs need (import name -> pip requirement); torch comes from the PyTorch extension.
-REQUIRED_PACKAGES: dict[str, str] = {
-    "torch": "torch>=2.4",
-    "monai": "monai>=1.5,<1.7",
-    "nibabel": "nibabel>=5.0",
-    "scipy": "scipy>=1.10",
-    "SimpleITK": "SimpleITK>=2.3",
-}
-#: What a phantom job needs (torch saves its checkpoints).
-PHANTOM_PACKAGES: dict[str, str] = {
-    name: REQUIRED_PACKAGES[name] for name in ("scipy", "SimpleITK", "nibabel", "torch")
-}
+#: Python packages the panel's jobs need (import name -> pip requirement), from the one list in
+#: :mod:`.dependencies`: every feature; torch comes from the PyTorch extension.
+REQUIRED_PACKAGES: dict[str, str] = packages_for()
+#: What a phantom job needs.
+PHANTOM_PACKAGES: dict[str, str] = packages_for("phantom")
 
 
 # --------------------------------------------------------------------------- environment and jobs
@@ -131,7 +126,9 @@ PHANTOM_PACKAGES: dict[str, str] = {
 
 def missing_packages(packages: Iterable[str] = REQUIRED_PACKAGES) -> list[str]:
     """Import names of ``packages`` that this Python cannot import (nothing is imported)."""
-    return [name for name in packages if importlib.util.find_spec(name) is None]
+    from ..dependencies import is_installed
+
+    return [name for name in packages if not is_installed(name)]
 
 
 def ensure_packages(
@@ -156,9 +153,14 @@ def ensure_packages(
         return True
     if not confirm(", ".join(missing)):
         return False
+    shipped = [name for name in missing if name in SLICER_PACKAGES]
+    if shipped:  # never installed over Slicer's own: a Slicer without them is broken
+        raise MedSegNASError(
+            f"{', '.join(shipped)} should come with Slicer but cannot be imported; reinstall Slicer"
+        )
     if "torch" in missing:
         install_torch()
-    others = [packages[name] for name in missing if name != "torch"]
+    others = [packages[name] for name in missing if name != "torch"]  # Slicer's own: refused above
     if others:
         install_with_pip(others)
     importlib.invalidate_caches()
@@ -200,54 +202,6 @@ def launch_phantom_job(
     argv = [PHANTOM, Path(dataset_folder).expanduser().absolute(), "--cases", int(cases)]
     argv += ["--unlabeled", int(unlabeled), "--size", int(size)]
     return launch_job(argv, runs_root=runs_root, python=python)
-
-
-class BackgroundTask:
-    """A function run in a thread (model import or download), polled from the GUI thread.
-
-    The function gets a ``progress(done, total)`` callback as keyword argument ``progress``
-    (bytes for downloads). Nothing here touches Qt or the scene: the poller does, when
-    :attr:`finished` turns true.
-    """
-
-    def __init__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self.done_units = 0
-        self.total_units: int | None = None
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self._finished = threading.Event()
-
-        def run() -> None:
-            try:
-                self.result = function(*args, progress=self._progress, **kwargs)
-            except BaseException as exc:  # reported to the GUI, which shows it
-                self.error = exc
-            finally:
-                self._finished.set()
-
-        self._thread = threading.Thread(target=run, name=f"MedSegNAS {getattr(function, '__name__', 'task')}")
-        self._thread.daemon = True
-        self._thread.start()
-
-    def _progress(self, done: int, total: int | None = None) -> None:
-        self.done_units, self.total_units = int(done), (int(total) if total else None)
-
-    @property
-    def finished(self) -> bool:
-        return self._finished.is_set()
-
-    @property
-    def fraction(self) -> float | None:
-        """Share done in [0, 1], or None when the total is unknown."""
-        return min(self.done_units / self.total_units, 1.0) if self.total_units else None
-
-    def wait(self, timeout_s: float | None = None) -> Any:
-        """Block until done (scripts and tests); return the result or raise the function's error."""
-        if not self._finished.wait(timeout_s):
-            raise TimeoutError(f"{self._thread.name} still running after {timeout_s} s")
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 # --------------------------------------------------------------------------- models
@@ -298,20 +252,47 @@ def model_table_rows(records: Sequence[ModelRecord]) -> list[tuple[list[str], st
     return rows
 
 
-def import_model_task(
-    source: str, *, trusted: bool = False, home: str | os.PathLike[str] | None = None
-) -> BackgroundTask:
-    """Import a bundle folder, archive or URL into the registry in a thread."""
-    from ..models.registry import ModelRegistry
-
-    return BackgroundTask(ModelRegistry(home).import_model, source, trusted=trusted, if_exists="rename")
+def _models_argv(home: str | os.PathLike[str] | None) -> list[str]:
+    return ["models", *(["--home", Path(home).expanduser().absolute()] if home else [])]
 
 
-def download_model_task(name: str, *, home: str | os.PathLike[str] | None = None) -> BackgroundTask:
-    """Download a catalog bundle (checksum checked) into the registry in a thread."""
-    from ..models.registry import ModelRegistry
+def launch_model_import_job(
+    source: str,
+    runs_root: str | os.PathLike[str],
+    *,
+    trusted: bool = False,
+    home: str | os.PathLike[str] | None = None,
+    python: str | None = None,
+) -> RunDir:
+    """Import a bundle folder, archive or URL into the registry as a background job
+    (``medsegnas models import SRC --rename``, kind ``model-import``); an id clash gets a new id.
 
-    return BackgroundTask(ModelRegistry(home).download, name)
+    A worker process, not a thread: inside Slicer the GUI thread holds the GIL while idle, so a
+    Python thread would barely advance. The ``done`` result holds ``model`` (the new id).
+    """
+    text = str(source).strip()
+    if not text:
+        raise MedSegNASError("give a bundle folder, archive or URL to import")
+    if "://" not in text:  # a path: absolute, since the worker runs in the runs folder
+        text = str(Path(text).expanduser().absolute())
+    argv = [*_models_argv(home), "import", text, "--rename", *(["--trust"] if trusted else [])]
+    return launch_job(argv, runs_root=runs_root, kind="model-import", python=python)
+
+
+def launch_model_download_job(
+    name: str,
+    runs_root: str | os.PathLike[str],
+    *,
+    home: str | os.PathLike[str] | None = None,
+    python: str | None = None,
+) -> RunDir:
+    """Download a catalog bundle (checksum checked) into the registry as a background job
+    (``medsegnas models download NAME``, kind ``model-download``; the catalog is
+    ``$MEDSEGNAS_CATALOG`` or the shipped one). The ``done`` result holds ``model``."""
+    if not str(name).strip():
+        raise MedSegNASError("choose a bundle of the catalog to download")
+    argv = [*_models_argv(home), "download", str(name).strip()]
+    return launch_job(argv, runs_root=runs_root, kind="model-download", python=python)
 
 
 # --------------------------------------------------------------------------- segment

@@ -47,6 +47,8 @@ __all__ = [
 #: Node attribute that ties plot, series and table nodes to a run directory (updated in place).
 RUN_ATTRIBUTE = "MedSegNAS.Run"
 ROLE_ATTRIBUTE = "MedSegNAS.Role"
+#: Chart attribute: the :attr:`RunCurves.stamp` it shows (same stamp: nothing to redraw).
+STAMP_ATTRIBUTE = "MedSegNAS.CurvesStamp"
 #: Distinct curve colors (RGB 0..1) for plot series without a label color.
 _CURVE_COLORS = [
     (0.35, 0.35, 0.35),
@@ -81,6 +83,11 @@ class RunCurves:
     validation_epochs: list[int] = field(default_factory=list)
     dice: dict[str, list[float]] = field(default_factory=dict)
     offset: int = 0
+    #: Where the curves came from (``curves.json``'s mtime and size, or the event log's offset):
+    #: unchanged means nothing to redraw.
+    stamp: str = ""
+    #: Bytes read by the last :func:`read_run_curves` call.
+    bytes_read: int = 0
     _last_mean: float | None = None
 
     def add(self, event: Mapping[str, Any]) -> None:
@@ -108,22 +115,51 @@ class RunCurves:
 
 
 _CURVES_CACHE: dict[str, RunCurves] = {}
+#: Most bytes of the event log one :func:`read_run_curves` call reads for a run without a
+#: ``curves.json`` (from an older version): a GUI tick stays short, later calls catch up.
+MAX_EVENT_BYTES_PER_READ = 1024 * 1024
 
 
 def read_run_curves(run_dir: str | os.PathLike[str] | RunDir) -> RunCurves:
-    """The loss and validation-Dice curves of a run, read incrementally (only new events are parsed)."""
+    """The loss and validation-Dice curves of a run.
+
+    From the run's compact ``curves.json`` (:mod:`MedSegNASLib.jobs.curves`: at most a few
+    thousand points whatever the run's length, re-read only when it changed); for a run without
+    one, from its event log, at most :data:`MAX_EVENT_BYTES_PER_READ` new bytes per call.
+    """
+    from ..jobs.curves import CURVES_FILE, read_curve_points
+
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     key = str(run.path.resolve())
-    curves = _CURVES_CACHE.get(key)
+    cached = _CURVES_CACHE.get(key)
+    try:
+        stat = (run.path / CURVES_FILE).stat()
+        stamp = f"file:{stat.st_mtime_ns}:{stat.st_size}"
+    except OSError:
+        stamp = ""
+    if stamp:
+        if cached is not None and cached.stamp == stamp:
+            cached.bytes_read = 0
+            return cached
+        points = read_curve_points(run)
+        if points is not None:
+            curves = RunCurves(stamp=stamp, bytes_read=stat.st_size)
+            for point in points:
+                curves.add(point)
+            _CURVES_CACHE[key] = curves
+            return curves
     size = run.events_jsonl.stat().st_size if run.events_jsonl.exists() else 0
-    if curves is None or size < curves.offset:  # new, or the log was replaced
-        curves = RunCurves()
-    events, curves.offset = run.read_events(curves.offset)
+    if cached is None or not cached.stamp.startswith("events:") or size < cached.offset:
+        cached = RunCurves(stamp="events:0")  # new, from an older version, or the log was replaced
+    start = cached.offset
+    events, cached.offset = run.read_events(cached.offset, max_bytes=MAX_EVENT_BYTES_PER_READ)
+    cached.bytes_read = cached.offset - start
+    cached.stamp = f"events:{cached.offset}"
     for event in events:
         if event.get("type") == "progress":
-            curves.add(event)
-    _CURVES_CACHE[key] = curves
-    return curves
+            cached.add(event)
+    _CURVES_CACHE[key] = cached
+    return cached
 
 
 def _tagged_node(scene: Any, class_name: str, run_key: str, role: str) -> Any | None:
@@ -172,6 +208,8 @@ def run_curves_to_plot_chart(run_dir: str | os.PathLike[str] | RunDir, scene: An
     run_key = str(run.path.resolve())
     curves = read_run_curves(run)
     chart = _tagged_node(scene, "vtkMRMLPlotChartNode", run_key, "chart")
+    if chart is not None and chart.GetAttribute(STAMP_ATTRIBUTE) == curves.stamp:
+        return chart  # nothing new: a timer tick costs a file stat
     if chart is None:
         chart = _tag(
             scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{run.run_id} curves"), run_key, "chart"
@@ -222,6 +260,7 @@ def run_curves_to_plot_chart(run_dir: str | os.PathLike[str] | RunDir, scene: An
                 series.SetXColumnName("step")
                 series.SetYColumnName(column)
                 number += 1
+        chart.SetAttribute(STAMP_ATTRIBUTE, curves.stamp)
     finally:
         chart.EndModify(was_modifying)
     return chart
