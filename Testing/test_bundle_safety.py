@@ -993,3 +993,86 @@ def test_errors_are_medsegnas_errors() -> None:
     for error in (UnsafeConfigError, UnsafeModelError, UnsafeArchiveError, ModelFileError):
         assert issubclass(error, MedSegNASError)
     assert "--trust" not in str(UnsafeArchiveError("entry 'x' has a '..' path component"))
+
+
+# ------------------------------------------------------------------ capability allow-list
+
+
+def test_supported_monai_and_torch_versions_are_pinned_and_installed() -> None:
+    """The safety argument holds for a version range: pyproject pins it, the installed versions are inside."""
+    import importlib.metadata
+
+    import tomllib
+    from MedSegNASLib.models.capabilities import SUPPORTED_MONAI, SUPPORTED_TORCH
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pinned = {Requirement(r).name: Requirement(r).specifier for r in pyproject["project"]["dependencies"]}
+    assert pinned["monai"] == SpecifierSet(SUPPORTED_MONAI) and pinned["torch"] == SpecifierSet(
+        SUPPORTED_TORCH
+    )
+    for package, supported in (("monai", SUPPORTED_MONAI), ("torch", SUPPORTED_TORCH)):
+        installed = Version(importlib.metadata.version(package).split("+")[0])
+        assert installed in SpecifierSet(supported), (package, installed, supported)
+    # what the argument rests on in that range: weights-only loading with an allow-list context
+    assert hasattr(torch.serialization, "safe_globals")
+
+
+def test_capability_arguments_exist_in_the_installed_monai() -> None:
+    """Each allowed component exists and takes each allowed argument (the list cannot drift silently)."""
+    import inspect
+
+    from MedSegNASLib.models.capabilities import COMPONENTS, component_rule
+
+    removed_in_this_monai = {("SwinUNETR", "img_size")}  # published configs still pass it
+    for name, rule in COMPONENTS.items():
+        module, _, attr = rule.path.rpartition(".")
+        obj = getattr(__import__(module, fromlist=[attr]), attr)
+        assert component_rule(obj)[0] == name
+        if name == "torch.device":
+            continue
+        parameters = inspect.signature(obj).parameters
+        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        for argument in rule.args:
+            assert argument in parameters or takes_kwargs or (name, argument) in removed_in_this_monai, (
+                name,
+                argument,
+            )
+
+
+def test_no_allowed_argument_downloads_or_names_a_file() -> None:
+    """Only the engine I/O stand-ins (which never touch files) take path-like arguments."""
+    import re as regex
+
+    from MedSegNASLib.models.capabilities import COMPONENTS
+
+    risky = regex.compile(
+        r"pretrain|url|download|^path|_path$|file|^dir|_dir$|cache|writer|hub|^load", regex.I
+    )
+    for name, rule in COMPONENTS.items():
+        if rule.kind == "engine_io":
+            continue
+        assert not [a for a in rule.args if risky.search(a)], name
+
+
+def test_argument_types_and_ranges_are_checked_before_building() -> None:
+    """Literal values statically; values from expressions and references when the item is built."""
+    spacing = {"_target_": "Spacingd", "keys": "image", "pixdim": [0.001, 1, 1]}
+    assert "argument 'pixdim' of Spacingd" in check_config({"s": spacing})[0]
+    inferer = {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16], "overlap": 0.99}
+    assert "argument 'overlap' of SlidingWindowInferer" in check_config({"i": inferer})[0]
+    assert (
+        "argument 'select_fn' of CropForegroundd"
+        in check_config({"c": {"_target_": "CropForegroundd", "keys": "image", "select_fn": "$len"}})[0]
+    )
+    unet = {"_target_": "UNet", "spatial_dims": 3, "out_channels": 2, "channels": [4, 8], "strides": [2]}
+    computed = {"n": "$10 ** 6", "net": {**unet, "in_channels": "@n"}}
+    assert check_config(computed) == []  # the value is unknown until evaluated
+    with pytest.raises(UnsafeConfigError, match=r"config item 'net': argument 'in_channels' of UNet must be"):
+        SafeConfigParser(computed).get_parsed_content("net")
+    huge = {"net": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2}}
+    huge["net"].update(channels=[4096, 4096], strides=[2], num_res_units=2)
+    with pytest.raises(UnsafeConfigError, match="MAX_NETWORK_PARAMETERS"):
+        SafeConfigParser(huge).get_parsed_content("net")

@@ -59,6 +59,7 @@ __all__ = [
     "find_bundle_root",
     "inspect_bundle",
     "check_config",
+    "inference_path_problems",
     "safe_parse_bundle_config",
 ]
 
@@ -184,6 +185,8 @@ class _SafeComponent(ConfigComponent):
         if rule.kind == "engine_io":
             return build_engine_io_step(name, args)
         if rule.kind == "network":
+            import torch
+
             owner = self.owner
             problem = network_size_problem(
                 name,
@@ -195,6 +198,9 @@ class _SafeComponent(ConfigComponent):
             )
             if problem:
                 raise UnsafeConfigError(f"config item '{self.id}': {problem}")
+            if getattr(owner, "meta_networks", False):  # a dry build: no weights are allocated
+                with torch.device("meta"):
+                    return instantiate(component, mode, **args)
         try:
             # ``component`` is the checked object itself, so MONAI imports nothing by name.
             return instantiate(component, mode, **args)
@@ -224,6 +230,8 @@ class SafeConfigParser(ConfigParser):
         super().__init__(config=config, excludes=excludes, globals=False)
         self.globals = dict(default_namespace())
         self.patch, self.windows_per_batch = _network_input(config if isinstance(config, Mapping) else {})
+        #: build networks on the meta device (see :func:`inference_path_problems`)
+        self.meta_networks = False
 
     def _do_parse(self, config: Any, id: str = "") -> None:
         if isinstance(config, (dict, list)):
@@ -411,6 +419,45 @@ def check_config(
     selected = [k for k in resolved if k != META_KEY] if ids is None else _dependency_closure(parser, ids)
     for item_id in selected:
         problems.extend(_item_problems(parser[item_id], item_id, namespace, refused))
+    return list(dict.fromkeys(problems))
+
+
+def inference_path_problems(root: str | Path, config: Mapping[str, Any], ids: Iterable[str]) -> list[str]:
+    """What stops the items ``ids`` of an untrusted bundle, checked statically *and* by a dry build.
+
+    The static check (:func:`check_config`) cannot know what an expression computes (a
+    ``glob.glob`` pattern, a size); so when it passes, each item is built the way the engine
+    builds it, with networks on the ``meta`` device (no weights allocated) and every limit in
+    force. Only refusals (:class:`UnsafeConfigError`) are problems: an item that fails for another
+    reason (a missing file, an argument MONAI rejects) fails the same way in ``segment``.
+
+    Args:
+        root: the bundle folder; config: its inference config; ids: the items the engine builds.
+
+    Returns:
+        One line per problem, ``"<item id>: <rule>"``; empty when the whole path passes.
+    """
+    import logging
+
+    root = Path(root)
+    ids = [i for i in ids if i in config]
+    problems = check_config(config, ids=ids, bundle_root=root)
+    if problems:
+        return problems
+    settings = copy.deepcopy(dict(config))
+    settings["bundle_root"] = str(root)
+    metadata = root / "configs" / METADATA_NAME
+    if META_KEY not in settings and metadata.is_file():
+        settings[META_KEY] = load_config_file(metadata)
+    for item_id in ids:  # each on its own: a failure of one does not hide problems of another
+        parser = SafeConfigParser(copy.deepcopy(settings), bundle_root=root)
+        parser.meta_networks = True
+        try:
+            parser.get_parsed_content(item_id)
+        except UnsafeConfigError as exc:
+            problems.append(exc.problem)
+        except Exception as exc:  # not a safety matter; segment reports it with its own message
+            logging.getLogger(__name__).debug("dry build of %s failed: %s", item_id, exc)
     return list(dict.fromkeys(problems))
 
 

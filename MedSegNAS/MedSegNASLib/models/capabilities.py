@@ -825,6 +825,13 @@ COMPONENTS["AddGuidanceFromPointsDeepEditd"] = ComponentRule(
     {"ref_image": Name(), "guidance": Name(), "label_names": _LabelNames() | NoneValue(), **META},
 )
 
+
+@functools.cache
+def _load(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name, None)
+
+
 #: Dictionary transforms that also have an array version with the same (non-key) arguments.
 _ARRAY_VERSIONS = (
     "LoadImaged",
@@ -851,25 +858,27 @@ _DICT_ONLY_ARGS = {"keys", "allow_missing_keys", "meta_keys", "meta_key_postfix"
 
 
 def _add_array_versions() -> None:
+    """``Spacing`` from ``Spacingd``: the same rules for the arguments the array version takes."""
+    import inspect
+
     for dict_name in _ARRAY_VERSIONS:
         rule = COMPONENTS[dict_name]
         array_name = dict_name[:-1]
-        args = {k: v for k, v in rule.args.items() if k not in _DICT_ONLY_ARGS}
+        path = rule.path[: -len(dict_name)] + array_name
+        array_class = _load(path)
+        if array_class is None:
+            continue
+        takes = inspect.signature(array_class).parameters
+        args = {k: v for k, v in rule.args.items() if k not in _DICT_ONLY_ARGS and k in takes}
         if array_name == "Lambda":
             args = {"func": Lambda(), "track_meta": FLAG}
-        COMPONENTS[array_name] = ComponentRule(rule.path[: -len(dict_name)] + array_name, args, rule.kind)
+        COMPONENTS[array_name] = ComponentRule(path, args, rule.kind)
 
 
 _add_array_versions()
 
 #: Engine I/O steps by class name (built as inert stand-ins, never as MONAI objects).
 ENGINE_IO = frozenset(name for name, rule in COMPONENTS.items() if rule.kind == "engine_io")
-
-
-@functools.cache
-def _load(path: str) -> Any:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name, None)
 
 
 @functools.cache
