@@ -144,7 +144,9 @@ def corpus(sink: Path, url: str, marker: Path) -> dict[str, Case]:
             "calls the component '@saver'",
             {
                 "saver": saver,
-                "network_def": _unet(in_channels="$@saver(torch.tensor([[[[1.0]]]])) is None or 1"),
+                "network_def": _unet(
+                    in_channels="$@saver(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]]])) is None or 1"
+                ),
             },
         ),
         "write: WriteFileMapping step": Case(
@@ -438,10 +440,29 @@ def _measured(argv: list[str], env: dict[str, str]) -> tuple[int, str, float, in
     return int(code), result.stderr, float(seconds), int(peak)
 
 
+#: One bundle of each class of the corpus, for the test in real processes (each costs two
+#: interpreter starts; the fast test above runs the whole corpus).
+ONE_OF_EACH_CLASS = (
+    "write: call a SaveImage item",
+    "read: glob outside the bundle",
+    "network: HoVerNet pretrained_url",
+    "memory: str.join",
+    "time: nested sums",
+    "memory: huge network",
+    "memory: huge activations",
+    "call: the preprocessing",
+    "code: $ expression",
+    "pickle: weights with code",
+    "archive: zip path traversal",
+)
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_hostile_corpus_in_real_processes_within_memory_and_time(tmp_path: Path, spy_server: str) -> None:
-    """The same corpus as separate `medsegnas` processes: exit 1, one line, bounded memory and time."""
+    """The corpus as separate `medsegnas` processes: exit 1, one line, bounded memory and time."""
     cases, sink, marker, image = _setup(tmp_path, spy_server)
+    cases = {name: cases[name] for name in ONE_OF_EACH_CLASS}
     env = dict(os.environ, **{HOME_ENV: str(tmp_path / "home"), "OMP_NUM_THREADS": "1"})
     jobs = []
     for index, (name, case) in enumerate(cases.items()):
@@ -459,6 +480,43 @@ def test_hostile_corpus_in_real_processes_within_memory_and_time(tmp_path: Path,
         if argv[0] == "segment":
             assert case.item in line, (name, line)
         assert seconds < TIME_BOUND_S and peak < MEMORY_BOUND, (name, argv[0], seconds, peak)
+        print(f"{name:36s} {argv[0]:8s} {seconds:6.1f} s  {peak / 1024**2:6.0f} MiB")
     assert _files(tmp_path) - before <= {p for p in _files(tmp_path) if (tmp_path / "home") in p.parents}
     assert not marker.exists() and not any(sink.iterdir()) and _Spy.requests == []
     assert ModelRegistry(tmp_path / "home").list() == []
+
+
+def test_positive_controls_the_same_configs_act_under_monais_own_parser(
+    tmp_path: Path, spy_server: str
+) -> None:
+    """Without the safety layer the corpus does harm: MONAI's parser writes the file and lists /etc."""
+    from monai.bundle import ConfigParser
+
+    cases, sink, marker, _ = _setup(tmp_path, spy_server)
+    write = _base_config() | copy.deepcopy(cases["write: call a SaveImage item"].config)
+    assert ConfigParser(write).get_parsed_content("network_def") is not None
+    assert [p.name for p in sink.iterdir()], "MONAI's own parser should have written the file"
+    listing = _base_config() | copy.deepcopy(cases["read: glob outside the bundle"].config)
+    assert ConfigParser(listing).get_parsed_content("network_def::out_channels") == 2
+    code = _base_config() | copy.deepcopy(cases["code: $ expression"].config)
+    ConfigParser(code).get_parsed_content("network_def::in_channels")
+    assert marker.exists()
+
+
+def test_catalog_labels_follow_the_check_of_the_published_configs() -> None:
+    """The catalog says "safe" for a bundle exactly when its published inference path passes the check."""
+    from MedSegNASLib.models.bundle import inference_path_problems, load_config_file
+    from MedSegNASLib.models.registry import SEGMENT_CONFIG_IDS, load_catalog
+
+    zoo = Path(__file__).parent / "data" / "model_zoo"
+    checked = 0
+    for name, entry in load_catalog().items():
+        root = zoo / name
+        if not root.is_dir():
+            continue
+        config = load_config_file(next((root / "configs").glob("inference.*")))
+        problems = inference_path_problems(root, config, SEGMENT_CONFIG_IDS)
+        assert entry.needs_trust == bool(problems), (name, problems)
+        assert all(problem in problems for problem in entry.trust_problems), (name, problems)
+        checked += 1
+    assert checked >= 8

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -453,7 +454,9 @@ def inference_path_problems(root: str | Path, config: Mapping[str, Any], ids: It
         parser = SafeConfigParser(copy.deepcopy(settings), bundle_root=root)
         parser.meta_networks = True
         try:
-            parser.get_parsed_content(item_id)
+            with warnings.catch_warnings():  # MONAI's deprecation notes are not the user's business here
+                warnings.simplefilter("ignore")
+                parser.get_parsed_content(item_id)
         except UnsafeConfigError as exc:
             problems.append(exc.problem)
         except Exception as exc:  # not a safety matter; segment reports it with its own message
