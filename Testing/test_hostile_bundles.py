@@ -44,8 +44,11 @@ pytestmark = [
 
 #: Peak resident memory a refused bundle may cost a `segment` or `models import` process (bytes).
 MEMORY_BOUND = 1_500 * 1024**2
-#: Wall-clock time one refused command may take (seconds, on a loaded 2-core machine).
+#: Wall-clock time one refused bundle may take in process (seconds, on a loaded 2-core machine).
 TIME_BOUND_S = 90.0
+#: The same for a whole `medsegnas` process: starting Python, torch and MONAI dominates (measured
+#: 73-95 s per process with a load average of 13 on 2 cores; a few seconds on an idle machine).
+PROCESS_TIME_BOUND_S = 300.0
 
 METADATA = {
     "name": "hostile",
@@ -479,7 +482,7 @@ def test_hostile_corpus_in_real_processes_within_memory_and_time(tmp_path: Path,
         assert code == 1 and case.rule in line, (name, argv[0], line)
         if argv[0] == "segment":
             assert case.item in line, (name, line)
-        assert seconds < TIME_BOUND_S and peak < MEMORY_BOUND, (name, argv[0], seconds, peak)
+        assert seconds < PROCESS_TIME_BOUND_S and peak < MEMORY_BOUND, (name, argv[0], seconds, peak)
         print(f"{name:36s} {argv[0]:8s} {seconds:6.1f} s  {peak / 1024**2:6.0f} MiB")
     assert _files(tmp_path) - before <= {p for p in _files(tmp_path) if (tmp_path / "home") in p.parents}
     assert not marker.exists() and not any(sink.iterdir()) and _Spy.requests == []

@@ -321,7 +321,7 @@ SAFE_BUILTINS: dict[str, Callable[..., Any]] = {
 def _number_sum(iterable: Any, start: Any = 0) -> Any:
     """``sum`` of numbers only (``sum(lists, [])`` is quadratic in time)."""
     if isinstance(start, bool) or not isinstance(start, (int, float)):
-        raise UnsafeConfigError("sum() may only add numbers")
+        raise TypeError("sum() may only add numbers here (adding lists takes quadratic time)")
     return sum(iterable, start)
 
 
@@ -984,6 +984,8 @@ class _Interpreter:
             if args[1:] or set(kwargs) - {"recursive"}:
                 self.refuse("calls glob.glob with other arguments than a pattern (and recursive)")
             pattern = str(args[0]) if args else ""
+            if ".." in Path(pattern).parts:  # also after a wildcard: '*/../../etc/*'
+                self.refuse(f"calls glob.glob on {pattern!r}, which has a '..' component")
             literal = pattern.split("*")[0].split("?")[0].split("[")[0]
             base = self.bundle_path(literal or ".", "glob.glob")
             if not os.path.isabs(pattern):
