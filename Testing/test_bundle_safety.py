@@ -1077,3 +1077,20 @@ def test_argument_types_and_ranges_are_checked_before_building() -> None:
     huge["net"].update(channels=[4096, 4096], strides=[2], num_res_units=2)
     with pytest.raises(UnsafeConfigError, match="MAX_NETWORK_PARAMETERS"):
         SafeConfigParser(huge).get_parsed_content("net")
+
+
+def test_deepedit_config_for_interactive_models() -> None:
+    """spleen_deepedit_annotation: network, inferer and MONAI's guidance transforms pass; its own script does not."""
+    root = MODEL_ZOO / "spleen_deepedit_annotation"
+    config = load_config_file(root / "configs" / "inference.json")
+    ids = ["network_def", "inferer", "preprocessing_transforms", "extra_transforms"]
+    assert check_config(config, ids=ids, bundle_root=root) == []
+    parser = safe_parse_bundle_config(root, ids=ids)
+    assert type(parser.get_parsed_content("network_def")).__name__ == "DynUNet"
+    guidance = {"_target_": "AddGuidanceSignalDeepEditd", "keys": "image", "guidance": "guidance"}
+    assert check_config({"g": guidance | {"number_intensity_ch": 1}}) == []
+    problems = check_config(config, ids=["deepedit_transforms"], bundle_root=root)
+    assert problems == [
+        "deepedit_transforms::0: _target_ 'scripts.transforms.OrientationGuidanceMultipleLabelDeepEditd' "
+        "is bundle code (scripts.*), which is not run"
+    ]
