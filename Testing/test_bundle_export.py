@@ -23,6 +23,7 @@ from MedSegNASLib.data.volume import LabelInfo
 from MedSegNASLib.errors import MedSegNASError
 from MedSegNASLib.models import check_config, inspect_bundle, load_config_file, load_weights
 from MedSegNASLib.models.export import dints_network_def, export_bundle
+from MedSegNASLib.models.registry import SEGMENT_CONFIG_IDS
 from monai.bundle import ConfigParser
 
 pytestmark = [
@@ -135,7 +136,8 @@ def test_metadata_has_monai_fields_label_names_colors_and_the_spec(tmp_path: Pat
 def test_bundle_opens_untrusted_through_the_safety_layer(tmp_path: Path) -> None:
     bundle = _export(tmp_path / "bundle")
     config = load_config_file(bundle / "configs" / "inference.json")
-    assert check_config(config, bundle_root=bundle) == []  # every expression is on the safe subset
+    # everything segment builds is on the allow-lists; MONAI's own workflow items are not built
+    assert check_config(config, ids=list(SEGMENT_CONFIG_IDS), bundle_root=bundle) == []
     info = inspect_bundle(bundle)
     assert info.label_names == {lb.value: lb.name for lb in PHANTOM_LABELS}
     assert info.in_channels == 1 and info.out_channels == 5
@@ -166,7 +168,7 @@ def test_dints_bundle_holds_its_arch_code_as_json_and_builds_in_monai(tmp_path: 
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), network(x))
-    assert check_config(config, bundle_root=bundle) == []
+    assert check_config(config, ids=[i for i in SEGMENT_CONFIG_IDS if i in config], bundle_root=bundle) == []
 
 
 def test_monai_bundle_run_writes_a_label_map_on_the_input_grid(tmp_path: Path) -> None:

@@ -56,7 +56,8 @@ pytestmark = [
 
 #: Every ``$`` expression of the inference configs of spleen_ct_segmentation,
 #: pancreas_ct_dints_segmentation, swin_unetr_btcv_segmentation, multi_organ_segmentation and
-#: wholeBody_ct_segmentation (Project-MONAI/model-zoo, models/<name>/configs/inference.*).
+#: wholeBody_ct_segmentation (Project-MONAI/model-zoo, models/<name>/configs/inference.*) that the
+#: inference path reaches, or that are harmless elsewhere.
 PUBLISHED_EXPRESSIONS = [
     "$import glob",
     "$import numpy",
@@ -68,13 +69,9 @@ PUBLISHED_EXPRESSIONS = [
     "$@network_def.to(@device)",
     "$[{'image': i} for i in @datalist]",
     "$@bundle_root + '/models/model.pt'",
-    "$monai.utils.set_determinism(seed=123)",
-    "$@checkpointloader(@evaluator) if @load_pretrain else None",
-    "$@evaluator.run()",
     "$@bundle_root + '/models/search_code_18590.pt'",
     "$torch.load(@arch_ckpt_path, map_location=torch.device('cuda'))",
     "$@bundle_root + '/configs/dataset_0.json'",
-    "$monai.data.load_decathlon_datalist(@data_list_file_path, data_list_key='testing', base_dir=@dataset_dir)",
     "$@arch_ckpt['arch_code_a']",
     "$@arch_ckpt['arch_code_c']",
     "$torch.device('cuda')",
@@ -84,7 +81,33 @@ PUBLISHED_EXPRESSIONS = [
     "$[1.5, 1.5, 1.5] if @displayable_configs#highres else [3.0, 3.0, 3.0]",
     "$'model.pt' if @displayable_configs#highres else 'model_lowres.pt'",
     "$@bundle_root + '/models/' + @modelname",
+    "$lambda x: torch.where(x[[2]] > 0, 4, torch.where(x[[0]] > 0, 1, torch.where(x[[1]] > 0, 2, 0)))",
 ]
+
+#: Expressions of MONAI's own workflow (``initialize``, ``run``, datalists) that the engine never
+#: evaluates: refused, since they call what the config built or read files by any path.
+WORKFLOW_EXPRESSIONS = {
+    "$monai.utils.set_determinism(seed=123)": "monai.utils.set_determinism",
+    "$@checkpointloader(@evaluator) if @load_pretrain else None": "calls the component '@checkpointloader'",
+    "$@evaluator.run()": "reads '.run'",
+    "$monai.data.load_decathlon_datalist(@data_list_file_path, data_list_key='testing', base_dir=@dataset_dir)": (
+        "monai.data.load_decathlon_datalist"
+    ),
+}
+
+#: The published bundles (Testing/data/model_zoo) whose inference path needs no bundle code.
+UNTRUSTED_BUNDLES = (
+    "spleen_ct_segmentation",
+    "swin_unetr_btcv_segmentation",
+    "wholeBody_ct_segmentation",
+    "pancreas_ct_dints_segmentation",
+    "multi_organ_segmentation",
+    "pediatric_abdominal_ct_segmentation",
+    "prostate_mri_anatomy",
+    "brats_mri_segmentation",
+)
+MODEL_ZOO = Path(__file__).parent / "data" / "model_zoo"
+SEGMENT_IDS = ("network_def", "preprocessing", "inferer", "postprocessing")
 
 
 def _transform(target: str, **kwargs: object) -> dict:
@@ -281,12 +304,89 @@ def _write_image(path: Path) -> Path:
 def test_published_inference_expressions_pass_the_static_check() -> None:
     for expression in PUBLISHED_EXPRESSIONS:
         assert check_expression(expression) == [], expression
+    for expression, rule in WORKFLOW_EXPRESSIONS.items():
+        problems = check_expression(expression)
+        assert problems and rule in problems[0], (expression, problems)
 
 
 def test_published_spleen_and_dints_configs_pass_check_config() -> None:
-    assert check_config(SPLEEN_INFERENCE) == []
     assert check_config(PANCREAS_DINTS_NETWORK) == []
-    assert check_config(SPLEEN_INFERENCE, ids=["network", "preprocessing", "postprocessing"]) == []
+    assert check_config(SPLEEN_INFERENCE, ids=["network", "preprocessing", "inferer", "postprocessing"]) == []
+    # MONAI's own workflow items (dataset, loader, evaluator, handlers, initialize, run) are not
+    # inference components: the whole config lists them, the inference path does not reach them.
+    workflow = {problem.split(":")[0] for problem in check_config(SPLEEN_INFERENCE)}
+    assert workflow == {
+        "dataset",
+        "dataloader",
+        "evaluator",
+        "checkpointloader",
+        "handlers",
+        "initialize",
+        "run",
+    }
+
+
+@pytest.mark.parametrize("bundle", UNTRUSTED_BUNDLES)
+def test_inference_path_of_published_bundles_passes_and_builds(bundle: str) -> None:
+    """Everything the engine reads of the published config is allowed; the items build (random weights)."""
+    root = MODEL_ZOO / bundle
+    config = load_config_file(next((root / "configs").glob("inference.*")))
+    ids = [i for i in SEGMENT_IDS if i in config]
+    assert check_config(config, ids=ids, bundle_root=root) == []
+    parser = safe_parse_bundle_config(root, ids=ids)
+    for item in ("preprocessing", "inferer", "postprocessing"):
+        assert parser.get_parsed_content(item) is not None
+    steps = [type(t).__name__ for t in parser.get_parsed_content("postprocessing").transforms]
+    assert steps[-1] == "EngineIOStep"  # SaveImaged is never built: the engine writes the output
+    loader = parser.get_parsed_content("preprocessing").transforms[0]
+    assert type(loader).__name__ == "EngineIOStep"
+    with pytest.raises(UnsafeConfigError, match="may not open files"):
+        loader({"image": "/etc/hostname"})
+
+
+def test_imports_count_only_where_the_inference_path_uses_them() -> None:
+    """prostate's ``import pandas`` and pediatric's ``import scripts.monai_utils`` serve only the workflow."""
+    prostate = load_config_file(MODEL_ZOO / "prostate_mri_anatomy" / "configs" / "inference.json")
+    assert any("pandas" in p for p in check_config(prostate))  # the whole config
+    assert check_config(prostate, ids=["network_def", "preprocessing"]) == []
+    used = copy.deepcopy(prostate) | {"frame": "$pd.DataFrame()", "network_def": "$@frame"}
+    problems = check_config(used, ids=["network_def"])
+    assert problems[0] == (
+        "imports::0: import '$import pandas as pd' names module 'pandas', which is not on the allow-list"
+    )
+    with pytest.raises(UnsafeConfigError, match="pandas"):
+        SafeConfigParser(used).get_parsed_content("network_def")
+    assert type(SafeConfigParser(prostate).get_parsed_content("inferer")).__name__ == "SlidingWindowInferer"
+
+
+@pytest.mark.parametrize(
+    ("bundle", "item", "rule"),
+    [
+        ("renalStructures_CECT_segmentation", "preprocessing::transforms::4", "bundle code (scripts.*)"),
+        ("wholeBrainSeg_Large_UNEST_segmentation", "network_def", "bundle code (scripts.*)"),
+    ],
+)
+def test_bundles_with_their_own_code_are_refused_naming_item_and_rule(
+    bundle: str, item: str, rule: str
+) -> None:
+    root = MODEL_ZOO / bundle
+    config = load_config_file(root / "configs" / "inference.json")
+    problems = check_config(config, ids=list(SEGMENT_IDS), bundle_root=root)
+    assert any(p.startswith(f"{item}: ") and rule in p for p in problems), problems
+    with pytest.raises(UnsafeConfigError) as refused:
+        safe_parse_bundle_config(root, ids=list(SEGMENT_IDS))
+    message = str(refused.value)
+    assert "\n" not in message and problems[0] in message and "--trust" in message
+
+
+def test_brats_output_lambda_gives_what_monai_eval_gives() -> None:
+    """BraTS's ``$lambda`` (sigmoid channels -> labels 0/1/2/4) runs interpreted, same values as eval."""
+    config = load_config_file(MODEL_ZOO / "brats_mri_segmentation" / "configs" / "inference.json")
+    ours = SafeConfigParser(copy.deepcopy(config)).get_parsed_content("postprocessing::transforms::3")
+    theirs = ConfigParser(copy.deepcopy(config)).get_parsed_content("postprocessing::transforms::3")
+    channels = (torch.rand(3, 12, 10, 8) > 0.5).float()
+    torch.testing.assert_close(ours({"pred": channels})["pred"], theirs({"pred": channels})["pred"])
+    assert set(torch.unique(ours({"pred": channels})["pred"]).tolist()) <= {0, 1, 2, 4}
 
 
 def test_check_config_can_be_limited_to_the_items_a_caller_builds() -> None:
@@ -294,18 +394,22 @@ def test_check_config_can_be_limited_to_the_items_a_caller_builds() -> None:
     config["postprocessing"]["transforms"].append(
         {"_target_": "Lambdad", "keys": "pred", "func": "$lambda x: x"}
     )
+    config["postprocessing"]["transforms"][4]["func"] = "$lambda x: x.__class__"
     config["imports"].append("$from monai.networks.nets import UNet")
+    # building a component inside an expression would skip its argument checks
     config["plain_net"] = (
         "$UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8), strides=(2,))"
     )
-    assert check_config(config, ids=["network", "preprocessing", "plain_net"]) == []
-    assert check_config(config) == [
-        "postprocessing::transforms::4::func: '$lambda x: x' uses a lambda function, which is not allowed"
+    assert check_config(config, ids=["network", "preprocessing"]) == []
+    assert "plain_net: " in check_config(config, ids=["plain_net"])[0]
+    inference = check_config(config, ids=["network", "preprocessing", "postprocessing"])
+    assert inference == [
+        "postprocessing::transforms::4::func: '$lambda x: x.__class__' reads the private attribute '.__class__'"
     ]
-    parser = safe_parse_bundle_config(config, ids=["plain_net"])
-    assert type(parser.get_parsed_content("plain_net")).__name__ == "UNet"
-    with pytest.raises(UnsafeConfigError, match="lambda"):
-        safe_parse_bundle_config(config)
+    parser = safe_parse_bundle_config(config, ids=["network", "preprocessing"])
+    assert type(parser.get_parsed_content("network")).__name__ == "UNet"
+    with pytest.raises(UnsafeConfigError, match="__class__"):
+        safe_parse_bundle_config(config, ids=["postprocessing"])
     with pytest.raises(ModelFileError, match="no item 'nowhere'"):
         check_config(config, ids=["nowhere"])
 
@@ -438,16 +542,14 @@ def test_check_target_allows_monai_networks_transforms_and_the_vetted_list() -> 
     assert check_target("monai.networks.nets.DiNTS") == "monai.networks.nets.dints.DiNTS"
     assert check_target("LoadImaged") == "monai.transforms.io.dictionary.LoadImaged"
     assert check_target("Compose") == "monai.transforms.compose.Compose"
-    for name in (
-        "DataLoader",
-        "Dataset",
-        "SlidingWindowInferer",
-        "CheckpointLoader",
-        "StatsHandler",
-        "torch.device",
-    ):
+    for name in ("SlidingWindowInferer", "SimpleInferer", "KeepLargestConnectedComponentd", "torch.device"):
         check_target(name)
     for name in (
+        "DataLoader",  # workflow components: never built for an untrusted bundle
+        "CheckpointLoader",
+        "WriteFileMapping",  # writes files
+        "HoVerNet",  # downloads weights in its constructor
+        "DenseNet121",
         "os.system",
         "torch.hub.load",
         "monai.bundle.run",
@@ -481,7 +583,8 @@ def test_safe_parser_builds_what_monai_builds_on_a_spleen_like_config(tmp_path: 
         _meta_=TINY_METADATA,
     )
     config["preprocessing"]["transforms"][3]["pixdim"] = "@pixdim"
-    ours, monai = SafeConfigParser(copy.deepcopy(config)), ConfigParser(copy.deepcopy(config))
+    ours = SafeConfigParser(copy.deepcopy(config), bundle_root=tmp_path)
+    monai = ConfigParser(copy.deepcopy(config))
 
     for item in ("output_dir", "output_dtype", "datalist", "device", "pixdim", "modelname", "load_path"):
         assert ours.get_parsed_content(item) == monai.get_parsed_content(item), item
@@ -496,9 +599,10 @@ def test_safe_parser_builds_what_monai_builds_on_a_spleen_like_config(tmp_path: 
     with torch.no_grad():
         torch.testing.assert_close(net_ours.eval()(batch), net_monai.eval()(batch))
 
-    sample = {"image": str(image)}
+    # The loader of an untrusted config is the engine's: the stand-in passes loaded data through.
+    sample = monai.get_parsed_content("preprocessing").transforms[0]({"image": str(image)})
     pre_ours = ours.get_parsed_content("preprocessing")(dict(sample))
-    pre_monai = monai.get_parsed_content("preprocessing")(dict(sample))
+    pre_monai = monai.get_parsed_content("preprocessing")({"image": str(image)})
     assert pre_ours["image"].ndim == 4 and pre_ours["image"].shape == pre_monai["image"].shape
     torch.testing.assert_close(pre_ours["image"].as_tensor(), pre_monai["image"].as_tensor())
     torch.testing.assert_close(pre_ours["image"].affine, pre_monai["image"].affine)
@@ -510,7 +614,7 @@ def test_safe_parser_builds_what_monai_builds_on_a_spleen_like_config(tmp_path: 
         16,
     ]
     post = [type(t).__name__ for t in ours.get_parsed_content("postprocessing").transforms]
-    assert post == ["Activationsd", "Invertd", "AsDiscreted", "SaveImaged"]
+    assert post == ["Activationsd", "Invertd", "AsDiscreted", "EngineIOStep"]  # never writes a file
 
 
 def test_setattr_is_limited_to_cudnn_flags() -> None:
@@ -665,7 +769,7 @@ def test_dints_search_code_with_numpy_arrays_loads_weights_only(tmp_path: Path) 
     config = copy.deepcopy(PANCREAS_DINTS_NETWORK)
     config["bundle_root"] = str(tmp_path)
     config["dints_space"].update(num_blocks=2, num_depths=2, channel_mul=0.25, device="$torch.device('cpu')")
-    network = safe_parse_bundle_config(config).get_parsed_content("network")
+    network = safe_parse_bundle_config(config, bundle_root=tmp_path).get_parsed_content("network")
     assert type(network).__name__ == "DiNTS"
     torch.testing.assert_close(network.node_a, torch.from_numpy(code["node_a"]))
     with torch.no_grad():
@@ -889,3 +993,104 @@ def test_errors_are_medsegnas_errors() -> None:
     for error in (UnsafeConfigError, UnsafeModelError, UnsafeArchiveError, ModelFileError):
         assert issubclass(error, MedSegNASError)
     assert "--trust" not in str(UnsafeArchiveError("entry 'x' has a '..' path component"))
+
+
+# ------------------------------------------------------------------ capability allow-list
+
+
+def test_supported_monai_and_torch_versions_are_pinned_and_installed() -> None:
+    """The safety argument holds for a version range: pyproject pins it, the installed versions are inside."""
+    import importlib.metadata
+
+    import tomllib
+    from MedSegNASLib.models.capabilities import SUPPORTED_MONAI, SUPPORTED_TORCH
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pinned = {Requirement(r).name: Requirement(r).specifier for r in pyproject["project"]["dependencies"]}
+    assert pinned["monai"] == SpecifierSet(SUPPORTED_MONAI) and pinned["torch"] == SpecifierSet(
+        SUPPORTED_TORCH
+    )
+    for package, supported in (("monai", SUPPORTED_MONAI), ("torch", SUPPORTED_TORCH)):
+        installed = Version(importlib.metadata.version(package).split("+")[0])
+        assert installed in SpecifierSet(supported), (package, installed, supported)
+    # what the argument rests on in that range: weights-only loading with an allow-list context
+    assert hasattr(torch.serialization, "safe_globals")
+
+
+def test_capability_arguments_exist_in_the_installed_monai() -> None:
+    """Each allowed component exists and takes each allowed argument (the list cannot drift silently)."""
+    import inspect
+
+    from MedSegNASLib.models.capabilities import COMPONENTS, component_rule
+
+    removed_in_this_monai = {("SwinUNETR", "img_size")}  # published configs still pass it
+    for name, rule in COMPONENTS.items():
+        module, _, attr = rule.path.rpartition(".")
+        obj = getattr(__import__(module, fromlist=[attr]), attr)
+        assert component_rule(obj)[0] == name
+        if name == "torch.device":
+            continue
+        parameters = inspect.signature(obj).parameters
+        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        for argument in rule.args:
+            assert argument in parameters or takes_kwargs or (name, argument) in removed_in_this_monai, (
+                name,
+                argument,
+            )
+
+
+def test_no_allowed_argument_downloads_or_names_a_file() -> None:
+    """Only the engine I/O stand-ins (which never touch files) take path-like arguments."""
+    import re as regex
+
+    from MedSegNASLib.models.capabilities import COMPONENTS
+
+    # (cache_roi_weight_map of SlidingWindowInferer caches in memory)
+    risky = regex.compile(
+        r"pretrain|url|download|^path|_path$|file|^dir|_dir$|cache_dir|writer|hub|^load", regex.I
+    )
+    for name, rule in COMPONENTS.items():
+        if rule.kind == "engine_io":
+            continue
+        assert not [a for a in rule.args if risky.search(a)], name
+
+
+def test_argument_types_and_ranges_are_checked_before_building() -> None:
+    """Literal values statically; values from expressions and references when the item is built."""
+    spacing = {"_target_": "Spacingd", "keys": "image", "pixdim": [0.001, 1, 1]}
+    assert "argument 'pixdim' of Spacingd" in check_config({"s": spacing})[0]
+    inferer = {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16], "overlap": 0.99}
+    assert "argument 'overlap' of SlidingWindowInferer" in check_config({"i": inferer})[0]
+    assert (
+        "argument 'select_fn' of CropForegroundd"
+        in check_config({"c": {"_target_": "CropForegroundd", "keys": "image", "select_fn": "$len"}})[0]
+    )
+    unet = {"_target_": "UNet", "spatial_dims": 3, "out_channels": 2, "channels": [4, 8], "strides": [2]}
+    computed = {"n": "$10 ** 6", "net": {**unet, "in_channels": "@n"}}
+    assert check_config(computed) == []  # the value is unknown until evaluated
+    with pytest.raises(UnsafeConfigError, match=r"config item 'net': argument 'in_channels' of UNet must be"):
+        SafeConfigParser(computed).get_parsed_content("net")
+    huge = {"net": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2}}
+    huge["net"].update(channels=[4096, 4096], strides=[2], num_res_units=2)
+    with pytest.raises(UnsafeConfigError, match="MAX_NETWORK_PARAMETERS"):
+        SafeConfigParser(huge).get_parsed_content("net")
+
+
+def test_deepedit_config_for_interactive_models() -> None:
+    """spleen_deepedit_annotation: network, inferer and MONAI's guidance transforms pass; its own script does not."""
+    root = MODEL_ZOO / "spleen_deepedit_annotation"
+    config = load_config_file(root / "configs" / "inference.json")
+    ids = ["network_def", "inferer", "preprocessing_transforms", "extra_transforms"]
+    assert check_config(config, ids=ids, bundle_root=root) == []
+    parser = safe_parse_bundle_config(root, ids=ids)
+    assert type(parser.get_parsed_content("network_def")).__name__ == "DynUNet"
+    guidance = {"_target_": "AddGuidanceSignalDeepEditd", "keys": "image", "guidance": "guidance"}
+    assert check_config({"g": guidance | {"number_intensity_ch": 1}}) == []
+    problems = check_config(config, ids=["deepedit_transforms"], bundle_root=root)
+    assert problems == [
+        "deepedit_transforms::0: _target_ 'scripts.transforms.OrientationGuidanceMultipleLabelDeepEditd' "
+        "is bundle code (scripts.*), which is not run"
+    ]

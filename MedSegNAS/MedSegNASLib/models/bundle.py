@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +29,25 @@ from monai.bundle import ConfigComponent, ConfigExpression, ConfigItem, ConfigPa
 from monai.bundle.utils import MACRO_KEY
 from monai.utils import instantiate
 
-from .safe_expr import (
-    ModulePath,
+from .capabilities import (
     argument_problems,
+    build_engine_io_step,
+    component_rule,
+    network_size_problem,
+)
+from .safe_expr import (
+    EvaluationBudget,
+    ModulePath,
+    RefusedImport,
     check_expression,
     component_problems,
     default_namespace,
     evaluate_expression,
     import_bindings,
+    import_names,
     is_import_statement,
     resolve_target,
+    substitute_references,
 )
 from .safety import ModelFileError, UnsafeConfigError
 
@@ -50,6 +60,7 @@ __all__ = [
     "find_bundle_root",
     "inspect_bundle",
     "check_config",
+    "inference_path_problems",
     "safe_parse_bundle_config",
 ]
 
@@ -108,9 +119,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 class _SafeExpression(ConfigExpression):
     """A ``$`` config item evaluated by :func:`~.safe_expr.evaluate_expression` instead of ``eval``."""
 
-    def __init__(self, config: Any, id: str = "", globals: dict | None = None) -> None:
+    def __init__(self, config: Any, id: str = "", globals: dict | None = None, *, owner: Any = None) -> None:
         super().__init__(config=config, id=id, globals=globals)
         self.original = config  # the text before MONAI rewrites @references, for messages
+        self.owner = owner  # the SafeConfigParser: bundle folder and evaluation budget
 
     def evaluate(self, globals: dict | None = None, locals: dict | None = None) -> Any:
         value = self.get_config()
@@ -118,18 +130,39 @@ class _SafeExpression(ConfigExpression):
             return None
         label = f"config item '{self.id}' expression {self.original!r}"
         if self.is_import_statement(value):
+            # MONAI evaluates every import before any item; a refused one only matters when an
+            # expression that is evaluated uses a name it binds (then that expression is refused).
             try:
                 bindings = import_bindings(value)
             except UnsafeConfigError as exc:
-                raise UnsafeConfigError(f"config item '{self.id}': {exc.problem}") from None
+                refused = RefusedImport(f"config item '{self.id}': {exc.problem}")
+                self.globals.update({name: refused for name in import_names(value)})
+                return None
             self.globals.update(bindings)
             return next(iter(bindings.values()))
         refs = (globals or {}).get(ReferenceResolver._vars, {})
-        return evaluate_expression(value, refs, namespace=self.globals, label=label)
+        return evaluate_expression(
+            value,
+            refs,
+            namespace=self.globals,
+            label=label,
+            bundle_root=getattr(self.owner, "_bundle_root", None),
+            budget=getattr(self.owner, "budget", None),
+        )
 
 
 class _SafeComponent(ConfigComponent):
-    """A ``_target_`` config item built only when its target and arguments pass the allow-list."""
+    """A ``_target_`` config item built only when its target and arguments pass the allow-list.
+
+    Order: the target is looked up in the capability list, ``_mode_`` must be ``default``, the
+    resolved arguments are checked against the component's rules, a network is sized on the
+    meta device, and only then is the component built. Engine I/O steps (LoadImage, SaveImage)
+    are never built: an inert stand-in takes their place.
+    """
+
+    def __init__(self, *args: Any, owner: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.owner = owner
 
     def resolve_module_name(self) -> Any:
         try:
@@ -141,14 +174,34 @@ class _SafeComponent(ConfigComponent):
         if not self.is_instantiable(self.get_config()) or self.is_disabled():
             return None
         component = self.resolve_module_name()
+        name, rule = component_rule(component)  # type: ignore[misc]  (resolve_target checked it)
         mode = self.get_config().get("_mode_", "default")
-        if mode not in ("default", "callable"):
+        if mode != "default":
             raise UnsafeConfigError(f"config item '{self.id}': _mode_ {mode!r} is not allowed")
         args = self.resolve_args()
         args.update(kwargs)
-        problems = argument_problems(args, resolved=True)
+        problems = argument_problems(name, rule, args, resolved=True)
         if problems:
             raise UnsafeConfigError(f"config item '{self.id}': {problems[0]}")
+        if rule.kind == "engine_io":
+            return build_engine_io_step(name, args)
+        if rule.kind == "network":
+            import torch
+
+            owner = self.owner
+            problem = network_size_problem(
+                name,
+                component,
+                args,
+                in_channels=args.get("in_channels"),
+                patch=getattr(owner, "patch", None),
+                batch=getattr(owner, "windows_per_batch", 1),
+            )
+            if problem:
+                raise UnsafeConfigError(f"config item '{self.id}': {problem}")
+            if getattr(owner, "meta_networks", False):  # a dry build: no weights are allocated
+                with torch.device("meta"):
+                    return instantiate(component, mode, **args)
         try:
             # ``component`` is the checked object itself, so MONAI imports nothing by name.
             return instantiate(component, mode, **args)
@@ -173,17 +226,24 @@ class SafeConfigParser(ConfigParser):
 
     def __init__(self, config: Any = None, *, bundle_root: str | Path | None = None, excludes: Any = None):
         self._bundle_root = Path(bundle_root).resolve() if bundle_root is not None else None
+        #: shared by every expression of this config (see :class:`~.safe_expr.EvaluationBudget`)
+        self.budget = EvaluationBudget()
         super().__init__(config=config, excludes=excludes, globals=False)
         self.globals = dict(default_namespace())
+        self.patch, self.windows_per_batch = _network_input(config if isinstance(config, Mapping) else {})
+        #: build networks on the meta device (see :func:`inference_path_problems`)
+        self.meta_networks = False
 
     def _do_parse(self, config: Any, id: str = "") -> None:
         if isinstance(config, (dict, list)):
             for _, sub_id, value in self.ref_resolver.iter_subconfigs(id=id, config=config):
                 self._do_parse(config=value, id=sub_id)
         if ConfigComponent.is_instantiable(config):
-            self.ref_resolver.add_item(_SafeComponent(config=config, id=id, locator=self.locator))
+            self.ref_resolver.add_item(_SafeComponent(config=config, id=id, locator=self.locator, owner=self))
         elif ConfigExpression.is_expression(config):
-            self.ref_resolver.add_item(_SafeExpression(config=config, id=id, globals=self.globals))
+            self.ref_resolver.add_item(
+                _SafeExpression(config=config, id=id, globals=self.globals, owner=self)
+            )
         else:
             self.ref_resolver.add_item(ConfigItem(config=config, id=id))
 
@@ -220,6 +280,33 @@ class SafeConfigParser(ConfigParser):
         return resolved
 
 
+def _network_input(config: Mapping[str, Any]) -> tuple[tuple[int, ...] | None, int]:
+    """(patch in voxels, windows per batch) of one forward pass, from literal config values.
+
+    From the ``inferer``'s ``roi_size``/``sw_batch_size`` when they are plain numbers, else the
+    metadata's input ``spatial_shape``; used only for the activation-memory estimate.
+    """
+    inferer = config.get("inferer")
+    patch: tuple[int, ...] | None = None
+    batch = 1
+    if isinstance(inferer, Mapping):
+        roi = inferer.get("roi_size")
+        if isinstance(roi, int) and not isinstance(roi, bool) and roi > 0:
+            patch = (roi,) * 3
+        elif isinstance(roi, list) and roi and all(isinstance(r, int) and 0 < r <= 1024 for r in roi):
+            patch = tuple(roi)
+        windows = inferer.get("sw_batch_size")
+        if isinstance(windows, int) and not isinstance(windows, bool) and 0 < windows <= 64:
+            batch = windows
+    if patch is None:
+        meta = config.get(META_KEY)
+        image = (((meta or {}).get("network_data_format") or {}).get("inputs") or {}).get("image") or {}
+        shape = image.get("spatial_shape") if isinstance(image, Mapping) else None
+        if isinstance(shape, list) and shape and all(isinstance(s, int) and 0 < s <= 1024 for s in shape):
+            patch = tuple(shape)
+    return patch, batch
+
+
 # --------------------------------------------------------------------------------- checks
 
 
@@ -250,18 +337,36 @@ def _dependency_closure(parser: ConfigParser, ids: Iterable[str]) -> list[str]:
     return seen
 
 
-def _item_problems(value: Any, item_id: str, namespace: Mapping[str, ModulePath]) -> Iterator[str]:
+def _item_problems(
+    value: Any, item_id: str, namespace: Mapping[str, ModulePath], refused: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """Problems of one config item; ``refused``: name -> problem of the refused import binding it."""
+    refused = refused or {}
     if isinstance(value, dict):
         if "_target_" in value:
             yield from (f"{item_id}: {problem}" for problem in component_problems(value))
         for key, item in value.items():
-            yield from _item_problems(item, f"{item_id}::{key}", namespace)
+            yield from _item_problems(item, f"{item_id}::{key}", namespace, refused)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _item_problems(item, f"{item_id}::{index}", namespace)
+            yield from _item_problems(item, f"{item_id}::{index}", namespace, refused)
     elif isinstance(value, str) and value.startswith("$") and not is_import_statement(value):
+        used = _names_used(value) & set(refused)
+        yield from (refused[name] for name in sorted(used))
         for problem in check_expression(value, namespace=namespace):
-            yield f"{item_id}: {value!r} {problem}"
+            if not any(f"the name '{name}'" in problem for name in used):
+                yield f"{item_id}: {value!r} {problem}"
+
+
+def _names_used(expression: str) -> set[str]:
+    """Plain names an expression reads (to find which imports it needs)."""
+    import ast
+
+    try:
+        tree = ast.parse(substitute_references(expression).strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return set()
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
 def check_config(
@@ -280,7 +385,9 @@ def check_config(
         config: the parsed bundle config.
         ids: check only these items and what they reference (e.g. ``["network_def",
             "preprocessing"]`` for a caller that builds just those); default: the whole config.
-            Import statements are always checked, since MONAI evaluates them all.
+            A refused import statement is reported when an expression among them uses a name
+            it binds (``$import pandas as pd`` for a datalist the engine never builds does not
+            matter); with the whole config, every refused import is reported.
         bundle_root: the bundle folder, for macros.
 
     Returns:
@@ -301,14 +408,59 @@ def check_config(
     imports = [
         (i, t) for i, t in _all_strings_with_ids(resolved, "") if t.startswith("$") and is_import_statement(t)
     ]
+    refused: dict[str, str] = {}
     for item_id, statement in imports:
         try:
             namespace.update(import_bindings(statement))
         except UnsafeConfigError as exc:
-            problems.append(f"{item_id}: {exc.problem}")
+            problem = f"{item_id}: {exc.problem}"
+            refused.update({name: problem for name in import_names(statement)})
+            if ids is None:
+                problems.append(problem)
     selected = [k for k in resolved if k != META_KEY] if ids is None else _dependency_closure(parser, ids)
     for item_id in selected:
-        problems.extend(_item_problems(parser[item_id], item_id, namespace))
+        problems.extend(_item_problems(parser[item_id], item_id, namespace, refused))
+    return list(dict.fromkeys(problems))
+
+
+def inference_path_problems(root: str | Path, config: Mapping[str, Any], ids: Iterable[str]) -> list[str]:
+    """What stops the items ``ids`` of an untrusted bundle, checked statically *and* by a dry build.
+
+    The static check (:func:`check_config`) cannot know what an expression computes (a
+    ``glob.glob`` pattern, a size); so when it passes, each item is built the way the engine
+    builds it, with networks on the ``meta`` device (no weights allocated) and every limit in
+    force. Only refusals (:class:`UnsafeConfigError`) are problems: an item that fails for another
+    reason (a missing file, an argument MONAI rejects) fails the same way in ``segment``.
+
+    Args:
+        root: the bundle folder; config: its inference config; ids: the items the engine builds.
+
+    Returns:
+        One line per problem, ``"<item id>: <rule>"``; empty when the whole path passes.
+    """
+    import logging
+
+    root = Path(root)
+    ids = [i for i in ids if i in config]
+    problems = check_config(config, ids=ids, bundle_root=root)
+    if problems:
+        return problems
+    settings = copy.deepcopy(dict(config))
+    settings["bundle_root"] = str(root)
+    metadata = root / "configs" / METADATA_NAME
+    if META_KEY not in settings and metadata.is_file():
+        settings[META_KEY] = load_config_file(metadata)
+    for item_id in ids:  # each on its own: a failure of one does not hide problems of another
+        parser = SafeConfigParser(copy.deepcopy(settings), bundle_root=root)
+        parser.meta_networks = True
+        try:
+            with warnings.catch_warnings():  # MONAI's deprecation notes are not the user's business here
+                warnings.simplefilter("ignore")
+                parser.get_parsed_content(item_id)
+        except UnsafeConfigError as exc:
+            problems.append(exc.problem)
+        except Exception as exc:  # not a safety matter; segment reports it with its own message
+            logging.getLogger(__name__).debug("dry build of %s failed: %s", item_id, exc)
     return list(dict.fromkeys(problems))
 
 

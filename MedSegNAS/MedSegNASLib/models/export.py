@@ -412,8 +412,11 @@ def _check_network(
 ) -> None:
     """Build ``network_def`` as an untrusted bundle would be built and load the weights strictly."""
     from .bundle import SafeConfigParser, check_config
+    from .registry import SEGMENT_CONFIG_IDS
 
-    problems = check_config(config, bundle_root=root)
+    # the inference path is what must open untrusted; MONAI's own workflow items (dataset,
+    # evaluator, checkpoint loader) are for `python -m monai.bundle run` and never built here
+    problems = check_config(config, ids=[i for i in SEGMENT_CONFIG_IDS if i in config], bundle_root=root)
     if problems:
         raise MedSegNASError(f"the exported inference config would not open as a safe bundle: {problems[0]}")
     parser = SafeConfigParser(copy.deepcopy(config), bundle_root=root)

@@ -1167,15 +1167,20 @@ class ModelRegistry:
 
 
 def _config_problems(info: Any, config: Mapping[str, Any] | None = None) -> tuple[list[str], list[str]]:
-    """(problems in what segment builds, the other problems of the whole inference config)."""
-    from .bundle import check_config, load_config_file
+    """(problems in what segment builds, the other problems of the whole inference config).
+
+    The first list decides the label: "safe" only when the whole inference path passes the
+    static checks *and* a dry build (networks on the meta device, every limit in force); see
+    :func:`~.bundle.inference_path_problems`.
+    """
+    from .bundle import check_config, inference_path_problems, load_config_file
 
     config = config if config is not None else load_config_file(info.inference_config)
     ids = [i for i in SEGMENT_CONFIG_IDS if i in config]
     everything = check_config(config, bundle_root=info.root)
     if not ids:  # segment cannot run it anyway; judge the whole config
         return everything, []
-    needed = check_config(config, ids=ids, bundle_root=info.root)
+    needed = inference_path_problems(info.root, config, ids)
     return needed, [p for p in everything if p not in needed]
 
 

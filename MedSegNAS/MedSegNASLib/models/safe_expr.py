@@ -7,47 +7,59 @@ only the constructs that published model-zoo inference configs use are implement
 name, attribute and call is looked up in an allow-list. Anything else raises
 :class:`~.safety.UnsafeConfigError` naming the expression and ``--trust``.
 
-What the allow-lists cover (from the inference configs of spleen_ct_segmentation,
-pancreas_ct_dints_segmentation, swin_unetr_btcv_segmentation, multi_organ_segmentation and
-wholeBody_ct_segmentation):
+What the allow-lists cover (from the inference configs of the model-zoo bundles in
+``Testing/data/model_zoo``):
 
 - references ``@id`` / ``@id#key`` (MONAI rewrites them to ``__local_refs['id']``),
   constants, lists/tuples/dicts/sets, arithmetic, comparisons, ``x if c else y``, ``and/or/not``,
-  subscripts and slices, comprehensions over plain variables (``[{'image': i} for i in @datalist]``);
+  subscripts and slices, comprehensions over plain variables (``[{'image': i} for i in @datalist]``),
+  ``lambda x: ...`` (BraTS's output step; a :class:`SafeLambda` that only components call);
 - ``torch.device(...)``, ``torch.cuda.is_available()``, dtypes (``numpy.float32``, ``torch.float``),
-  ``torch.from_numpy``, ``monai.utils.CommonKeys.IMAGE``, ``monai.utils.set_determinism``,
-  ``monai.data.load_decathlon_datalist``, ``glob.glob``, ``os.path.join``/``exists``, ``json.loads``;
+  ``torch.from_numpy``, ``torch.where``, ``monai.utils.CommonKeys.IMAGE``, ``os.path.join``,
+  ``json.loads``; ``glob.glob``, ``os.path.exists/isfile/isdir`` and ``torch.load`` only on paths
+  inside the bundle folder (:data:`FILE_FUNCTIONS`);
 - ``torch.load(...)`` routed to the weights-only loader (:func:`~.safety.load_checkpoint`), so
   ``$torch.load(@arch_ckpt_path, ...)['arch_code_a']`` of a DiNTS bundle works and stays safe;
-- methods on objects the config built: ``@network_def.to(@device)``, ``.eval()``,
-  ``.load_state_dict(...)``, ``@evaluator.run()``, calling a ``CheckpointLoader`` or a transform;
+- methods on values: ``@network_def.to(@device)``, ``.eval()``, tensor, string, dict methods;
 - ``setattr(torch.backends.cudnn, 'benchmark' | 'deterministic', bool)``;
-- ``import glob|os|numpy|torch|json|math|copy|pathlib|monai...`` (binds a name, imports nothing).
+- ``import glob|os|numpy|torch|json|math|copy|pathlib|monai...`` (binds a name, imports nothing);
+  a refused import only matters when an expression that is evaluated uses the name it binds.
 
 Refused, among others: names and attributes starting with ``_`` (``__class__``, ``__import__``),
-``eval``/``exec``/``open``/``getattr``/``compile``, lambdas, f-strings, ``:=``, string ``%``
+``eval``/``exec``/``open``/``getattr``/``compile``, f-strings, ``:=``, string ``%``
 formatting, any module function not listed (``os.system``, ``torch.hub.load``, ``numpy.load``),
-``import scripts`` and every other import (bundle code), and resource bombs (``10**10**10``,
-``'x' * 10**12``, ``range(10**12)``).
+building components inside an expression (``$monai.transforms.SaveImage(...)``), calling a
+component the config built (``$@saver(x)``; only the engine calls what the config built),
+``import scripts`` and every other import (bundle code).
 
-``_target_`` components are limited to MONAI networks (``monai.networks.nets.*``) and transforms
-(``monai.transforms.*``), plus a vetted list of inferers, datasets, readers, handlers, the
-evaluator, ``torch.device`` and ``torch.nn`` activations; see :func:`resolve_target`.
+Bounded evaluation: every value an expression builds is charged to one budget per config
+(:data:`MAX_EVALUATION_UNITS` characters/items/iterations, :data:`MAX_EVALUATION_SECONDS`), and
+operations that can make a large value from small ones (``*``, ``**``, ``str.join``,
+``str.replace``, broadcasting) are checked *before* they run.
+
+``_target_`` components are those of :data:`~.capabilities.COMPONENTS`, each with the arguments
+it may take; see :mod:`.capabilities` and :func:`resolve_target`.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import importlib
 import inspect
+import math
 import operator
+import os
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import MedSegNASError
+from .capabilities import COMPONENTS, argument_problems, component_rule
 from .safety import ModelFileError, UnsafeConfigError, load_checkpoint
 
 __all__ = [
@@ -62,7 +74,11 @@ __all__ = [
     "resolve_target",
     "check_target",
     "component_problems",
-    "argument_problems",
+    "import_names",
+    "EvaluationBudget",
+    "RefusedImport",
+    "SafeLambda",
+    "FILE_FUNCTIONS",
 ]
 
 EXPR_PREFIX = "$"
@@ -74,57 +90,21 @@ _REF_PATTERN = re.compile(r"@(?:\w*)(?:::\w*)*")
 MAX_EXPRESSION_CHARS = 10_000
 #: Most items one expression may create or iterate over (ranges, repetitions, comprehensions).
 MAX_ITEMS = 1_000_000
-#: Largest integer (in bits) that ``**`` may produce.
+#: Largest integer (in bits) that ``**`` or ``*`` may produce.
 MAX_POWER_BITS = 10_000
+#: Budget of one config's expressions together: characters of strings, items of containers,
+#: iterations and 64-bit words of integers that they build or go through. Checked *before* an
+#: operation that could make a value larger than what is left (``*``, ``join``, ``replace``...).
+MAX_EVALUATION_UNITS = 10_000_000
+#: Wall-clock limit of one config's expressions together (seconds), checked at every step.
+MAX_EVALUATION_SECONDS = 30.0
+#: Most elements of a tensor or array an expression may make beyond the largest one it was given.
+MAX_TENSOR_ITEMS = 1_000_000
+#: Most entries a ``glob.glob`` inside the bundle may return.
+MAX_GLOB_RESULTS = 10_000
 
 #: Top-level packages that ``$import ...`` / ``$from ... import ...`` may name.
 SAFE_IMPORT_ROOTS = frozenset({"monai", "torch", "numpy", "glob", "os", "json", "math", "copy", "pathlib"})
-
-#: Packages that ``_target_`` may name anything from (classes and functions defined there).
-TARGET_PACKAGES = ("monai.networks.nets", "monai.transforms")
-
-#: Further ``_target_`` components an inference config needs, by public name.
-VETTED_TARGETS = (
-    "monai.inferers.SimpleInferer",
-    "monai.inferers.SlidingWindowInferer",
-    "monai.inferers.SlidingWindowInfererAdapt",
-    "monai.inferers.SliceInferer",
-    "monai.data.Dataset",
-    "monai.data.CacheDataset",
-    "monai.data.DataLoader",
-    "monai.data.ThreadDataLoader",
-    "monai.data.ITKReader",
-    "monai.data.NibabelReader",
-    "monai.data.NumpyReader",
-    "monai.data.PILReader",
-    "monai.data.PydicomReader",
-    "monai.data.NrrdReader",
-    "monai.data.ITKWriter",
-    "monai.data.NibabelWriter",
-    "monai.data.PILWriter",
-    "monai.data.load_decathlon_datalist",
-    "monai.data.list_data_collate",
-    "monai.data.decollate_batch",
-    "monai.handlers.CheckpointLoader",
-    "monai.handlers.StatsHandler",
-    "monai.handlers.from_engine",
-    "monai.engines.SupervisedEvaluator",
-    "torch.device",
-    "torch.nn.ReLU",
-    "torch.nn.LeakyReLU",
-    "torch.nn.PReLU",
-    "torch.nn.ELU",
-    "torch.nn.GELU",
-    "torch.nn.Sigmoid",
-    "torch.nn.Softmax",
-    "torch.nn.Tanh",
-    "torch.nn.Identity",
-)
-
-#: Reader/writer names that ``LoadImage(d)``/``SaveImage(d)`` turn into classes (a dotted name
-#: there would be imported with ``pydoc.locate``: ``reader="subprocess.Popen"`` must not pass).
-SAFE_READERS = ("ITKReader", "NibabelReader", "NumpyReader", "PILReader", "PydicomReader", "NrrdReader")
-SAFE_WRITERS = ("ITKWriter", "NibabelWriter", "PILWriter")
 
 _NUMPY_DTYPES = (
     "bool_ int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64 complex64 complex128"
@@ -147,15 +127,9 @@ ALLOWED_GLOBALS = frozenset(
         "numpy.pi",
         "numpy.inf",
         "numpy.nan",
-        "monai.utils.set_determinism",
-        "monai.data.load_decathlon_datalist",
-        "monai.handlers.from_engine",
-        "glob.glob",
+        "torch.where",
         "os.sep",
         "os.path.join",
-        "os.path.exists",
-        "os.path.isfile",
-        "os.path.isdir",
         "os.path.basename",
         "os.path.dirname",
         "os.path.splitext",
@@ -165,7 +139,6 @@ ALLOWED_GLOBALS = frozenset(
         "math.sqrt",
         "math.ceil",
         "math.floor",
-        "copy.deepcopy",
         *(f"numpy.{name}" for name in _NUMPY_DTYPES.split()),
         *(f"torch.{name}" for name in _TORCH_DTYPES.split()),
         *(
@@ -180,7 +153,7 @@ ALLOWED_GLOBALS = frozenset(
 REPLACED_GLOBALS: dict[str, Callable[..., Any]] = {}
 
 #: Attributes (and methods) an expression may use on objects, by the object's type.
-_MODULE_ATTRS = frozenset({"to", "eval", "cpu", "cuda", "float", "half", "load_state_dict", "state_dict"})
+_MODULE_ATTRS = frozenset({"to", "eval", "cpu", "cuda", "float", "half"})
 _TENSOR_ATTRS = frozenset(
     {"to", "cpu", "cuda", "float", "half", "double", "long", "int", "bool", "tolist", "numpy", "item"}
     | {"shape", "ndim", "dtype", "device", "size", "squeeze", "unsqueeze"}
@@ -193,16 +166,8 @@ _STR_ATTRS = frozenset(
 _DICT_ATTRS = frozenset({"get", "keys", "values", "items", "copy"})
 _SEQUENCE_ATTRS = frozenset({"index", "count", "copy"})
 _DEVICE_ATTRS = frozenset({"type", "index"})
-_WORKFLOW_ATTRS = frozenset({"run"})
 OBJECT_ATTRIBUTE_NAMES = (
-    _MODULE_ATTRS
-    | _TENSOR_ATTRS
-    | _ARRAY_ATTRS
-    | _STR_ATTRS
-    | _DICT_ATTRS
-    | _SEQUENCE_ATTRS
-    | _DEVICE_ATTRS
-    | _WORKFLOW_ATTRS
+    _MODULE_ATTRS | _TENSOR_ATTRS | _ARRAY_ATTRS | _STR_ATTRS | _DICT_ATTRS | _SEQUENCE_ATTRS | _DEVICE_ATTRS
 )
 
 _BUNDLE_CODE = "uses the bundle's own code (scripts), which is not run for untrusted bundles"
@@ -237,6 +202,9 @@ _ALLOWED_NODES: tuple[type[ast.AST], ...] = (
     ast.DictComp,
     ast.GeneratorExp,
     ast.comprehension,
+    ast.Lambda,
+    ast.arguments,
+    ast.arg,
     ast.Add,
     ast.Sub,
     ast.Mult,
@@ -266,7 +234,6 @@ _ALLOWED_NODES: tuple[type[ast.AST], ...] = (
 )
 
 _NODE_DESCRIPTIONS = {
-    ast.Lambda: "a lambda function",
     ast.JoinedStr: "an f-string",
     ast.FormattedValue: "an f-string",
     ast.NamedExpr: "an assignment expression (:=)",
@@ -345,22 +312,68 @@ SAFE_BUILTINS: dict[str, Callable[..., Any]] = {
     "set": set,
     "sorted": sorted,
     "str": str,
-    "sum": sum,
+    "sum": lambda iterable, start=0: _number_sum(iterable, start),
     "tuple": tuple,
     "zip": zip,
 }
 
 
-def _config_torch_load(f: Any, map_location: Any = None, weights_only: bool = True, **kwargs: Any) -> Any:
-    """``torch.load`` as seen by untrusted configs: weights-only, onto the CPU.
+def _number_sum(iterable: Any, start: Any = 0) -> Any:
+    """``sum`` of numbers only (``sum(lists, [])`` is quadratic in time)."""
+    if isinstance(start, bool) or not isinstance(start, (int, float)):
+        raise TypeError("sum() may only add numbers here (adding lists takes quadratic time)")
+    return sum(iterable, start)
 
-    The device arguments are ignored on purpose: published DiNTS configs ask for ``cuda``, which
-    fails on a CPU-only machine, and the network is moved by ``@network_def.to(@device)`` anyway.
+
+#: Functions that look at files: allowed only on paths inside the bundle folder (see
+#: :meth:`_Interpreter.bundle_path`); ``torch.load`` is the weights-only loader onto the CPU.
+FILE_FUNCTIONS = frozenset({"glob.glob", "os.path.exists", "os.path.isfile", "os.path.isdir", "torch.load"})
+
+
+class RefusedImport:
+    """What a refused ``$import`` binds: using the name reports why the import was refused."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
+
+
+@dataclass
+class EvaluationBudget:
+    """What the expressions of one config may still spend: :data:`MAX_EVALUATION_UNITS` and seconds.
+
+    Time counts only while an expression (or a lambda call) is being evaluated.
     """
-    return load_checkpoint(f)
 
+    units: int = MAX_EVALUATION_UNITS
+    seconds: float = MAX_EVALUATION_SECONDS
+    used_seconds: float = 0.0
+    _since: float | None = field(default=None, repr=False)
 
-REPLACED_GLOBALS["torch.load"] = _config_torch_load
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Count the time of the evaluation inside this block (nested blocks count once)."""
+        if self._since is not None:
+            yield
+            return
+        self._since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.used_seconds += time.monotonic() - self._since
+            self._since = None
+
+    def spend(self, amount: int) -> str | None:
+        """Take ``amount`` units; the problem when the budget or the time is exhausted."""
+        self.units -= max(0, int(amount))
+        if self.units < 0:
+            return (
+                f"builds or goes through more than {MAX_EVALUATION_UNITS:,} items "
+                "(characters, list items, iterations) in all (MAX_EVALUATION_UNITS)"
+            )
+        elapsed = self.used_seconds + (time.monotonic() - self._since if self._since is not None else 0.0)
+        if elapsed > self.seconds:
+            return f"runs longer than {self.seconds:g} s in all (MAX_EVALUATION_SECONDS)"
+        return None
 
 
 def default_namespace() -> dict[str, ModulePath]:
@@ -392,6 +405,20 @@ def is_import_statement(expression: str) -> bool:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     return len(tree.body) == 1 and isinstance(tree.body[0], (ast.Import, ast.ImportFrom))
+
+
+def import_names(statement: str) -> list[str]:
+    """The names an import statement would bind, whether or not it is allowed (nothing is imported)."""
+    text = statement[len(EXPR_PREFIX) :] if statement.startswith(EXPR_PREFIX) else statement
+    try:
+        node = ast.parse(text.strip()).body[0]
+    except (SyntaxError, ValueError, RecursionError, MemoryError, IndexError):
+        return []
+    if isinstance(node, ast.Import):
+        return [alias.asname or alias.name.split(".")[0] for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        return [alias.asname or alias.name for alias in node.names]
+    return []
 
 
 def import_bindings(statement: str) -> dict[str, ModulePath]:
@@ -448,11 +475,6 @@ def _locator() -> Any:
     return ComponentLocator()
 
 
-@functools.cache
-def _vetted_objects() -> dict[int, Any]:
-    return {id(obj): obj for obj in (_import_object(path) for path in VETTED_TARGETS) if obj is not None}
-
-
 def _import_object(path: str) -> Any:
     """Import the longest module prefix of ``path`` and walk the rest as attributes; None if absent.
 
@@ -487,42 +509,40 @@ def _full_target_name(target: Any) -> str:
     if parts[0] == "scripts":
         raise UnsafeConfigError(f"_target_ {target!r} is bundle code (scripts.*), which is not run")
     if len(parts) == 1:
+        if name in COMPONENTS:
+            return COMPONENTS[name].path
         module = _locator().get_component_module_name(name)
         if isinstance(module, list):
             module = module[0]  # the one MONAI's ComponentLocator picks too
         if module is None:
-            vetted = {p.rsplit(".", 1)[1]: p for p in VETTED_TARGETS}
-            if name not in vetted:
-                raise UnsafeConfigError(f"_target_ {target!r} is not a MONAI component")
-            return vetted[name]
+            raise UnsafeConfigError(f"_target_ {target!r} is not a MONAI component on the allow-list")
         name = f"{module}.{name}"
     if name.split(".")[0] not in ("monai", "torch"):
-        raise UnsafeConfigError(f"_target_ {target!r} is not a MONAI network, transform or vetted component")
+        raise UnsafeConfigError(f"_target_ {target!r} is not a component on the allow-list")
     return name
 
 
 def resolve_target(target: Any) -> Callable[..., Any]:
-    """The class or function a ``_target_`` names, if it is allowed.
+    """The class a ``_target_`` names, if it is on the capability allow-list.
 
-    Allowed: classes and functions *defined* in ``monai.networks.nets`` or ``monai.transforms``
-    (checked on the object, so ``monai.transforms.utils.os.system`` does not pass), and the
-    objects of :data:`VETTED_TARGETS`. Short names resolve as MONAI resolves them
-    (``"UNet"``, ``"LoadImaged"``, ``"DataLoader"``). Only MONAI and torch modules are imported.
+    Allowed: the components of :data:`~.capabilities.COMPONENTS` (checked on the object, so
+    ``monai.transforms.utils.os.system`` does not pass). Short names resolve as MONAI resolves
+    them (``"UNet"``, ``"LoadImaged"``). Only MONAI and torch modules are imported.
 
     Raises:
-        UnsafeConfigError: anything else (``os.system``, ``scripts.net.Net``, ``torch.hub.load``).
+        UnsafeConfigError: anything else (``os.system``, ``scripts.net.Net``, ``SaveImage`` used as
+            an expression, ``HoVerNet``, ``DataLoader``), naming the rule.
     """
     name = _full_target_name(target)
     obj = _import_object(name)
     if obj is None:
         raise UnsafeConfigError(f"_target_ {target!r} does not exist in this MONAI version")
-    if inspect.isclass(obj) or inspect.isfunction(obj):
-        module = getattr(obj, "__module__", "") or ""
-        if any(module == p or module.startswith(p + ".") for p in TARGET_PACKAGES):
-            return obj
-    if id(obj) in _vetted_objects():
-        return obj
-    raise UnsafeConfigError(f"_target_ {target!r} is not a MONAI network, transform or vetted component")
+    if component_rule(obj) is None:
+        shown = getattr(obj, "__name__", name)
+        raise UnsafeConfigError(
+            f"_target_ {target!r} ({shown}) is not on the allow-list of inference components"
+        )
+    return obj
 
 
 def check_target(target: Any) -> str:
@@ -535,64 +555,28 @@ def check_target(target: Any) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
-def _is_safe_io_name(value: str, allowed: tuple[str, ...]) -> bool:
-    if "." not in value:
-        return value in allowed or value in {a.lower() for a in allowed}
-    try:
-        obj = resolve_target(value)
-    except UnsafeConfigError:
-        return False
-    return getattr(obj, "__name__", "") in allowed
+def component_problems(config: Mapping[str, Any]) -> list[str]:
+    """Problems of one ``{"_target_": ..., ...}`` config dict, found without building it.
 
-
-def argument_problems(args: Mapping[str, Any], *, resolved: bool) -> list[str]:
-    """Arguments of a component that would make MONAI run code; empty when there are none.
-
-    ``allow_pickle`` must be false (numpy would unpickle), ``weights_only`` true (torch would),
-    ``reader``/``writer`` must name a MONAI reader/writer (a dotted name is imported with
-    ``pydoc.locate``), ``merger_cls`` a MONAI merger, and ``_debug_`` is refused (opens pdb).
-
-    Args:
-        args: the component's arguments: raw config values (``resolved=False``; references and
-            expressions are then checked when the component is built) or built values.
+    The target must be on the allow-list, ``_mode_`` must be ``"default"``, and every argument
+    must be one the component may take; literal values must pass their rule (type and range),
+    values given by ``@``/``$`` are checked again when the component is built.
     """
     problems = []
-    for key, value in args.items():
-        unresolved = not resolved and isinstance(value, str) and value.startswith(("@", "$", "%"))
-        if key == "_debug_":
-            problems.append("'_debug_' opens the debugger")
-        elif key == "allow_pickle" and value is not False and (unresolved or bool(value)):
-            problems.append("'allow_pickle' must be false: numpy would unpickle code")
-        elif key == "weights_only" and value is not True:
-            problems.append("'weights_only' must be true: torch would unpickle code")
-        elif key in ("reader", "writer") and not unresolved:
-            allowed = SAFE_READERS if key == "reader" else SAFE_WRITERS
-            names = value if isinstance(value, (list, tuple)) else [value]
-            for name in names:
-                if isinstance(name, str) and not _is_safe_io_name(name, allowed):
-                    problems.append(f"{key} {name!r} is not a MONAI {key} (one of {', '.join(allowed)})")
-        elif key == "merger_cls" and isinstance(value, str) and not unresolved:
-            if not value.isidentifier() or value.startswith("_"):
-                problems.append(f"merger_cls {value!r} is not a MONAI merger name")
-    return problems
-
-
-def component_problems(config: Mapping[str, Any]) -> list[str]:
-    """Problems of one ``{"_target_": ..., ...}`` config dict, found without building it."""
-    problems = []
     try:
-        check_target(config.get("_target_"))
+        obj = resolve_target(config.get("_target_"))
     except UnsafeConfigError as exc:
-        problems.append(exc.problem)
+        return [exc.problem]
+    name, rule = component_rule(obj)  # type: ignore[misc]
     mode = config.get("_mode_", "default")
-    if mode not in ("default", "callable"):
-        problems.append(f"_mode_ {mode!r} is not allowed (only 'default' and 'callable')")
-    args = {
-        k: v
-        for k, v in config.items()
-        if k not in ("_target_", "_mode_", "_disabled_", "_requires_", "_desc_")
-    }
-    problems.extend(argument_problems(args, resolved=False))
+    if mode != "default":
+        problems.append(f"_mode_ {mode!r} is not allowed (components are built, only the engine calls them)")
+    if "_debug_" in config:
+        problems.append("'_debug_' opens the debugger")
+    disabled = config.get("_disabled_", False)
+    if not isinstance(disabled, bool):
+        problems.append("_disabled_ must be true or false")
+    problems.extend(argument_problems(name, rule, config, resolved=False))
     return problems
 
 
@@ -600,13 +584,8 @@ def component_problems(config: Mapping[str, Any]) -> list[str]:
 
 
 def _path_allowed(path: str) -> bool:
-    if path in ALLOWED_GLOBALS or path in REPLACED_GLOBALS:
-        return True
-    try:
-        resolve_target(path)
-    except UnsafeConfigError:
-        return False
-    return True
+    """Module-level names an expression may use; components are built only from ``_target_`` items."""
+    return path in ALLOWED_GLOBALS or path in REPLACED_GLOBALS or path in FILE_FUNCTIONS
 
 
 def _parse(text: str, shown: str) -> ast.Expression:
@@ -660,6 +639,7 @@ def _static_findings(tree: ast.Expression, roots: Mapping[str, str]) -> Iterator
     """The same rules as :class:`_Interpreter`, applied to the syntax tree alone."""
     parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
     local_names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    local_names |= {a.arg for a in ast.walk(tree) if isinstance(a, ast.arg)}
 
     def module_chain(node: ast.AST) -> str | None:
         attrs = []
@@ -737,8 +717,29 @@ def _static_findings(tree: ast.Expression, roots: Mapping[str, str]) -> Iterator
                 and isinstance(func.value, ast.Name)
                 and func.value.id == REFS_NAME
             )
-            if not isinstance(func, (ast.Name, ast.Attribute)) and not is_ref:
+            if is_ref:
+                yield (
+                    node,
+                    (
+                        f"calls the component '@{func.slice.value}' (only the engine calls what the config built)"  # type: ignore[attr-defined]
+                    ),
+                )
+            elif not isinstance(func, (ast.Name, ast.Attribute)):
                 yield node, "calls the result of an expression"
+        elif isinstance(node, ast.Lambda):
+            arguments = node.args
+            if (
+                arguments.vararg
+                or arguments.kwarg
+                or arguments.kwonlyargs
+                or arguments.defaults
+                or arguments.kw_defaults
+                or arguments.posonlyargs
+            ):
+                yield node, "uses a lambda with other than plain positional parameters"
+        elif isinstance(node, ast.arg):
+            if node.arg.startswith("_") or node.annotation is not None:
+                yield node, f"binds the name '{node.arg}', which is not allowed"
         elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
             if isinstance(node.left, ast.Constant) and isinstance(node.left.value, (str, bytes)):
                 yield node, "uses string % formatting, which is not allowed"
@@ -764,7 +765,6 @@ def _static_setattr_problems(call: ast.Call, module_chain: Callable[[ast.AST], s
 def _object_attribute_rules() -> tuple[tuple[Any, frozenset[str]], ...]:
     import numpy as np
     import torch
-    from monai.engines import Workflow
 
     return (
         (torch.nn.Module, _MODULE_ATTRS),
@@ -775,31 +775,116 @@ def _object_attribute_rules() -> tuple[tuple[Any, frozenset[str]], ...]:
         (str, _STR_ATTRS),
         (dict, _DICT_ATTRS),
         ((list, tuple), _SEQUENCE_ATTRS),
-        (Workflow, _WORKFLOW_ATTRS),
     )
 
 
-@functools.cache
-def _callable_instance_types() -> tuple[type, ...]:
-    """Objects built by the config that an expression may call: ``@checkpointloader(@evaluator)``."""
-    from monai.handlers import CheckpointLoader
-    from monai.inferers import Inferer
-    from monai.transforms import Transform
+def _size(value: Any) -> int:
+    """Budget units a value stands for: characters, items, 64-bit words of an integer."""
+    if isinstance(value, (str, bytes, list, tuple, dict, set, frozenset, range)):
+        return len(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value.bit_length() // 64 + 1
+    return 1
 
-    return (CheckpointLoader, Transform, Inferer)
+
+def _numel(value: Any) -> int | None:
+    """Elements of a tensor or numpy array; None for other values."""
+    import numpy as np
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return int(value.numel())
+    if isinstance(value, np.ndarray):
+        return int(value.size)
+    return None
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    shape = getattr(value, "shape", None)
+    return tuple(int(s) for s in shape) if shape is not None and _numel(value) is not None else None
+
+
+class SafeLambda:
+    """A bundle's ``$lambda x: ...`` made callable for MONAI (``Lambdad(func=...)``) without ``eval``.
+
+    Each call interprets the body with the same allow-lists and a fresh budget; the parameters
+    may not be called. Only components (the engine applying ``Lambdad``) call it: expressions may not.
+    """
+
+    def __init__(self, interpreter: _Interpreter, node: ast.Lambda, scope: dict[str, Any]):
+        self._interpreter = interpreter
+        self._node = node
+        self._scope = dict(scope)
+        self.params = [a.arg for a in node.args.args]
+
+    def __call__(self, *args: Any) -> Any:
+        if len(args) != len(self.params):
+            raise TypeError(f"the lambda takes {len(self.params)} argument(s), not {len(args)}")
+        source = self._interpreter
+        run = _Interpreter(
+            source.label,
+            source.namespace,
+            source.refs,
+            bundle_root=source.bundle_root,
+            budget=EvaluationBudget(),
+        )
+        scope = dict(self._scope)
+        for name, value in zip(self.params, args, strict=True):
+            scope[name] = value
+            run.note_input(value)
+        return _run(run, self._node.body, scope, run.label)
+
+    def __repr__(self) -> str:
+        return f"SafeLambda({', '.join(self.params)})"
 
 
 class _Interpreter:
-    """Evaluates one parsed expression; every name, attribute and call goes through an allow-list."""
+    """Evaluates one parsed expression; every name, attribute and call goes through an allow-list.
 
-    def __init__(self, label: str, namespace: Mapping[str, Any], refs: Mapping[str, Any]):
+    Every value it builds is charged to ``budget`` (:class:`EvaluationBudget`); operations that
+    could make a large value from small ones are checked before they run.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        namespace: Mapping[str, Any],
+        refs: Mapping[str, Any],
+        *,
+        bundle_root: str | Path | None = None,
+        budget: EvaluationBudget | None = None,
+    ):
         self.label = label
         self.namespace = namespace
         self.refs = refs
-        self.budget = MAX_ITEMS
+        self.bundle_root = Path(os.path.realpath(bundle_root)) if bundle_root is not None else None
+        self.budget = budget if budget is not None else EvaluationBudget()
+        self.tensor_limit = MAX_TENSOR_ITEMS
 
     def refuse(self, reason: str) -> NoReturn:
         raise UnsafeConfigError(f"{self.label} is not allowed: {reason}")
+
+    def spend(self, amount: int) -> None:
+        problem = self.budget.spend(amount)
+        if problem:
+            self.refuse(problem)
+
+    def note_input(self, value: Any) -> None:
+        """Tensors the expression is given (references, lambda arguments) raise its tensor limit."""
+        numel = _numel(value)
+        if numel is not None and numel > self.tensor_limit:
+            self.tensor_limit = numel
+
+    def check_built(self, value: Any) -> Any:
+        numel = _numel(value)
+        if numel is not None:
+            if numel > self.tensor_limit:
+                self.refuse(
+                    f"makes an array of {numel:,} elements, more than the {self.tensor_limit:,} allowed"
+                )
+        else:
+            self.spend(_size(value))
+        return value
 
     # values ---------------------------------------------------------------------------
 
@@ -810,6 +895,8 @@ class _Interpreter:
         return raw
 
     def resolve_path(self, path: str) -> Any:
+        if path in FILE_FUNCTIONS:
+            return functools.partial(self.file_function, path)
         if path in REPLACED_GLOBALS:
             return REPLACED_GLOBALS[path]
         if path in ALLOWED_GLOBALS:
@@ -817,13 +904,13 @@ class _Interpreter:
             if obj is None:
                 raise ModelFileError(f"{self.label}: '{path}' does not exist in the installed version")
             return obj
-        try:
-            return resolve_target(path)
-        except UnsafeConfigError:
-            self.refuse(f"uses '{path}', which is not on the allow-list")
+        self.refuse(
+            f"uses '{path}', which is not on the allow-list (components are built from _target_ items)"
+        )
 
     def raw(self, node: ast.AST, scope: dict[str, Any]) -> Any:
         """The value of ``node``; a :class:`ModulePath` for (parts of) module names, resolved by the caller."""
+        self.spend(1)
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, ast.Name):
@@ -840,7 +927,12 @@ class _Interpreter:
             self.refuse(
                 f"uses {_NODE_DESCRIPTIONS.get(type(node), type(node).__name__)}, which is not allowed"
             )
-        return handler(node, scope)
+        result = handler(node, scope)
+        if isinstance(node, ast.Subscript) and _is_ref_subscript(node):
+            return result  # an item the config built; not made by this expression
+        if isinstance(node, ast.Lambda) or isinstance(result, (ModulePath, Iterator)):
+            return result
+        return self.check_built(result)
 
     def name(self, name: str, scope: dict[str, Any]) -> Any:
         if name in scope:
@@ -848,7 +940,10 @@ class _Interpreter:
         if name.startswith("_"):
             self.refuse(f"uses the name '{name}', which is not allowed")
         if name in self.namespace:
-            return self.namespace[name]
+            bound = self.namespace[name]
+            if isinstance(bound, RefusedImport):
+                self.refuse(bound.problem)
+            return bound
         if name in SAFE_BUILTINS:
             return SAFE_BUILTINS[name]
         if name == "scripts":
@@ -863,10 +958,60 @@ class _Interpreter:
 
     def iterate(self, iterable: Any) -> Iterator[Any]:
         for item in iter(iterable):
-            self.budget -= 1
-            if self.budget < 0:
-                self.refuse(f"creates or iterates over more than {MAX_ITEMS} items")
+            self.spend(1)
             yield item
+
+    # files ----------------------------------------------------------------------------
+
+    def bundle_path(self, path: Any, function: str) -> Path:
+        """``path`` resolved (links followed); refused unless it lies inside the bundle folder."""
+        if not isinstance(path, (str, Path)):
+            self.refuse(f"calls {function} with a {type(path).__name__}, not a path")
+        if self.bundle_root is None:
+            self.refuse(f"calls {function}, which is allowed only inside a bundle folder")
+        text = str(path)
+        if ".." in Path(text).parts:
+            self.refuse(f"calls {function} on {text!r}, which has a '..' component")
+        resolved = Path(os.path.realpath(os.path.join(self.bundle_root, text)))
+        if not resolved.is_relative_to(self.bundle_root):
+            self.refuse(f"calls {function} on {text!r}, outside the bundle folder")
+        return resolved
+
+    def file_function(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        import glob
+
+        if path == "glob.glob":
+            if args[1:] or set(kwargs) - {"recursive"}:
+                self.refuse("calls glob.glob with other arguments than a pattern (and recursive)")
+            pattern = str(args[0]) if args else ""
+            if ".." in Path(pattern).parts:  # also after a wildcard: '*/../../etc/*'
+                self.refuse(f"calls glob.glob on {pattern!r}, which has a '..' component")
+            literal = pattern.split("*")[0].split("?")[0].split("[")[0]
+            base = self.bundle_path(literal or ".", "glob.glob")
+            if not os.path.isabs(pattern):
+                pattern = os.path.join(str(self.bundle_root), pattern)
+            found = []
+            for match in glob.iglob(pattern, recursive=bool(kwargs.get("recursive", False))):
+                if Path(os.path.realpath(match)).is_relative_to(self.bundle_root):
+                    found.append(match)
+                self.spend(1)
+                if len(found) > MAX_GLOB_RESULTS:
+                    self.refuse(f"glob.glob finds more than {MAX_GLOB_RESULTS} files")
+            del base
+            return found
+        if path == "torch.load":
+            # weights-only, onto the CPU; the device arguments are ignored on purpose (published
+            # DiNTS configs ask for cuda; the engine moves the network itself)
+            target = self.bundle_path(args[0] if args else kwargs.get("f"), "torch.load")
+            return load_checkpoint(target)
+        if len(args) != 1 or kwargs:
+            self.refuse(f"calls {path} with other arguments than one path")
+        target = self.bundle_path(args[0], path)
+        return {
+            "os.path.exists": os.path.exists,
+            "os.path.isfile": os.path.isfile,
+            "os.path.isdir": os.path.isdir,
+        }[path](target)
 
     # nodes ----------------------------------------------------------------------------
 
@@ -877,9 +1022,16 @@ class _Interpreter:
             key = node.slice.value
             if key not in self.refs:
                 raise ModelFileError(f"{self.label} refers to '@{key}', which is not defined in the config")
-            return self.refs[key]
+            value = self.refs[key]
+            self.note_input(value)
+            return value
         container = self.value(node.value, scope)
-        return container[self.value(node.slice, scope)]
+        index = self.value(node.slice, scope)
+        if _numel(container) is not None:
+            for part in index if isinstance(index, tuple) else (index,):
+                if isinstance(part, (list, tuple)) and len(part) > 1024:
+                    self.refuse("indexes an array with more than 1024 positions")
+        return container[index]
 
     def node_Slice(self, node: ast.Slice, scope: dict[str, Any]) -> slice:
         def part(n: ast.AST | None) -> Any:
@@ -912,6 +1064,7 @@ class _Interpreter:
                 mapping = self.value(value, scope)
                 if not isinstance(mapping, Mapping):
                     self.refuse(f"unpacks a {type(mapping).__name__} with **")
+                self.spend(len(mapping))
                 result.update(mapping)
             else:
                 result[self.value(key, scope)] = self.value(value, scope)
@@ -924,14 +1077,32 @@ class _Interpreter:
         left, right = self.value(node.left, scope), self.value(node.right, scope)
         if op is ast.Mod and isinstance(left, (str, bytes)):
             self.refuse("uses string % formatting, which is not allowed")
-        if op is ast.Pow and isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (left, right))
+        if op is ast.Pow and ints and right > 0 and abs(left) > 1:
             if left.bit_length() * right > MAX_POWER_BITS:
-                self.refuse(f"computes a power with more than {MAX_POWER_BITS} bits")
+                self.refuse(f"computes a power with more than {MAX_POWER_BITS} bits (MAX_POWER_BITS)")
         if op is ast.Mult:
+            if ints and left.bit_length() + right.bit_length() > MAX_POWER_BITS:
+                self.refuse(f"computes a product with more than {MAX_POWER_BITS} bits (MAX_POWER_BITS)")
             for seq, count in ((left, right), (right, left)):
                 if isinstance(seq, (str, bytes, list, tuple)) and isinstance(count, int):
-                    if len(seq) * count > MAX_ITEMS:
-                        self.refuse(f"repeats a sequence to more than {MAX_ITEMS} items")
+                    if len(seq) * count > self.budget.units:
+                        self.refuse(
+                            f"repeats a sequence to {len(seq) * count:,} items, more than the budget left "
+                            "(MAX_EVALUATION_UNITS)"
+                        )
+        left_shape, right_shape = _shape(left), _shape(right)
+        if left_shape is not None and right_shape is not None:
+            import torch
+
+            try:
+                result_items = math.prod(torch.broadcast_shapes(left_shape, right_shape))
+            except RuntimeError:
+                result_items = 0  # the operation itself reports the mismatch
+            if result_items > self.tensor_limit:
+                self.refuse(
+                    f"makes an array of {result_items:,} elements, more than the {self.tensor_limit:,} allowed"
+                )
         return _BINARY_OPERATORS[op](left, right)
 
     def node_UnaryOp(self, node: ast.UnaryOp, scope: dict[str, Any]) -> Any:
@@ -947,8 +1118,10 @@ class _Interpreter:
                 return result
         return result
 
-    def node_Compare(self, node: ast.Compare, scope: dict[str, Any]) -> bool:
+    def node_Compare(self, node: ast.Compare, scope: dict[str, Any]) -> Any:
         left = self.value(node.left, scope)
+        if len(node.ops) == 1:  # tensors compare element-wise (torch.where(x > 0, ...))
+            return _COMPARISONS[type(node.ops[0])](left, self.value(node.comparators[0], scope))
         for op, comparator in zip(node.ops, node.comparators, strict=True):
             right = self.value(comparator, scope)
             if not _COMPARISONS[type(op)](left, right):
@@ -959,6 +1132,20 @@ class _Interpreter:
     def node_IfExp(self, node: ast.IfExp, scope: dict[str, Any]) -> Any:
         branch = node.body if self.value(node.test, scope) else node.orelse
         return self.value(branch, scope)
+
+    def node_Lambda(self, node: ast.Lambda, scope: dict[str, Any]) -> SafeLambda:
+        arguments = node.args
+        if (
+            arguments.vararg
+            or arguments.kwarg
+            or arguments.kwonlyargs
+            or arguments.defaults
+            or arguments.posonlyargs
+        ):
+            self.refuse("uses a lambda with other than plain positional parameters")
+        if any(a.arg.startswith("_") for a in arguments.args):
+            self.refuse("binds a name starting with '_'")
+        return SafeLambda(self, node, scope)
 
     def comprehension(self, generators: list[ast.comprehension], scope: dict[str, Any]) -> Iterator[dict]:
         """Yield the scopes (loop variable bindings) that pass every ``if``, outermost loop first."""
@@ -989,8 +1176,8 @@ class _Interpreter:
     def node_ListComp(self, node: ast.ListComp, scope: dict[str, Any]) -> list[Any]:
         return [self.value(node.elt, inner) for inner in self.comprehension(node.generators, scope)]
 
-    def node_GeneratorExp(self, node: ast.GeneratorExp, scope: dict[str, Any]) -> Iterator[Any]:
-        return iter(self.node_ListComp(node, scope))  # type: ignore[arg-type]
+    def node_GeneratorExp(self, node: ast.GeneratorExp, scope: dict[str, Any]) -> list[Any]:
+        return self.node_ListComp(node, scope)  # type: ignore[arg-type]
 
     def node_SetComp(self, node: ast.SetComp, scope: dict[str, Any]) -> set[Any]:
         return {self.value(node.elt, inner) for inner in self.comprehension(node.generators, scope)}
@@ -1016,7 +1203,35 @@ class _Interpreter:
                 kwargs.update(mapping)
             else:
                 kwargs[keyword.arg] = self.value(keyword.value, scope)
+        self.check_call(function, args, kwargs)
         return function(*args, **kwargs)
+
+    def check_call(self, function: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """Refuse calls whose result could be much larger than their arguments, before they run."""
+        for value in [*args, *kwargs.values()]:
+            if isinstance(value, (str, bytes, list, tuple, dict, set, frozenset, range)):
+                self.spend(len(value))  # the call goes through its argument
+        owner = getattr(function, "__self__", None)
+        name = getattr(function, "__name__", "")
+        if isinstance(owner, str):
+            if name == "join" and args:
+                parts = list(args[0]) if not isinstance(args[0], (list, tuple)) else args[0]
+                if not all(isinstance(p, str) for p in parts):
+                    return  # str.join raises TypeError itself
+                predicted = sum(len(p) for p in parts) + len(owner) * max(0, len(parts) - 1)
+            elif (
+                name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str)
+            ):
+                occurrences = owner.count(args[0]) if args[0] else len(owner) + 1
+                predicted = len(owner) + occurrences * max(0, len(args[1]) - len(args[0]))
+            elif name == "zfill" and args and isinstance(args[0], int):
+                predicted = args[0]
+            else:
+                return
+            if predicted > self.budget.units:
+                self.refuse(
+                    f"str.{name} would make {predicted:,} characters, more than the budget left (MAX_EVALUATION_UNITS)"
+                )
 
     def callee(self, func: ast.AST, scope: dict[str, Any]) -> Callable[..., Any]:
         raw = self.raw(func, scope)
@@ -1025,17 +1240,19 @@ class _Interpreter:
         if isinstance(func, ast.Name):
             if func.id not in scope and SAFE_BUILTINS.get(func.id) is raw:
                 return raw
+            if func.id not in scope and isinstance(raw, functools.partial) and raw.func == self.file_function:
+                return raw
             self.refuse(f"calls the variable '{func.id}'")
         if isinstance(func, ast.Attribute):
-            return raw  # a method that self.attribute() allowed for this object's type
-        if (
-            isinstance(func, ast.Subscript)
-            and isinstance(func.value, ast.Name)
-            and func.value.id == REFS_NAME
-        ):
-            if isinstance(raw, _callable_instance_types()):
+            if isinstance(raw, functools.partial) and raw.func == self.file_function:
                 return raw
-            self.refuse(f"calls a {type(raw).__name__}, which is not a callable MONAI component")
+            if not (inspect.ismethod(raw) or inspect.isbuiltin(raw) or callable(raw)):
+                self.refuse(f"calls '.{func.attr}', which is not a method")
+            return raw  # a method that self.attribute() allowed for this object's type, or a module function
+        if _is_ref_subscript(func):
+            self.refuse(
+                f"calls the component '@{func.slice.value}' (only the engine calls what the config built)"  # type: ignore[attr-defined]
+            )
         self.refuse("calls the result of an expression")
 
     def call_setattr(self, node: ast.Call, scope: dict[str, Any]) -> None:
@@ -1058,12 +1275,39 @@ class _Interpreter:
         return None
 
 
+def _is_ref_subscript(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Subscript)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == REFS_NAME
+        and isinstance(node.slice, ast.Constant)
+    )
+
+
+def _run(interpreter: _Interpreter, node: ast.AST, scope: dict[str, Any], shown: str) -> Any:
+    """Evaluate ``node``; errors become one-line :class:`UnsafeConfigError`/:class:`ModelFileError`."""
+    try:
+        with interpreter.budget.running():
+            return interpreter.value(node, scope)
+    except MedSegNASError:
+        raise
+    except RecursionError:
+        raise UnsafeConfigError(f"{shown} is too deeply nested") from None
+    except MemoryError:
+        raise UnsafeConfigError(f"{shown} needs too much memory") from None
+    except Exception as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise ModelFileError(f"{shown} failed: {type(exc).__name__}: {message}") from exc
+
+
 def evaluate_expression(
     expression: str,
     refs: Mapping[str, Any] | None = None,
     *,
-    namespace: Mapping[str, ModulePath] | None = None,
+    namespace: Mapping[str, Any] | None = None,
     label: str | None = None,
+    bundle_root: str | Path | None = None,
+    budget: EvaluationBudget | None = None,
 ) -> Any:
     """Evaluate a bundle ``$`` expression without ``eval``, allowing only the documented subset.
 
@@ -1074,14 +1318,17 @@ def evaluate_expression(
         refs: resolved config items by id (``"network_def"``, ``"displayable_configs::highres"``).
         namespace: names bound by the config's imports; default :func:`default_namespace`.
         label: how messages name the expression (default: the expression itself).
+        bundle_root: the bundle folder: ``glob.glob``, ``os.path.exists/isfile/isdir`` and
+            ``torch.load`` may only look inside it (without one they are refused).
+        budget: shared by all expressions of one config (default: a fresh one).
 
     Returns:
         The value, as MONAI's ``eval`` would compute it (except that ``torch.load`` is
-        weights-only and loads onto the CPU).
+        weights-only and loads onto the CPU). A ``lambda`` becomes a :class:`SafeLambda`.
 
     Raises:
-        UnsafeConfigError: the expression uses something outside the allow-list; nothing of it ran
-            (sub-expressions before the refused part may have been evaluated; they are all allowed ones).
+        UnsafeConfigError: the expression uses something outside the allow-list, or exceeds a
+            limit (named in the message); nothing refused ran.
         ModelFileError: the expression is allowed but failed (bad syntax, unknown reference, an error
             from the called function).
     """
@@ -1092,16 +1339,10 @@ def evaluate_expression(
         return next(iter(bindings.values()))
     tree = _parse(substitute_references(expression), _shown(expression))
     interpreter = _Interpreter(
-        shown, namespace if namespace is not None else default_namespace(), normalized_refs
+        shown,
+        namespace if namespace is not None else default_namespace(),
+        normalized_refs,
+        bundle_root=bundle_root,
+        budget=budget,
     )
-    try:
-        return interpreter.value(tree.body, {})
-    except MedSegNASError:
-        raise
-    except RecursionError:
-        raise UnsafeConfigError(f"{shown} is too deeply nested") from None
-    except MemoryError:
-        raise UnsafeConfigError(f"{shown} needs too much memory") from None
-    except Exception as exc:
-        message = " ".join(str(exc).split())[:300]
-        raise ModelFileError(f"{shown} failed: {type(exc).__name__}: {message}") from exc
+    return _run(interpreter, tree.body, {}, shown)
