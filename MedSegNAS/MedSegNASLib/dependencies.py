@@ -62,7 +62,8 @@ SLICER_BUNDLE = (
     "packaging",
 )
 #: torch: from the PyTorch extension inside Slicer; its pip requirement elsewhere.
-TORCH = ("torch", "torch>=2.4")
+#: The range is the one the untrusted-bundle safety argument holds for (models/capabilities.py).
+TORCH = ("torch", "torch>=2.5,<2.14")
 #: Packages the panels install with pip (import name -> pip requirement). Slicer bundles none.
 PIP_PACKAGES = OrderedDict(
     [
