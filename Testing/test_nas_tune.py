@@ -21,7 +21,6 @@ import conftest
 import pytest
 import yaml
 from conftest import events_of, finish, start_worker
-
 from MedSegNASLib.errors import MedSegNASError
 from MedSegNASLib.jobs import RunDir, refresh_status
 from MedSegNASLib.models.registry import ModelRegistry
@@ -111,7 +110,10 @@ def test_space_checks_name_the_problem() -> None:
         ({"sgd_lr": {"type": "float", "low": 0.1, "high": 0.01}}, "must be below high"),
         ({"sgd_lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "log scale needs low > 0"),
         ({"loss": {"type": "choice", "choices": ["dice"]}}, "type must be float, int or categorical"),
-        ({"lambda_ce": {"type": "float", "low": 0.5, "high": 2, "when": {"loss": "dice_ce"}}}, "listed before"),
+        (
+            {"lambda_ce": {"type": "float", "low": 0.5, "high": 2, "when": {"loss": "dice_ce"}}},
+            "listed before",
+        ),
         ({"loss": {"type": "categorical", "choices": []}}, "non-empty list"),
     ):
         with pytest.raises(MedSegNASError, match=words):
@@ -147,10 +149,9 @@ def test_budget_gives_at_least_the_steps_and_a_few_validations() -> None:
 
 
 def test_loss_and_augmentation_settings_default_to_the_published_ones() -> None:
-    from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
-
     from MedSegNASLib.data.preprocessing import PreprocessingSpec
     from MedSegNASLib.nas.pipeline import training_transforms
+    from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 
     config = TrainConfig.from_preset("tiny")
     assert config.loss == "dice_ce" and config.augment_strength == 1.0
@@ -170,7 +171,9 @@ def test_loss_and_augmentation_settings_default_to_the_published_ones() -> None:
     off = training_transforms(spec, 3, crops_per_case=1, augment=True, strength=0.0)
     assert names(default) == names(strong) and "RandAffined" in names(default)
     assert names(off) == names(training_transforms(spec, 3, crops_per_case=1, augment=False))
-    assert default.transforms[2].prob == pytest.approx(0.2) and strong.transforms[2].prob == pytest.approx(0.4)
+    assert default.transforms[2].prob == pytest.approx(0.2) and strong.transforms[2].prob == pytest.approx(
+        0.4
+    )
 
 
 def test_show_space_prints_the_default_space_as_yaml(capsys) -> None:
@@ -196,7 +199,12 @@ def test_tune_end_to_end_writes_results_best_config_and_a_registered_model(
     rows = json.loads((artifacts / "trials.json").read_text())["trials"]
     assert [row["number"] for row in rows] == [0, 1, 2]
     assert all(row["state"] in ("COMPLETE", "PRUNED") for row in rows)
-    assert set((artifacts / "trials.csv").read_text().splitlines()[0].split(",")) >= {"number", "state", "value", "loss"}
+    assert set((artifacts / "trials.csv").read_text().splitlines()[0].split(",")) >= {
+        "number",
+        "state",
+        "value",
+        "loss",
+    }
     for row in rows:
         assert set(row["params"]) <= set(SPACE) and row["params"]["loss"] in ("dice_ce", "dice", "dice_focal")
         assert trainings_started(run, row["trial_dir"]) == 1
@@ -207,7 +215,9 @@ def test_tune_end_to_end_writes_results_best_config_and_a_registered_model(
     # best_config.yaml is a train --config file holding the best trial's settings
     summary = json.loads((artifacts / "summary.json").read_text())
     best = next(row for row in rows if row["number"] == summary["tune"]["best_trial"])
-    assert best["state"] == "COMPLETE" and best["value"] == max(r["value"] for r in rows if r["state"] == "COMPLETE")
+    assert best["state"] == "COMPLETE" and best["value"] == max(
+        r["value"] for r in rows if r["state"] == "COMPLETE"
+    )
     config = load_config_file(artifacts / "best_config.yaml")
     assert config["loss"] == best["params"]["loss"] and config["optimizer"] == best["params"]["optimizer"]
     assert config["augment_strength"] == best["params"]["augment_strength"]
@@ -220,8 +230,19 @@ def test_tune_end_to_end_writes_results_best_config_and_a_registered_model(
     assert (artifacts / "model" / "configs" / "metadata.json").is_file()
     assert summary["network"] == "unet" and summary["steps"] >= 3 and summary["tune"]["trials"] == 3
     registry = ModelRegistry(files["home"])
-    assert summary["registry_id"].startswith("tune-unet") and registry.get(summary["registry_id"]).network == "UNet"
+    assert (
+        summary["registry_id"].startswith("tune-unet")
+        and registry.get(summary["registry_id"]).network == "UNet"
+    )
     assert (registry.model_path(summary["registry_id"]) / "configs" / "metadata.json").is_file()
+    # the panel's Runs section shows it like a train run, with a line about the tune
+    from MedSegNASLib.panel_runs import run_details
+
+    details = run_details(run.path)
+    assert details.model == artifacts / "model" and len(details.predictions) == 1
+    text = details.text()
+    assert text.startswith(f"tune run {run.run_id}: done") and "Tune: 3 trial(s), best trial" in text
+    assert "Best mean validation Dice" in text
     done = events_of(run, "done")[-1]["result"]
     assert done["best_params"] == best["params"]
     assert events_of(run, "progress", stage="tune") and events_of(run, "progress", stage="final")
@@ -234,7 +255,9 @@ def test_kill_9_then_resume_continues_the_study_without_repeating_trials(
                      "--pruner", "none", "--no-register")  # fmt: skip
     run = start(argv, tmp_path / "tune", files)
     # kill -9 while trial 1 trains, after it saved a checkpoint
-    wait_for(lambda: (run.path / "trials" / "trial-0001" / "checkpoints" / "last.pt").exists(), what="trial 1")
+    wait_for(
+        lambda: (run.path / "trials" / "trial-0001" / "checkpoints" / "last.pt").exists(), what="trial 1"
+    )
     os.kill(run.process.pid, signal.SIGKILL)
     run.process.wait(timeout=30)
     assert refresh_status(run)["state"] == "failed"
@@ -263,12 +286,15 @@ def test_kill_9_then_resume_continues_the_study_without_repeating_trials(
     assert retries[0].user_attrs["steps"] == 9  # the whole budget: steps before the kill were kept
     assert trial_counts(study)["finished"] == 3 and trial_counts(study)["running"] == 0
     assert len(list((run.path / "trials").iterdir())) == 3
-    assert sorted(row["number"] for row in json.loads((run.artifacts / "trials.json").read_text())["trials"]) == [
-        t.number for t in trials
-    ]
+    assert sorted(
+        row["number"] for row in json.loads((run.artifacts / "trials.json").read_text())["trials"]
+    ) == [t.number for t in trials]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "journal"])
+@pytest.mark.parametrize(
+    "backend",
+    ["sqlite", pytest.param("journal", marks=pytest.mark.slow)],  # journal: about a minute on 2 cores
+)
 def test_two_workers_share_one_study_and_never_run_a_trial_twice(
     phantom: Path, files: dict[str, Path], tmp_path: Path, backend: str
 ) -> None:
