@@ -475,7 +475,7 @@ def trial_counts(study) -> dict[str, int]:
 
 
 def recover_interrupted_trials(
-    study, say: Callable[[str], None], *, all_running_dead: bool = False
+    study, say: Callable[[str], None], *, all_running_dead: bool = False, only_pid: int | None = None
 ) -> list[int]:
     """Re-queue the trials interrupted by a stop or a kill on this host; return their numbers.
 
@@ -483,7 +483,9 @@ def recover_interrupted_trials(
     marked FAIL (every RUNNING trial when ``all_running_dead``: the study in the run directory
     when the run's lock holder starts, before it starts workers); FAIL trials marked
     ``interrupted`` without a retry are re-queued with the same parameters by Optuna's retry
-    callback (the retry continues from the trial's checkpoint).
+    callback (the retry continues from the trial's checkpoint). ``only_pid``: only the trials of
+    that worker process on this host (a stopped worker re-queues its own trial, so that two
+    workers never queue one trial twice).
     """
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
@@ -494,6 +496,8 @@ def recover_interrupted_trials(
     requeued = []
     for trial in trials:
         worker = trial.user_attrs.get("worker") or {}
+        if only_pid is not None and (worker.get("pid") != only_pid or worker.get("host") != hostname()):
+            continue
         dead = trial.state == TrialState.RUNNING and (
             all_running_dead
             or (
@@ -627,7 +631,7 @@ class TuneWorker:
                     self.study.optimize(self._objective, n_trials=1, catch=catch, gc_after_trial=True)
             except JobCancelled:
                 # Optuna marked the trial FAIL; re-queue it so --resume continues it from its checkpoint.
-                recover_interrupted_trials(self.study, self.ctx.log)
+                recover_interrupted_trials(self.study, self.ctx.log, only_pid=os.getpid())
                 raise
             ran += 1
             mine = [
