@@ -22,7 +22,7 @@ import pytest
 import yaml
 from conftest import events_of, finish, start_worker
 from MedSegNASLib.errors import MedSegNASError
-from MedSegNASLib.jobs import RunDir, refresh_status
+from MedSegNASLib.jobs import RunDir, cancel, refresh_status
 from MedSegNASLib.models.registry import ModelRegistry
 from MedSegNASLib.nas.commands import load_config_file
 from MedSegNASLib.nas.train import TrainConfig, build_loss, resolve_train_config
@@ -31,6 +31,7 @@ from MedSegNASLib.nas.tune import (
     budget_schedule,
     check_space,
     open_study,
+    preset_parameters,
     trial_counts,
     trial_overrides,
 )
@@ -141,6 +142,30 @@ def test_derived_parameters_scale_the_automatic_settings() -> None:
     assert TrainConfig.from_preset("tiny", overrides).patch_size == [48, 48, 32]
 
 
+def test_the_first_trial_is_the_presets_configuration() -> None:
+    resolved = {
+        "train": {
+            "train": TrainConfig.from_preset("tiny").to_dict(),
+            "network": {"name": "unet", "optimizer": "adamw", "lr_schedule": "cosine"},
+        }
+    }
+    assert preset_parameters(DEFAULT_SPACE, resolved) == {
+        "optimizer": "adamw",
+        "adamw_lr": 3e-3,  # the tiny preset's AdamW rate
+        "lr_schedule": "cosine",
+        "loss": "dice_ce",
+        "lambda_ce": 1.0,
+        "augment_strength": 1.0,
+        "patch_scale": 1.0,
+        "spacing_scale": 1.0,
+        "window_scale": 1.0,
+        "batch_size": 1,
+    }
+    # a preset value outside the space is left to the sampler
+    narrow = {**DEFAULT_SPACE, "adamw_lr": {**DEFAULT_SPACE["adamw_lr"], "high": 1e-3}}
+    assert "adamw_lr" not in preset_parameters(narrow, resolved)
+
+
 def test_budget_gives_at_least_the_steps_and_a_few_validations() -> None:
     assert budget_schedule(8, train_cases=3, batch_size=1) == {"epochs": 3, "val_interval": 1}
     assert budget_schedule(200, train_cases=10, batch_size=2) == {"epochs": 40, "val_interval": 10}
@@ -198,6 +223,8 @@ def test_tune_end_to_end_writes_results_best_config_and_a_registered_model(
 
     rows = json.loads((artifacts / "trials.json").read_text())["trials"]
     assert [row["number"] for row in rows] == [0, 1, 2]
+    assert rows[0]["params"] == {"optimizer": "adamw", "adamw_lr": 3e-3, "loss": "dice_ce",
+                                 "augment_strength": 1.0, "window_scale": 1.0}  # fmt: skip
     assert all(row["state"] in ("COMPLETE", "PRUNED") for row in rows)
     assert set((artifacts / "trials.csv").read_text().splitlines()[0].split(",")) >= {
         "number",
@@ -248,23 +275,30 @@ def test_tune_end_to_end_writes_results_best_config_and_a_registered_model(
     assert events_of(run, "progress", stage="tune") and events_of(run, "progress", stage="final")
 
 
-def test_kill_9_then_resume_continues_the_study_without_repeating_trials(
-    phantom: Path, files: dict[str, Path], tmp_path: Path
+@pytest.mark.parametrize("stop", ["kill -9", pytest.param("cancel", marks=pytest.mark.slow)])
+def test_kill_9_or_cancel_then_resume_continues_the_study_without_repeating_trials(
+    phantom: Path, files: dict[str, Path], tmp_path: Path, stop: str
 ) -> None:
     argv = tune_argv(phantom, files, "--trials", "3", "--budget-steps", "9", "--final-steps", "1",
                      "--pruner", "none", "--no-register")  # fmt: skip
     run = start(argv, tmp_path / "tune", files)
-    # kill -9 while trial 1 trains, after it saved a checkpoint
+    # stop while trial 1 trains, after it saved a checkpoint
     wait_for(
         lambda: (run.path / "trials" / "trial-0001" / "checkpoints" / "last.pt").exists(), what="trial 1"
     )
-    os.kill(run.process.pid, signal.SIGKILL)
-    run.process.wait(timeout=30)
-    assert refresh_status(run)["state"] == "failed"
     from optuna.trial import TrialState
 
-    states = {t.number: t.state for t in study_of(run).get_trials()}
-    assert states[0] == TrialState.COMPLETE and states[1] == TrialState.RUNNING
+    if stop == "kill -9":
+        os.kill(run.process.pid, signal.SIGKILL)
+        run.process.wait(timeout=30)
+        assert refresh_status(run)["state"] == "failed"
+        states = {t.number: t.state for t in study_of(run).get_trials()}
+        assert states[0] == TrialState.COMPLETE and states[1] == TrialState.RUNNING
+    else:  # SIGTERM: the trial saves its checkpoint, is marked FAIL and re-queued by the worker itself
+        assert cancel(run, grace_s=120) == "cancelled" and run.process.wait(timeout=30) == 3
+        trials = study_of(run).get_trials()
+        assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+        assert trials[2].system_attrs["failed_trial"] == 1 and trials[2].params == trials[1].params
     steps_before = [e["step"] for e in RunDir(run.path / "trials" / "trial-0001").read_events()[0]
                     if e["type"] == "checkpoint"]  # fmt: skip
 
@@ -274,7 +308,8 @@ def test_kill_9_then_resume_continues_the_study_without_repeating_trials(
     trials = study.get_trials()
     by_number = {t.number: t for t in trials}
     # trial 0 ran once; trial 1 failed as interrupted and its retry continued it in the same folder
-    assert by_number[1].state == TrialState.FAIL and by_number[1].user_attrs["interrupted"] == "worker killed"
+    assert by_number[1].state == TrialState.FAIL
+    assert by_number[1].user_attrs["interrupted"] == ("worker killed" if stop == "kill -9" else "cancelled")
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == by_number[1].params

@@ -11,7 +11,9 @@ For each seed:
   ``--final-steps`` steps;
 * **default**: ``medsegnas train`` with the preset's settings for as many steps as the tune may
   spend in all (``trials x budget-steps + final-steps``; pruned trials spend fewer, so the default
-  gets at least the tune's compute, counted in optimisation steps).
+  gets at least the tune's compute, counted in optimisation steps);
+* **default, final steps**: the preset's settings for ``--final-steps`` only, as many steps as the
+  tuned configuration's retrain (what the configuration itself is worth, search cost aside).
 
 Both see the same development cases (a ``dataset_dev.json`` listing the first ``--cases``
 labelled phantom cases; each keeps the best network on its validation fold) and are scored on
@@ -111,9 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=48, help="phantom side in voxels (default 48)")
     parser.add_argument("--network", default="unet", help="unet, segresnet or swinunetr (default unet)")
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--budget-steps", type=int, default=12)
-    parser.add_argument("--final-steps", type=int, default=24)
+    parser.add_argument("--final-steps", type=int, default=36)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument(
@@ -149,14 +151,34 @@ def main(argv: list[str] | None = None) -> dict:
         train_run = work / f"default-{seed}"
         train_s = _cli(["train", *common, "--config", str(default_config), "--seed", str(seed), "--run-dir",
                         str(train_run)], env)  # fmt: skip
+        short_epochs = max(1, math.ceil(args.final_steps / math.ceil(train_cases / batch)))
+        short_config = work / f"default-short-{seed}.json"
+        short_config.write_text(json.dumps({**json.loads(config.read_text()), "epochs": short_epochs,
+                                            "val_interval": max(1, short_epochs // 4)}))  # fmt: skip
+        short_run = work / f"default-short-{seed}"
+        _cli(
+            [
+                "train",
+                *common,
+                "--config",
+                str(short_config),
+                "--seed",
+                str(seed),
+                "--run-dir",
+                str(short_run),
+            ],
+            env,
+        )
         summary = json.loads((tune_run / "artifacts" / "summary.json").read_text())
         default_summary = json.loads((train_run / "artifacts" / "summary.json").read_text())
         tuned = test_dice(tune_run / "artifacts" / "model", dataset.parent, held_out, args.device)
         default = test_dice(train_run / "artifacts" / "model", dataset.parent, held_out, args.device)
+        short = test_dice(short_run / "artifacts" / "model", dataset.parent, held_out, args.device)
         row = {
             "seed": seed,
             "tuned_test_dice": statistics.fmean(tuned.values()),
             "default_test_dice": statistics.fmean(default.values()),
+            "default_final_steps_test_dice": statistics.fmean(short.values()),
             "tuned_per_class": tuned,
             "default_per_class": default,
             "tuned_steps": trial_steps(tune_run) + int(summary["steps"]),
@@ -173,14 +195,20 @@ def main(argv: list[str] | None = None) -> dict:
         "seeds": results,
         "tuned_mean": statistics.fmean(r["tuned_test_dice"] for r in results),
         "default_mean": statistics.fmean(r["default_test_dice"] for r in results),
+        "default_final_steps_mean": statistics.fmean(r["default_final_steps_test_dice"] for r in results),
         "tuned_wall_s": sum(r["tuned_wall_s"] for r in results),
         "default_wall_s": sum(r["default_wall_s"] for r in results),
     }
-    print(f"\nseed  tuned  default  (test Dice, {args.test} held-out cases; steps tuned/default; wall s)")
+    print(
+        f"\nseed  tuned  default  default@final  (test Dice, {args.test} held-out cases; steps tuned/default; wall s)"
+    )
     for r in results:
         print(f"{r['seed']:>4}  {r['tuned_test_dice']:.3f}  {r['default_test_dice']:.3f}    "
+              f"{r['default_final_steps_test_dice']:.3f}         "
               f"{r['tuned_steps']}/{r['default_steps']}  {r['tuned_wall_s']:.0f}/{r['default_wall_s']:.0f}")  # fmt: skip
-    print(f"mean  {report['tuned_mean']:.3f}  {report['default_mean']:.3f}")
+    print(
+        f"mean  {report['tuned_mean']:.3f}  {report['default_mean']:.3f}    {report['default_final_steps_mean']:.3f}"
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return report

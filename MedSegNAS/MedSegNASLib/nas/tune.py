@@ -78,6 +78,7 @@ __all__ = [
     "TRIAL_VALIDATIONS",
     "check_space",
     "open_study",
+    "preset_parameters",
     "register",
     "resolve_tune_config",
     "run_tune",
@@ -210,6 +211,33 @@ def suggest_parameters(trial, space: Mapping[str, Mapping[str, Any]]) -> dict[st
                 name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")),
                 step=spec.get("step"),
             )  # fmt: skip
+    return chosen
+
+
+def preset_parameters(space: Mapping[str, Mapping[str, Any]], resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of the space that reproduce the preset's own settings (the first trial).
+
+    Fields take the base configuration's values (``auto`` optimiser and schedule resolved for the
+    network), derived scales 1; a parameter whose preset value lies outside its range or choices,
+    or that its ``when`` leaves inactive, is left to the sampler.
+    """
+    train, network = resolved["train"]["train"], resolved["train"]["network"]
+    values = {**train, "optimizer": network["optimizer"], "lr_schedule": network["lr_schedule"]}
+    values.update({name: 1.0 for name in DERIVED_PARAMETERS})
+    chosen: dict[str, Any] = {}
+    for name, spec in space.items():
+        if "value" in spec or not _active(spec, chosen) or name not in values:
+            continue
+        value = values[name]
+        if spec["type"] == "categorical":
+            if value in spec["choices"]:
+                chosen[name] = value
+        elif (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and spec["low"] <= value <= spec["high"]
+        ):
+            chosen[name] = int(value) if spec["type"] == "int" else float(value)
     return chosen
 
 
@@ -1042,6 +1070,13 @@ def run_tune(ctx: JobContext, resolved: Mapping[str, Any], dist_info, *, workers
     run_path = ctx.run_dir.path
     study = open_study(tune, run_path, seed, create=True)
     requeued = recover_interrupted_trials(study, ctx.log, all_running_dead=not tune.get("storage"))
+    if not study.get_trials(deepcopy=False):
+        # Trial 0 is the preset's own configuration, so the tune starts from what train would do.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study.enqueue_trial(
+                preset_parameters(tune["space"], resolved), user_attrs={"preset": True}, skip_if_exists=True
+            )
     counts = trial_counts(study)
     if ctx.resuming:
         ctx.log(
