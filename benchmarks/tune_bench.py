@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--network", default="unet", help="unet, segresnet or swinunetr (default unet)")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--budget-steps", type=int, default=12)
-    parser.add_argument("--final-steps", type=int, default=36)
+    parser.add_argument("--budget-steps", type=int, default=36)
+    parser.add_argument("--final-steps", type=int, default=72)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument(

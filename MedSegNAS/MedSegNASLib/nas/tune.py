@@ -12,7 +12,9 @@ Optuna's journal file backend).
 A trial trains with the existing trainer (:func:`~MedSegNASLib.nas.train.run_train`, no export) on
 a budget of ``--budget-steps`` optimisation steps, on proxy data when asked
 (``--proxy-cases N``: the first N training cases), validates about :data:`TRIAL_VALIDATIONS`
-times and reports each validation Dice to Optuna, which may prune it. Its run lives in
+times and reports each validation Dice to Optuna, which may prune it. Trial 0 is the preset's
+own configuration (:func:`preset_parameters`, enqueued), so the tune starts from what ``train``
+would do. Its run lives in
 ``RUN/trials/trial-NNNN/`` (checkpoints, events, ``job.json`` with the resolved configuration).
 
 Resuming is exact:
