@@ -350,3 +350,17 @@ def test_two_workers_share_one_study_and_never_run_a_trial_twice(
     assert (run.path / "worker-1.log").is_file()
     assert (backend == "journal") == (tmp_path / "study.log").is_file()
     assert (backend == "sqlite") == (run.path / "study.db").is_file()
+
+
+def test_bad_input_fails_with_one_line_before_any_run_folder(phantom: Path, tmp_path: Path, capsys) -> None:
+    from MedSegNASLib.cli import main
+
+    base = ["tune", "--dataset", str(phantom), "--network", "unet", "--run-dir", str(tmp_path / "run")]
+    assert main([*base, "--trials", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --trials must be at least 1, got 0"
+    bad = tmp_path / "space.yaml"
+    bad.write_text("sgd_lr: {type: float, low: 0.1, high: 0.01}\n")
+    assert main([*base, "--space", str(bad)]) == 1
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"error: {bad}: parameter 'sgd_lr'") and "below high" in message
+    assert not (tmp_path / "run").exists()

@@ -1255,8 +1255,14 @@ def tune_command(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(space or DEFAULT_SPACE, sort_keys=False), end="")
         return 0
-    if args.workers < 1:
-        raise MedSegNASError("--workers must be at least 1")
+    from .distributed import torchrun_rank
+
+    for flag, value in (("--workers", args.workers), ("--trials", args.trials), ("--budget-steps", args.budget_steps),
+                        ("--final-steps", args.final_steps), ("--proxy-cases", args.proxy_cases)):  # fmt: skip
+        if value is not None and value < 1:
+            raise MedSegNASError(f"{flag} must be at least 1, got {value}")
+    if torchrun_rank()[2] > 1:
+        raise JobError("tune runs its trials in worker processes (--workers K), not under torchrun")
     if args.run_dir is None and not args.detach:
         raise JobError(
             "tune writes its study, trials and model to a run directory: give --run-dir RUN, or --detach"
