@@ -26,8 +26,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "MedSegNASLib.jobs.commands",  # jobs list|status|cancel
     "MedSegNASLib.models.commands",  # models list|import|download|catalog|info|trust|remove
     "MedSegNASLib.inference.commands",  # segment
-    "MedSegNASLib.nas.commands",  # search
+    "MedSegNASLib.nas.commands",  # search, train
     "MedSegNASLib.nas.benchmark",  # benchmark nas
+    "MedSegNASLib.nas.tune",  # tune
     "MedSegNASLib.evaluation.commands",  # evaluate
     "MedSegNASLib.demo",  # demo
     "MedSegNASLib.dependencies",  # doctor

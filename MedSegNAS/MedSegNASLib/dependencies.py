@@ -76,6 +76,7 @@ PIP_PACKAGES = OrderedDict(
         ("tqdm", "tqdm>=4.60"),
         ("filelock", "filelock>=3.13"),
         ("psutil", "psutil>=5.9"),
+        ("optuna", "optuna>=3.2"),
     ]
 )
 
@@ -121,6 +122,25 @@ FEATURES = OrderedDict(
                 "tensorboard",
                 "matplotlib",
                 "yaml",
+            ),
+        ),  # fmt: skip
+        # medsegnas tune: the trainer's packages plus Optuna (study, sampler, pruner, importances)
+        (
+            "tune",
+            (
+                "filelock",
+                "psutil",
+                "numpy",
+                "scipy",
+                "SimpleITK",
+                "nibabel",
+                "torch",
+                "monai",
+                "einops",
+                "tensorboard",
+                "matplotlib",
+                "yaml",
+                "optuna",
             ),
         ),  # fmt: skip
         # medsegnas evaluate and the panel's Evaluate (metrics from MONAI)

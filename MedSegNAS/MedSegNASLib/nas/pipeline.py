@@ -369,8 +369,14 @@ def preprocessing_transforms(spec: PreprocessingSpec, label_values: Sequence[int
     return Compose(steps)
 
 
-def training_transforms(spec: PreprocessingSpec, num_classes: int, *, crops_per_case: int, augment: bool):
+def training_transforms(
+    spec: PreprocessingSpec, num_classes: int, *, crops_per_case: int, augment: bool, strength: float = 1.0
+):
     """The random part of training: class-balanced crops, then light augmentation.
+
+    ``strength`` scales the augmentation: the probabilities (capped at 1) and the ranges of the
+    random affine (rotation up to 15 degrees and scaling by 10% at 1) and intensity transforms;
+    0 is the same as ``augment=False``.
 
     Each call returns a list of ``crops_per_case`` dicts with plain tensors ``image`` (C, *patch)
     and ``label`` (1, *patch).
@@ -397,18 +403,19 @@ def training_transforms(spec: PreprocessingSpec, num_classes: int, *, crops_per_
         ),
         SelectItemsd(["image", "label"]),
     ]
-    if augment:
+    if augment and strength > 0:
+        s = float(strength)
         steps += [
             RandAffined(
                 ["image", "label"],
-                prob=0.2,
-                rotate_range=(0.26, 0.26, 0.26),  # up to 15 degrees
-                scale_range=(0.1, 0.1, 0.1),
+                prob=min(1.0, 0.2 * s),
+                rotate_range=(0.26 * s,) * 3,  # up to 15 degrees at strength 1
+                scale_range=(0.1 * s,) * 3,
                 mode=("bilinear", "nearest"),
                 padding_mode="zeros",
             ),
-            RandScaleIntensityd("image", factors=0.1, prob=0.5),
-            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+            RandScaleIntensityd("image", factors=0.1 * s, prob=min(1.0, 0.5 * s)),
+            RandShiftIntensityd("image", offsets=0.1 * s, prob=min(1.0, 0.5 * s)),
         ]
     steps.append(EnsureTyped(["image", "label"], track_meta=False))
     return Compose(steps)

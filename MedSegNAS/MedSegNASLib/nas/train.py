@@ -58,6 +58,7 @@ from .common import (
     check_checkpoint,
     current_rss_mb,
     dataset_record,
+    is_number,
     log_validation,
     mean_over_ranks,
     measure_training_cases,
@@ -75,9 +76,11 @@ from .config import PipelineConfig
 
 __all__ = [
     "BASELINE_NETWORKS",
+    "LOSSES",
     "NETWORKS",
     "TRAIN_PRESETS",
     "TrainConfig",
+    "build_loss",
     "build_network",
     "learning_rate_factor",
     "minimum_patch_side",
@@ -155,6 +158,9 @@ BASELINE_NETWORKS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+#: Training losses (MONAI's DiceLoss, DiceCELoss, DiceFocalLoss); ``dice_ce`` is the published one.
+LOSSES = ("dice_ce", "dice", "dice_focal")
+
 _MONAI_CLASS = {"unet": "UNet", "segresnet": "SegResNet", "swinunetr": "SwinUNETR"}
 
 
@@ -184,6 +190,12 @@ class TrainConfig(PipelineConfig):
     ``lr_milestones`` (fractions of the epochs past which the rate halves once more),
     ``warmup_epochs`` (linear warm-up before the schedule).
 
+    Loss (:data:`LOSSES`): ``loss`` (``dice_ce``, as published; ``dice``; ``dice_focal``) with
+    MONAI's term weights ``lambda_dice``, ``lambda_ce`` (Dice-CE) and ``lambda_focal`` /
+    ``focal_gamma`` (Dice-Focal). Augmentation: ``augment_strength`` scales the probabilities and
+    ranges of the random affine and intensity transforms (1: the published light augmentation,
+    0: none).
+
     Runtime: ``amp`` ("auto": CUDA only), ``deterministic``, ``val_overlap`` /
     ``val_sw_batch_size`` (sliding-window validation), ``seed``.
     """
@@ -191,7 +203,16 @@ class TrainConfig(PipelineConfig):
     KIND: ClassVar[str] = "train"
     PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = TRAIN_PRESETS
     POSITIVE_FIELDS: ClassVar[tuple[str, ...]] = ("sgd_lr", "adamw_lr", "channel_mul")
-    NON_NEGATIVE_FIELDS: ClassVar[tuple[str, ...]] = ("momentum", "sgd_weight_decay", "adamw_weight_decay")
+    NON_NEGATIVE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "momentum",
+        "sgd_weight_decay",
+        "adamw_weight_decay",
+        "lambda_dice",
+        "lambda_ce",
+        "lambda_focal",
+        "focal_gamma",
+        "augment_strength",
+    )
 
     epochs: int = 13500
     val_interval: int = 500
@@ -207,6 +228,12 @@ class TrainConfig(PipelineConfig):
     adamw_lr: float = 1e-4
     adamw_weight_decay: float = 1e-5
     lr_schedule: str = "auto"
+    loss: str = "dice_ce"
+    lambda_dice: float = 1.0
+    lambda_ce: float = 1.0
+    lambda_focal: float = 1.0
+    focal_gamma: float = 2.0
+    augment_strength: float = 1.0
 
     def optimizer_for(self, network: str) -> str:
         """``sgd`` or ``adamw`` for ``network`` (``auto``: SGD for DiNTS, AdamW for the baselines)."""
@@ -223,6 +250,14 @@ class TrainConfig(PipelineConfig):
         problems = []
         if self.optimizer not in ("auto", "sgd", "adamw"):
             problems.append(f"optimizer must be 'auto', 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.loss not in LOSSES:
+            problems.append(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.loss == "dice_ce" and is_number(self.lambda_dice) and is_number(self.lambda_ce):
+            if self.lambda_dice + self.lambda_ce <= 0:
+                problems.append("lambda_dice and lambda_ce cannot both be 0")
+        if self.loss == "dice_focal" and is_number(self.lambda_dice) and is_number(self.lambda_focal):
+            if self.lambda_dice + self.lambda_focal <= 0:
+                problems.append("lambda_dice and lambda_focal cannot both be 0")
         if self.lr_schedule not in ("auto", "multistep", "cosine", "constant"):
             problems.append(
                 f"lr_schedule must be 'auto', 'multistep', 'cosine' or 'constant', got {self.lr_schedule!r}"
@@ -251,6 +286,35 @@ def learning_rate_factor(
         t = (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)
         return 0.5 * (1.0 + math.cos(math.pi * t))
     return 1.0
+
+
+def build_loss(config: TrainConfig):
+    """The training loss of ``config``: logits ``(B, C, *patch)`` and labels ``(B, 1, *patch)`` -> scalar.
+
+    All three leave the background out of the Dice term and use the batch Dice with squared
+    predictions, as MONAI's DiNTS retraining does for Dice-CE.
+    """
+    from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
+
+    common = {
+        "include_background": False,
+        "to_onehot_y": True,
+        "softmax": True,
+        "squared_pred": True,
+        "batch": True,
+        "smooth_nr": 1e-5,
+        "smooth_dr": 1e-5,
+    }
+    if config.loss == "dice":
+        return DiceLoss(**common)
+    if config.loss == "dice_focal":
+        return DiceFocalLoss(
+            **common,
+            gamma=config.focal_gamma,
+            lambda_dice=config.lambda_dice,
+            lambda_focal=config.lambda_focal,
+        )
+    return DiceCELoss(**common, lambda_dice=config.lambda_dice, lambda_ce=config.lambda_ce)
 
 
 # --------------------------------------------------------------------------------------------
@@ -695,6 +759,8 @@ def run_train(
     dist_info,
     *,
     init_network: Callable[[Any], Mapping[str, Any]] | None = None,
+    on_validation: Callable[[Mapping[str, Any]], None] | None = None,
+    export: bool = True,
 ) -> dict[str, Any]:
     """The training job body: train, validate, keep the best network, export, predict, register.
 
@@ -706,13 +772,18 @@ def run_train(
         init_network: called once on the freshly built network (on the CPU, before training;
             not when resuming), e.g. to load a pretrained encoder; the mapping it returns is
             recorded under ``"init"`` in the checkpoint and ``summary.json``.
+        on_validation: called on rank 0 with each new validation record (``epoch``, ``step``,
+            ``val_dice``, ``val_dice_mean``) after ``best.pt`` is updated; it may raise to end the
+            run there (``medsegnas tune`` prunes trials this way).
+        export: False ends after training: no bundle, predictions, registry or plots; the
+            result then holds ``best_val_dice_mean``, ``best_epoch``, ``validations``, ``steps``
+            and ``wall_s`` (tuning trials).
 
     Returns:
         The summary (rank 0; ``{}`` elsewhere): ``bundle`` (path), ``registry_id``,
         ``best_val_dice`` (label name -> Dice), ``best_val_dice_mean``, ``best_epoch``, ...
     """
     import torch
-    from monai.losses import DiceCELoss
     from torch.nn.parallel import DistributedDataParallel
 
     from ..data.datasets import load_dataset
@@ -768,7 +839,13 @@ def run_train(
     )
     data_t = SeededPatchDataset(
         cache_t,
-        training_transforms(spec, num_classes, crops_per_case=config.crops_per_case, augment=config.augment),
+        training_transforms(
+            spec,
+            num_classes,
+            crops_per_case=config.crops_per_case,
+            augment=config.augment,
+            strength=config.augment_strength,
+        ),
         seed=config.seed,
         stream=0,
     )
@@ -806,15 +883,7 @@ def run_train(
     optimizer = _make_optimizer(network, config, optimizer_kind, world)
     base_lr = (config.sgd_lr if optimizer_kind == "sgd" else config.adamw_lr) * world
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    loss_function = DiceCELoss(
-        include_background=False,
-        to_onehot_y=True,
-        softmax=True,
-        squared_pred=True,
-        batch=True,
-        smooth_nr=1e-5,
-        smooth_dr=1e-5,
-    )
+    loss_function = build_loss(config)
     best_state: dict[str, Any] | None = None
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -888,6 +957,8 @@ def run_train(
                 )
             note = " - best so far, checkpoints/best.pt updated" if improved else ""
             log_validation(ctx, writer, epoch, per_class, mean, progress.global_step, note)
+            if on_validation is not None:
+                on_validation(record)
         return record
 
     try:
@@ -947,6 +1018,15 @@ def run_train(
 
     if not main:
         return {}
+    if not export:
+        return {
+            "best_val_dice_mean": progress.best_dice if progress.best_epoch > 0 else None,
+            "best_epoch": progress.best_epoch,
+            "validations": progress.validations,
+            "steps": progress.global_step,
+            "epochs": progress.epoch,
+            "wall_s": round(time.monotonic() - started, 1),
+        }
     return _finish(
         ctx,
         resolved=resolved,

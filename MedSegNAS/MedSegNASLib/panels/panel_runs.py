@@ -337,6 +337,12 @@ class RunDetails:
             lines.append(f"Error: {summary['error']}")
         if results.get("network"):
             lines.append(f"Network: {results['network']}")
+        tune = results.get("tune")
+        if isinstance(tune, dict) and isinstance(tune.get("best_trial_val_dice"), (int, float)):
+            lines.append(
+                f"Tune: {tune.get('trials')} trial(s), best trial {tune.get('best_trial')} (validation Dice "
+                f"{tune['best_trial_val_dice']:.3f}); retrained below; see artifacts/best_config.yaml"
+            )
         parameters = results.get("parameters")
         if isinstance(parameters, dict):
             lines.append("Parameters: " + ", ".join(f"{k} {_number_text(v)}" for k, v in parameters.items()))
