@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from MedSegNASLib.errors import MedSegNASError
 from MedSegNASLib.interactive.clicks import (
     deepedit_points,
