@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "MedSegNASLib.inference.commands",  # segment
     "MedSegNASLib.nas.commands",  # search
     "MedSegNASLib.evaluation.commands",  # evaluate
+    "MedSegNASLib.interactive.commands",  # interactive
     "MedSegNASLib.demo",  # demo
 )
 

@@ -87,6 +87,16 @@ def voxel_to_ras(voxels: Sequence[float] | np.ndarray, affine: np.ndarray) -> np
     return (affine @ homogeneous.T).T[:, :3]
 
 
+def nearest_voxel(voxels: np.ndarray) -> np.ndarray:
+    """Continuous voxel indices -> the nearest voxel, ties upwards whatever the rounding noise.
+
+    A voxel centre exactly half-way between two voxels of another grid is common (a grid at twice
+    the spacing); ``np.rint`` would pick either side depending on 1e-12 noise of the affine
+    products, so the same point stored in another axis order could land elsewhere.
+    """
+    return np.floor(np.asarray(voxels, dtype=np.float64) + 0.5 + 1e-6).astype(int)
+
+
 def deepedit_points(
     clicks: Iterable[Click], label_names: Mapping[str, int], affine: np.ndarray
 ) -> dict[str, list[list[int]]]:
@@ -116,6 +126,6 @@ def deepedit_points(
                     f"{', '.join(label_names)})"
                 )
             target = BACKGROUND
-        voxel = np.rint(ras_to_voxel(click.ras, affine)[0]).astype(int)
+        voxel = nearest_voxel(ras_to_voxel(click.ras, affine)[0])
         points[target].append([int(v) for v in voxel])
     return points

@@ -34,7 +34,7 @@ import torch
 
 from ..data.volume import Volume
 from ..errors import MedSegNASError
-from .clicks import BACKGROUND, Click, deepedit_points
+from .clicks import BACKGROUND, Click, deepedit_points, nearest_voxel
 from .guidance import GUIDANCE_SIGMA, crop_points, guidance_channels
 
 __all__ = ["InteractiveModel", "InteractiveSession", "load_interactive_model", "INTERACTIVE_KEY"]
@@ -408,7 +408,7 @@ class InteractiveSession:
     ) -> tuple[tuple[int, int], ...]:
         from .clicks import ras_to_voxel
 
-        centre = np.rint(ras_to_voxel(newest.ras, self.affine)[0]).astype(int)
+        centre = nearest_voxel(ras_to_voxel(newest.ras, self.affine)[0])
         box = self._region_box(centre)
         start = [a for a, _ in box]
         shape = [b - a for a, b in box]
@@ -449,7 +449,7 @@ class InteractiveSession:
             -1, 3
         )
         model_index = np.linalg.inv(self.affine) @ self.volume.affine
-        voxels = np.rint(grid @ model_index[:3, :3].T + model_index[:3, 3]).astype(int) - np.array(start)
+        voxels = nearest_voxel(grid @ model_index[:3, :3].T + model_index[:3, 3]) - np.array(start)
         inside = np.all((voxels >= 0) & (voxels < shape), axis=1)
         target = target.copy()
         flat = target[tuple(slice(a, b) for a, b in box)].reshape(-1)
