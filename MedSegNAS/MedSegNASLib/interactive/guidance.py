@@ -144,3 +144,21 @@ def interactive_training_input(
     finally:
         model.train(was_training)
     return inputs
+
+
+class WithoutClicks(torch.nn.Module):
+    """An interactive network used automatically: its guidance channels are zeros (DeepEdit's no-click mode).
+
+    Args:
+        network: takes ``C + guidance_channels`` input channels.
+        guidance_channels: how many zero channels to append to a ``(B, C, ...)`` input.
+    """
+
+    def __init__(self, network: torch.nn.Module, guidance_channels: int) -> None:
+        super().__init__()
+        self.network = network
+        self.guidance_channels = int(guidance_channels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        zeros = images.new_zeros((images.shape[0], self.guidance_channels, *images.shape[2:]))
+        return self.network(torch.cat([images, zeros], dim=1))
