@@ -78,3 +78,34 @@ def test_interactive_training_exports_a_bundle_with_guidance_channels(interactiv
     )
     mask, box = session.update(click, "liver")
     assert mask.shape == tuple(b - a for a, b in box)
+
+
+def test_evaluate_interactive_reports_noc_dice_per_click_and_a_plot(interactive_run, tmp_path, capsys):
+    from MedSegNASLib import cli
+
+    run, phantom = interactive_run
+    out = tmp_path / "interactive.json"
+    argv = ["evaluate", "--interactive", "--model", str(run.path), "--dataset", str(phantom)]
+    assert cli.main([*argv, "--max-clicks", "3", "--out", str(out), "--device", "cpu"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["organs"]) == {label.name for label in PHANTOM_LABELS[1:]}
+    for row in report["organs"].values():
+        assert len(row["dice_per_click"]) == 4 and all(0 <= d <= 1 for d in row["dice_per_click"])
+        assert 0 <= row["noc85"] <= 3 and row["noc85"] <= row["noc90"] <= 3
+        assert row["seconds_per_click"] > 0 and row["cases"] == 1
+        # The same start for both users: the curves share Dice after 0 clicks.
+        assert row["paint_dice_per_click"][0] == row["dice_per_click"][0]
+    assert report["settings"]["start"] == "auto" and report["settings"]["max_clicks"] == 3
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "NoC@90" in capsys.readouterr().out
+
+
+def test_paint_stroke_is_a_sphere_in_millimetres():
+    from MedSegNASLib.interactive.evaluate import paint_stroke
+
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    painted = paint_stroke(np.zeros((21, 21, 21), bool), (10, 10, 10), True, affine, 4.0)
+    assert painted[10, 10, 10] and painted[14, 10, 10] and not painted[15, 10, 10]
+    assert painted[10, 10, 12] and not painted[10, 10, 13]  # 2 mm slices: 4 mm is two slices
+    erased = paint_stroke(painted, (10, 10, 10), False, affine, 2.0)
+    assert not erased[10, 10, 10] and erased[14, 10, 10]

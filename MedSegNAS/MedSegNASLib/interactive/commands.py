@@ -117,3 +117,65 @@ def _color(index: int) -> tuple[float, float, float]:
     import colorsys
 
     return colorsys.hsv_to_rgb((index * 0.381966) % 1.0, 0.7, 0.9)  # type: ignore[return-value]
+
+
+def evaluate_interactive_command(args: argparse.Namespace) -> int:
+    """``medsegnas evaluate --interactive``: the simulated-user protocol as the job kind ``evaluate``."""
+    from ..atomic import write_json_atomic
+    from ..evaluation.commands import check_report_path
+    from ..jobs.runner import run_job_command
+    from .evaluate import evaluate_interactive, format_table, plot_dice_per_click
+
+    if args.model is None:
+        raise MedSegNASError("--interactive evaluates a model: give --model (an interactive bundle)")
+    out = check_report_path(args.out) if args.out is not None else None
+    dataset = str(args.dataset.expanduser().absolute())
+    model = (
+        str(Path(args.model).expanduser().absolute())
+        if Path(args.model).expanduser().exists()
+        else args.model
+    )
+    config = {
+        "model": model,
+        "dataset": dataset,
+        "split": args.split,
+        "cases": args.cases,
+        "interactive": True,
+        "start": args.start,
+        "max_clicks": args.max_clicks,
+        "brush_mm": args.brush_mm,
+        "region": args.region,
+        "out": None if out is None else str(out),
+    }
+
+    def body(ctx) -> dict:
+        report = evaluate_interactive(
+            model,
+            dataset,
+            split=args.split,
+            cases=args.cases,
+            start=args.start,
+            max_clicks=args.max_clicks,
+            brush_mm=args.brush_mm,
+            region=args.region,
+            trust=args.trust,
+            dataroot=args.dataroot,
+            progress=lambda done, total, **info: ctx.progress(done, total, stage="evaluate", **info),
+            log=ctx.log,
+            stop=ctx.raise_if_stop_requested,
+        )
+        target = out
+        if target is None and ctx.run_dir is not None:
+            target = ctx.run_dir.artifacts / "interactive_evaluation.json"
+        files = []
+        if target is not None:
+            write_json_atomic(target, report)
+            plot = plot_dice_per_click(report, target.with_suffix(".png"))
+            ctx.artifact(target, "table", format="json")
+            ctx.artifact(plot, "plot")
+            files = [str(target), str(plot)]
+        print(format_table(report))
+        sys.stdout.flush()
+        return {"mean": report["mean"], "files": files}
+
+    return run_job_command("evaluate", args, body, config, inputs={"dataset": dataset, "model": model})
