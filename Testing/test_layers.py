@@ -16,7 +16,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LIBS = [ROOT / "MedSegNAS" / "MedSegNASLib", ROOT / "SSLPretrain" / "SSLPretrainLib"]
 #: The MRML layer: the only Lib modules that may import ``slicer``.
-MRML_MODULES = {"slicer_bridge.py", "panel_logic.py", "panel_runs.py", "panel_terminology.py"}
+MRML_MODULES = {
+    "slicer_bridge.py",
+    "panel_logic.py",
+    "panel_runs.py",
+    "panel_terminology.py",
+    "segment_editor_logic.py",
+}
 GUI_PACKAGES = {"qt", "ctk", "Qt", "PySide6", "PySide2", "PyQt5", "PyQt6", "vtkmodules.qt"}
 
 
