@@ -257,7 +257,7 @@ class InteractiveSession:
         model: from :func:`load_interactive_model`.
         volume: the image, on its own grid (masks are exchanged on this grid).
         start: ``"auto"`` (every segment starts as the model's result without clicks) or ``"empty"``.
-        threads: torch CPU threads for this session.
+        device: where the network runs (``"cpu"``, ``"cuda"``).
     """
 
     def __init__(
