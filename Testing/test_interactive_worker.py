@@ -20,6 +20,7 @@ import torch
 from conftest import WORKER_ENV
 from MedSegNASLib.data.io import read_volume
 from MedSegNASLib.data.phantom import PHANTOM_LABELS
+from MedSegNASLib.data.volume import Volume
 from MedSegNASLib.errors import MedSegNASError
 from MedSegNASLib.interactive.clicks import parse_clicks, voxel_to_ras
 from MedSegNASLib.interactive.export import declare_interactive, interactive_label_names, interactive_section
@@ -226,3 +227,11 @@ def test_random_weights_stay_deterministic_between_loads(bundles):
     first = load_interactive_model(bundles["interactive"]).network.state_dict()
     second = load_interactive_model(bundles["interactive"]).network.state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_automatic_start_on_an_image_smaller_than_the_region(bundles, images):
+    """The no-click result pads an image smaller than the region (a UNet needs sizes it can halve)."""
+    volume = read_volume(images["lps"])
+    small = Volume(np.ascontiguousarray(volume.array[:, 10:30, 12:30, 14:30]), volume.affine)  # 20 x 18 x 16
+    session = InteractiveSession(load_interactive_model(bundles["interactive"]), small, start="auto")
+    assert session.grid_shape[0] < 32 and session.masks["liver"].shape == (20, 18, 16)

@@ -389,7 +389,9 @@ class InteractiveSession:
         from monai.inferers import sliding_window_inference
 
         inputs = torch.cat([self.image, torch.zeros((len(self.model.label_names), *self.grid_shape))])[None]
-        roi = [min(r, s) for r, s in zip(self.model.region, self.grid_shape, strict=True)]  # type: ignore[arg-type]
+        # The whole region even where the image is smaller: MONAI pads, and the network keeps the
+        # input sizes its down-sampling divides.
+        roi = list(self.model.region)  # type: ignore[arg-type]
         with torch.inference_mode():
             logits = sliding_window_inference(inputs, roi, 1, self._forward, overlap=0.25, mode="gaussian")
         labels_model = logits[0].argmax(dim=0).numpy()
