@@ -219,7 +219,7 @@ def test_cli_interactive_writes_the_refined_label_map(bundles, images, tmp_path)
         timeout=300,
     )
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith(
-        "error: clicks name pancreas"
+        f"error: {clicks}[0]: 'ras'"
     )
 
 
