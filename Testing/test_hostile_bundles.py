@@ -33,7 +33,7 @@ import pytest
 import torch
 from MedSegNASLib import cli
 from MedSegNASLib.models.registry import HOME_ENV, ModelRegistry
-from MedSegNASLib.panel_logic import model_display_name
+from MedSegNASLib.panels.panel_logic import model_display_name
 from monai.networks.nets import UNet
 
 pytestmark = [

@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "MedSegNASLib.nas.benchmark",  # benchmark nas
     "MedSegNASLib.nas.tune",  # tune
     "MedSegNASLib.evaluation.commands",  # evaluate
+    "MedSegNASLib.interactive.commands",  # interactive
     "MedSegNASLib.demo",  # demo
     "MedSegNASLib.dependencies",  # doctor
 )

@@ -110,6 +110,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="let the bundle run its own code (only for bundles from a source you trust)",
     )
+    interactive = parser.add_argument_group(
+        "interactive models (--interactive)",
+        "the simulated-user protocol: each next click at the centre of the largest error region; NoC@85, "
+        "NoC@90, Dice after each click, seconds per click, a Dice-vs-clicks plot (FILE.png next to --out)",
+    )
+    interactive.add_argument("--interactive", action="store_true", help="evaluate click refinement")
+    interactive.add_argument(
+        "--start",
+        choices=("auto", "empty"),
+        default="auto",
+        help="start from the automatic result or nothing",
+    )
+    interactive.add_argument(
+        "--max-clicks", type=int, default=20, metavar="N", help="click budget (default 20)"
+    )
+    interactive.add_argument(
+        "--brush-mm",
+        type=float,
+        default=5.0,
+        metavar="MM",
+        help="radius of the paint-stroke comparison (5 mm)",
+    )
+    interactive.add_argument(
+        "--region", type=int, default=None, metavar="N", help="local region side (voxels)"
+    )
     add_job_arguments(parser)
     parser.set_defaults(func=evaluate_command)
 
@@ -160,6 +185,10 @@ def _jsonable_means(means: dict[str, float]) -> dict[str, float | None]:
 
 def evaluate_command(args: argparse.Namespace) -> int:
     """Run ``evaluate`` as the job kind ``evaluate`` (in the foreground without ``--run-dir``)."""
+    if getattr(args, "interactive", False):
+        from ..interactive.commands import evaluate_interactive_command
+
+        return evaluate_interactive_command(args)
     from ..jobs.runner import run_job_command
     from .evaluate import evaluate_model, evaluate_predictions
 

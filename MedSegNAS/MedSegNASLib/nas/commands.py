@@ -174,6 +174,12 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         help="add the trained bundle to the model registry (default: yes)",
     )
     train.add_argument(
+        "--interactive",
+        action="store_true",
+        help="train a DeepEdit-style interactive model: one guidance channel per label, clicks simulated in "
+        "the error regions during training (medsegnas interactive, evaluate --interactive)",
+    )
+    train.add_argument(
         "--name",
         default=None,
         metavar="ID",
@@ -249,6 +255,7 @@ def _train_request(args: argparse.Namespace) -> dict[str, Any]:
             "validation_cases": None,
             "register": bool(args.register),
             "name": args.name,
+            "interactive": bool(getattr(args, "interactive", False)),
         }
     )
     return request

@@ -596,6 +596,15 @@ def resolve_train_config(
         )
     num_classes = len(labels)
     in_channels = dataset.num_channels
+    interactive = None
+    if request.get("interactive"):
+        # DeepEdit-style: the image, then one guidance channel per label (background included).
+        from ..interactive.export import interactive_label_names, interactive_section
+
+        # Guidance channel c is output channel c: labels by index, as the exported bundle numbers them.
+        indexed = [{"value": i, "name": info.name} for i, info in enumerate(labels)]
+        interactive = interactive_section(interactive_label_names(indexed), dataset.num_channels)
+        in_channels += num_classes
     if network_name == "dints":
         from ..models.export import dints_network_def
 
@@ -650,8 +659,10 @@ def resolve_train_config(
                 "validation_cases",
                 "register",
                 "name",
+                "interactive",
             )
         },
+        "interactive": interactive,
         "train": config.to_dict(),
         "network": {
             "name": network_name,
@@ -926,10 +937,14 @@ def run_train(
         ctx.save_checkpoint(checkpoint_state())
 
     stop_if_requested = stop_check(ctx, device, save)
+    interactive = resolved.get("interactive")
+    if interactive:
+        from ..interactive.guidance import WithoutClicks, interactive_training_input
 
     def validate(epoch: int) -> dict[str, Any]:
         nonlocal best_state
-        mean, per_class, counts = score_validation(network, cache_v, spec, config, class_names, device, amp)
+        scored = WithoutClicks(network, len(interactive["label_names"])) if interactive else network
+        mean, per_class, counts = score_validation(scored, cache_v, spec, config, class_names, device, amp)
         record = {
             "epoch": epoch + 1,
             "step": progress.global_step,
@@ -972,6 +987,16 @@ def run_train(
                 tick = time.perf_counter()
                 images = batch["image"].to(device, non_blocking=pin)
                 targets = batch["label"].to(device, non_blocking=pin)
+                if (
+                    interactive
+                ):  # clicks simulated in this step's error regions (seeded by the step: resumable)
+                    images = interactive_training_input(
+                        model,
+                        images,
+                        targets,
+                        interactive["label_names"],
+                        generator=np.random.default_rng([config.seed, rank, progress.global_step]),
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
                     logits = model(images)
@@ -1095,6 +1120,11 @@ def _write_predictions(
 
     with _quiet():
         model = load_model(bundle)
+    if resolved.get("interactive"):  # the automatic result: no clicks
+        from ..interactive.guidance import WithoutClicks
+
+        model.network = WithoutClicks(model.network, len(resolved["interactive"]["label_names"]))
+        model.in_channels = int(resolved["interactive"]["image_channels"])
     values = np.array([item["value"] for item in resolved["dataset"]["labels"]], dtype=np.int64)
     remap = not np.array_equal(values, np.arange(len(values)))
     packed = len(resolved["dataset"]["modalities"]) > 1
@@ -1196,9 +1226,14 @@ def _finish(
                 "metrics": {"val_dice": val_dice, "val_dice_mean": best_record["val_dice_mean"]},
                 "training": train_info,
                 **({"init": progress.init} if progress.init is not None else {}),
+                **({"interactive": resolved["interactive"]} if resolved.get("interactive") else {}),
             },
             arch_code=resolved["network"]["arch"],
         )
+    if resolved.get("interactive"):
+        from ..interactive.export import declare_interactive
+
+        declare_interactive(bundle, resolved["interactive"])
     ctx.artifact(bundle, "model")
 
     dataset = load_dataset(resolved["dataset"]["path"], dataroot=resolved["request"].get("dataroot"))

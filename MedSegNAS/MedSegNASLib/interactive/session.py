@@ -1,0 +1,461 @@
+"""An interactive session: one model and one image held in memory; each click set updates one mask.
+
+Two kinds of interactive bundles, both opened through the safe loading (no code from the bundle,
+weights with ``weights_only=True``):
+
+* **MedSegNAS interactive bundles** (``medsegnas train --interactive``): ``metadata.json`` declares
+  ``medsegnas.interactive`` (guidance channels, their order and encoding). The image is
+  preprocessed once as in training (orientation, spacing, intensity); each click set runs the
+  network on a local region around the newest click only (the training patch size, e.g. 96^3),
+  and the segment outside that region keeps its current voxels.
+* **MONAI DeepEdit bundles** (the model zoo's ``spleen_deepedit_annotation``): the published
+  ``deepedit_transforms`` are reproduced: orientation to RAS, intensity, the whole image resized to
+  ``spatial_size``, clicks scaled as ``AddGuidanceFromPointsDeepEditd`` and
+  ``ResizeGuidanceMultipleLabelDeepEditd`` do, guidance by ``AddGuidanceSignalDeepEditd``, softmax,
+  MONAI's own inverse of the resize and of the orientation, argmax. The bundle's
+  ``scripts.transforms.OrientationGuidanceMultipleLabelDeepEditd`` (its own code: it converts clicks
+  given as voxels of the file to voxels of the RAS-oriented image) is not run: clicks arrive in RAS
+  millimetres and are converted with the oriented image's affine, which is what it computes.
+
+Masks are exchanged on the grid of the image as given (``Volume``), as boolean arrays.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.volume import Volume
+from ..errors import MedSegNASError
+from .clicks import BACKGROUND, Click, deepedit_points, nearest_voxel
+from .guidance import GUIDANCE_SIGMA, crop_points, guidance_channels
+
+__all__ = ["InteractiveModel", "InteractiveSession", "load_interactive_model", "INTERACTIVE_KEY"]
+
+#: ``metadata["medsegnas"][INTERACTIVE_KEY]`` declares a MedSegNAS interactive bundle.
+INTERACTIVE_KEY = "interactive"
+#: Loading/typing transforms of a DeepEdit bundle's preprocessing that change nothing to reproduce.
+_PASS_THROUGH = {"LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureTyped", "ToTensord"}
+#: The DeepEdit inference steps this module reproduces (the first one is the bundle's own code).
+_DEEPEDIT_STEPS = {
+    "OrientationGuidanceMultipleLabelDeepEditd",
+    "AddGuidanceFromPointsDeepEditd",
+    "Resized",
+    "ResizeGuidanceMultipleLabelDeepEditd",
+    "AddGuidanceSignalDeepEditd",
+}
+
+
+@dataclass
+class InteractiveModel:
+    """A network that takes the image plus one guidance channel per label.
+
+    Attributes:
+        name: the bundle's name. kind: ``"local"`` (MedSegNAS bundle) or ``"deepedit"`` (zoo bundle).
+        network: in eval mode, on the CPU. label_names: name -> label value, in guidance-channel
+            order (background included). image_channels: intensity channels before the guidance.
+        sigma: Gaussian sigma of the guidance (voxels). geometry: MONAI dictionary transforms
+            (key ``image``) of the model grid. intensity: intensity transforms after them.
+        region: local region (voxels) of a ``local`` model; spatial_size: the DeepEdit resize.
+    """
+
+    name: str
+    kind: str
+    network: torch.nn.Module
+    label_names: dict[str, int]
+    image_channels: int
+    sigma: int = GUIDANCE_SIGMA
+    geometry: list[Any] = field(default_factory=list)
+    intensity: list[Any] = field(default_factory=list)
+    region: tuple[int, int, int] | None = None
+    spatial_size: tuple[int, int, int] | None = None
+
+    @property
+    def segment_names(self) -> list[str]:
+        return [name for name in self.label_names if name != BACKGROUND]
+
+
+# ------------------------------------------------------------------------------- loading
+
+
+def _target(raw: Any) -> str:
+    return str(raw.get("_target_", "")).rsplit(".", 1)[-1] if isinstance(raw, Mapping) else ""
+
+
+def _safe_imports(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without import statements of modules off the allow-list (e.g. ``ignite``).
+
+    MONAI evaluates every import of a config; the items this module builds need none of them, and
+    an expression that used a dropped name would fail the safety check instead of running.
+    """
+    from ..models.safe_expr import import_bindings
+    from ..models.safety import UnsafeConfigError
+
+    config = copy.deepcopy(config)
+    kept = []
+    for statement in config.get("imports", []) or []:
+        try:
+            import_bindings(str(statement))
+        except UnsafeConfigError:
+            continue
+        kept.append(statement)
+    config["imports"] = kept
+    return config
+
+
+def _load_deepedit(
+    root: Path, config: dict[str, Any], weights: Path, name: str, trusted: bool
+) -> InteractiveModel:
+    from monai.transforms import Orientationd
+
+    from ..models import load_weights, safe_parse_bundle_config
+
+    steps = [_target(item) for item in config.get("deepedit_transforms", [])]
+    unknown = [s for s in steps if s not in _DEEPEDIT_STEPS]
+    if "AddGuidanceSignalDeepEditd" not in steps or unknown:
+        raise MedSegNASError(
+            f"{root}: its deepedit_transforms ({', '.join(steps) or 'none'}) are not the DeepEdit inference "
+            "steps MedSegNAS reproduces"
+        )
+    ids = ["network_def", "label_names", "spatial_size", "number_intensity_ch", "preprocessing_transforms"]
+    missing = [i for i in ids if i not in config]
+    if missing:
+        raise MedSegNASError(
+            f"{root}: its inference config lacks {', '.join(missing)} (not a DeepEdit bundle)"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parser = safe_parse_bundle_config(_safe_imports(config), trusted=trusted, ids=ids, bundle_root=root)
+        network = parser.get_parsed_content("network_def")
+        label_names = {str(k): int(v) for k, v in dict(parser.get_parsed_content("label_names")).items()}
+        spatial_size = tuple(int(s) for s in parser.get_parsed_content("spatial_size"))
+        image_channels = int(parser.get_parsed_content("number_intensity_ch"))
+        geometry: list[Any] = []
+        intensity: list[Any] = []
+        for index, raw in enumerate(config["preprocessing_transforms"]):
+            target = _target(raw)
+            if target in _PASS_THROUGH:
+                continue
+            if target == "Orientationd":
+                axcodes = parser.get_parsed_content(f"preprocessing_transforms#{index}#axcodes")
+                geometry.append(
+                    Orientationd("image", axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))
+                )
+            elif target in (
+                "ScaleIntensityRanged",
+                "NormalizeIntensityd",
+                "ScaleIntensityd",
+                "ClipIntensityPercentilesd",
+            ):
+                item = copy.deepcopy(parser.get_parsed_content(f"preprocessing_transforms#{index}"))
+                item.keys = ("image",)
+                intensity.append(item)
+            else:
+                raise MedSegNASError(
+                    f"{root}: its preprocessing uses {target or raw!r}, which the interactive session cannot reproduce"
+                )
+        sigma = GUIDANCE_SIGMA
+        for raw in config["deepedit_transforms"]:
+            if _target(raw) == "AddGuidanceSignalDeepEditd" and isinstance(raw.get("sigma"), int):
+                sigma = int(raw["sigma"])
+    state = load_weights(weights, trusted=trusted)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise MedSegNASError(
+            f"weights {weights} do not fit the bundle's network: {' '.join(str(exc).split())[:300]}"
+        ) from None
+    network.eval()
+    return InteractiveModel(
+        name=name,
+        kind="deepedit",
+        network=network,
+        label_names=label_names,
+        image_channels=image_channels,
+        sigma=sigma,
+        geometry=geometry,
+        intensity=intensity,
+        spatial_size=spatial_size,  # type: ignore[arg-type]
+    )
+
+
+def load_interactive_model(
+    spec: str | Path, *, trust: bool = False, home: str | Path | None = None, region: int | None = None
+) -> InteractiveModel:
+    """Open what ``--model SPEC`` names (registry id, bundle folder or archive) for click refinement.
+
+    Args:
+        region: side (voxels) of the local region of a MedSegNAS interactive model (default: its
+            training patch size).
+
+    Raises:
+        MedSegNASError: not an interactive bundle, or any error of the safe loading.
+    """
+    from ..inference.model import load_model
+    from ..models import inspect_bundle, load_config_file
+    from ..models.registry import resolve_model
+
+    resolved = resolve_model(str(spec), home=home)
+    trusted = bool(trust or resolved.trusted)
+    info = inspect_bundle(resolved.path)
+    section = info.metadata.get("medsegnas") if isinstance(info.metadata, dict) else None
+    declared = section.get(INTERACTIVE_KEY) if isinstance(section, dict) else None
+    if isinstance(declared, dict):
+        model = load_model(resolved.path, trusted=trusted)
+        label_names = {str(k): int(v) for k, v in dict(declared["label_names"]).items()}
+        patch = model.roi_size or (96, 96, 96)
+        side = region
+        return InteractiveModel(
+            name=info.name,
+            kind="local",
+            network=model.network,
+            label_names=label_names,
+            image_channels=int(declared["image_channels"]),
+            sigma=int(declared.get("sigma", GUIDANCE_SIGMA)),
+            geometry=list(model.geometry),
+            intensity=[*model.pre_intensity, *model.post_intensity],
+            region=tuple(int(side) for _ in range(3)) if side else tuple(int(p) for p in patch),  # type: ignore[arg-type]
+        )
+    config = load_config_file(info.inference_config)
+    if "deepedit_transforms" in config:
+        return _load_deepedit(info.root, config, info.weights, info.name, trusted)
+    raise MedSegNASError(
+        f"model {spec} is not interactive: its metadata declares no guidance channels (medsegnas.interactive) "
+        "and its config has no DeepEdit transforms; train one with medsegnas train --interactive"
+    )
+
+
+# ------------------------------------------------------------------------------- session
+
+
+def _meta_image(volume: Volume) -> Any:
+    from monai.data import MetaTensor
+
+    return MetaTensor(
+        torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32)),
+        affine=torch.from_numpy(volume.affine),
+    )
+
+
+def _apply(transforms: Sequence[Any], image: Any) -> Any:
+    for transform in transforms:
+        image = transform({"image": image})["image"]
+    return image
+
+
+class InteractiveSession:
+    """One image and one model; :meth:`update` turns the clicks so far into the segment's new mask.
+
+    Args:
+        model: from :func:`load_interactive_model`.
+        volume: the image, on its own grid (masks are exchanged on this grid).
+        start: ``"auto"`` (every segment starts as the model's result without clicks) or ``"empty"``.
+        device: where the network runs (``"cpu"``, ``"cuda"``).
+    """
+
+    def __init__(
+        self, model: InteractiveModel, volume: Volume, *, start: str = "auto", device: str = "cpu"
+    ) -> None:
+        if volume.num_channels != model.image_channels:
+            raise MedSegNASError(
+                f"the image has {volume.num_channels} channel(s); model '{model.name}' takes {model.image_channels}"
+            )
+        if start not in ("auto", "empty"):
+            raise MedSegNASError(f"start must be 'auto' or 'empty', got {start!r}")
+        self.model = model
+        self.volume = volume
+        self.device = torch.device(device)
+        self.network = model.network.to(self.device)
+        self.shape = volume.spatial_shape
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # A MetaTensor: it keeps MONAI's record of the geometry, for its inverse.
+            self.preprocessed = _apply(model.intensity, _apply(model.geometry, _meta_image(volume)))
+            self.image = self.preprocessed.as_tensor().float()
+        self.affine = np.asarray(self.preprocessed.affine, dtype=np.float64)  # model grid -> RAS
+        self.grid_shape = tuple(int(s) for s in self.image.shape[1:])
+        self.masks: dict[str, np.ndarray] = {}
+        if model.kind == "deepedit":
+            self._resized = self._resize_image()
+        if start == "auto":
+            labels = self._automatic()
+            for name in model.segment_names:
+                self.masks[name] = labels == model.label_names[name]
+        else:
+            for name in model.segment_names:
+                self.masks[name] = np.zeros(self.shape, dtype=bool)
+
+    # -------------------------------------------------------------- public
+
+    @property
+    def segment_names(self) -> list[str]:
+        return self.model.segment_names
+
+    def seed(self, label: str, mask: np.ndarray) -> None:
+        """Start ``label`` from a mask any tool produced (boolean, the image's grid)."""
+        self._check_label(label)
+        mask = np.asarray(mask)
+        if mask.shape != self.shape:
+            raise MedSegNASError(f"mask of {label!r} has shape {mask.shape}; the image has {self.shape}")
+        self.masks[label] = mask.astype(bool)
+
+    def update(
+        self, clicks: Sequence[Click], label: str | None = None
+    ) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+        """Apply all the clicks so far to ``label`` (default: the newest click's label).
+
+        Returns:
+            The new mask of ``label`` inside the changed box (boolean) and that box, as
+            ``((i0, i1), (j0, j1), (k0, k1))`` half-open voxel ranges on the image's grid; the
+            session's full mask (:attr:`masks`) is updated too.
+        """
+        if not clicks:
+            raise MedSegNASError("no clicks given")
+        label = label or clicks[-1].label
+        self._check_label(label)
+        points = deepedit_points(clicks, self.model.label_names, self.affine)
+        with torch.inference_mode():
+            if self.model.kind == "deepedit":
+                labels = self._deepedit(points)
+                box = tuple((0, s) for s in self.shape)
+                self.masks[label] = labels == self.model.label_names[label]
+            else:
+                box = self._local(points, clicks[-1], label)
+        mask = self.masks[label][tuple(slice(a, b) for a, b in box)]
+        return mask, box  # type: ignore[return-value]
+
+    # -------------------------------------------------------------- internals
+
+    def _check_label(self, label: str) -> None:
+        if label not in self.masks:
+            raise MedSegNASError(
+                f"model '{self.model.name}' segments {', '.join(self.segment_names)}, not {label!r}"
+            )
+
+    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.network(inputs.to(self.device)).float().cpu()
+
+    def _resize_image(self) -> Any:
+        from monai.transforms import Resized
+
+        self._resize = Resized("image", spatial_size=self.model.spatial_size, mode="area")
+        return self._resize({"image": self.preprocessed.clone()})["image"]
+
+    def deepedit_input(self, points: Mapping[str, Sequence[Sequence[int]]]) -> np.ndarray:
+        """The DeepEdit network input ``(image_channels + labels, *spatial_size)`` for voxel points of the model grid."""
+        factor = np.divide(self.model.spatial_size, self.grid_shape)
+        scaled = {
+            name: np.multiply(items, factor).astype(int).tolist() if len(items) else []
+            for name, items in points.items()
+        }
+        resized = self._resized
+        return np.concatenate(
+            [resized.as_tensor().numpy(), guidance_channels(resized.shape[1:], scaled, self.model.sigma)],
+            axis=0,
+        )
+
+    def _deepedit(self, points: Mapping[str, Sequence[Sequence[int]]]) -> np.ndarray:
+        """DeepEdit inference on the whole image resized; labels on the input grid."""
+        from monai.data import MetaTensor
+
+        resized = self._resized
+        inputs = self.deepedit_input(points)
+        logits = self._forward(torch.from_numpy(inputs)[None])[0]
+        probabilities = torch.softmax(logits, dim=0)
+        pred = MetaTensor(
+            probabilities,
+            meta=copy.deepcopy(resized.meta),
+            applied_operations=copy.deepcopy(resized.applied_operations),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pred = self._resize.inverse({"image": pred})["image"]
+            for transform in reversed(self.model.geometry):
+                pred = transform.inverse({"image": pred})["image"]
+        # Output channel c is label value c (DeepEdit and MedSegNAS bundles alike).
+        return pred.as_tensor().argmax(dim=0).numpy()
+
+    def _automatic(self) -> np.ndarray:
+        """The model's result without clicks (zero guidance), as label values on the input grid."""
+        if self.model.kind == "deepedit":
+            return self._deepedit({name: [] for name in self.model.label_names})
+        from monai.inferers import sliding_window_inference
+
+        inputs = torch.cat([self.image, torch.zeros((len(self.model.label_names), *self.grid_shape))])[None]
+        # The whole region even where the image is smaller: MONAI pads, and the network keeps the
+        # input sizes its down-sampling divides.
+        roi = list(self.model.region)  # type: ignore[arg-type]
+        with torch.inference_mode():
+            logits = sliding_window_inference(inputs, roi, 1, self._forward, overlap=0.25, mode="gaussian")
+        labels_model = logits[0].argmax(dim=0).numpy()
+        return self._to_input_grid(labels_model, (0, 0, 0), np.zeros(self.shape, dtype=labels_model.dtype))[0]
+
+    def _region_box(self, centre: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        box = []
+        for c, side, size in zip(centre, self.model.region, self.grid_shape, strict=True):  # type: ignore[arg-type]
+            side = min(side, size)
+            start = int(np.clip(c - side // 2, 0, size - side))
+            box.append((start, start + side))
+        return tuple(box)
+
+    def _local(
+        self, points: Mapping[str, Sequence[Sequence[int]]], newest: Click, label: str
+    ) -> tuple[tuple[int, int], ...]:
+        from .clicks import ras_to_voxel
+
+        centre = nearest_voxel(ras_to_voxel(newest.ras, self.affine)[0])
+        box = self._region_box(centre)
+        start = [a for a, _ in box]
+        shape = [b - a for a, b in box]
+        crop = self.image[(slice(None), *[slice(a, b) for a, b in box])]
+        local = crop_points(points, start, shape)
+        inputs = torch.cat([crop, torch.from_numpy(guidance_channels(shape, local, self.model.sigma))])[None]
+        pad = self._padding(shape)
+        if any(pad):
+            inputs = torch.nn.functional.pad(inputs, [p for side in reversed(pad) for p in (0, side)])
+        logits = self._forward(inputs)[0][(slice(None), *[slice(0, s) for s in shape])]
+        channel = self.model.label_names[label]  # output channel c is label value c
+        region_mask = (logits.argmax(dim=0) == channel).numpy()
+        self.masks[label], input_box = self._to_input_grid(region_mask, start, self.masks[label])
+        return input_box
+
+    def _padding(self, shape: Sequence[int]) -> list[int]:
+        """Zero padding up to the region size (an image smaller than the region on some axis)."""
+        return [max(0, r - s) for r, s in zip(self.model.region, shape, strict=True)]  # type: ignore[arg-type]
+
+    def _to_input_grid(
+        self, values: np.ndarray, start: Sequence[int], target: np.ndarray
+    ) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
+        """Paste model-grid ``values`` (a box at ``start``) into ``target`` on the input grid (nearest voxel).
+
+        Returns the updated target and the input-grid box it changed.
+        """
+        shape = np.array(values.shape)
+        corners = np.array(
+            [[a, b, c] for a in (0, shape[0] - 1) for b in (0, shape[1] - 1) for c in (0, shape[2] - 1)]
+        ) + np.array(start)
+        ras = (self.affine @ np.c_[corners, np.ones(8)].T).T[:, :3]
+        to_input = np.linalg.inv(self.volume.affine)
+        input_corners = (to_input @ np.c_[ras, np.ones(8)].T).T[:, :3]
+        low = np.clip(np.floor(input_corners.min(axis=0) - 0.5).astype(int), 0, self.shape)
+        high = np.clip(np.ceil(input_corners.max(axis=0) + 0.5).astype(int) + 1, 0, self.shape)
+        box = tuple((int(a), int(b)) for a, b in zip(low, high, strict=True))
+        grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in box], indexing="ij"), axis=-1).reshape(
+            -1, 3
+        )
+        model_index = np.linalg.inv(self.affine) @ self.volume.affine
+        voxels = nearest_voxel(grid @ model_index[:3, :3].T + model_index[:3, 3]) - np.array(start)
+        inside = np.all((voxels >= 0) & (voxels < shape), axis=1)
+        target = target.copy()
+        flat = target[tuple(slice(a, b) for a, b in box)].reshape(-1)
+        chosen = voxels[inside]
+        flat[inside] = values[chosen[:, 0], chosen[:, 1], chosen[:, 2]]
+        target[tuple(slice(a, b) for a, b in box)] = flat.reshape([b - a for a, b in box])
+        return target, box
