@@ -82,6 +82,11 @@ CASES: dict[str, ZooCase] = {
 #: not want in the repository). What matters for the engine is that it is *bundle* code: only
 #: ``--trust`` may import it, from the bundle folder, as ``monai.bundle run`` does.
 STAND_INS: dict[str, dict[str, str]] = {
+    # imported by the config for its training helpers; inference uses nothing from it
+    "pediatric_abdominal_ct_segmentation": {
+        "scripts/__init__.py": "",
+        "scripts/monai_utils.py": '"""Stand-in: the inference config imports it and uses nothing from it."""\n',
+    },
     "wholeBrainSeg_Large_UNEST_segmentation": {
         "scripts/__init__.py": "",
         "scripts/networks/__init__.py": "",
@@ -205,6 +210,23 @@ def _dints_arch_code(parser, seed: int) -> dict[str, np.ndarray]:
     }
 
 
+def _drop_removed_arguments(bundle: Path) -> None:
+    """SwinUNETR's ``img_size``, which MONAI 1.5 removed, is dropped from the copy (for MONAI's
+    run and ours alike): the published config does not build with this MONAI otherwise."""
+    import inspect
+
+    from monai.bundle import ConfigParser
+    from monai.networks.nets import SwinUNETR
+
+    path = inference_config(bundle)
+    config = ConfigParser.load_config_file(str(path))
+    network = config.get("network_def") or {}
+    if str(network.get("_target_", "")).endswith("SwinUNETR") and "img_size" in network:
+        if "img_size" not in inspect.signature(SwinUNETR).parameters:
+            del network["img_size"]
+            path.write_text(json.dumps(config, indent=2))
+
+
 def prepare_bundle(name: str, folder: Path, seed: int = 0) -> Path:
     """A runnable copy of a published bundle in ``folder/name`` with random weights."""
     bundle = folder / name
@@ -213,6 +235,7 @@ def prepare_bundle(name: str, folder: Path, seed: int = 0) -> Path:
         path = bundle / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text).lstrip())
+    _drop_removed_arguments(bundle)
     overrides: dict[str, Any] = {"imports": ["$import os", "$import glob"]}
     parser = _parser(bundle, overrides)
     if "dints_space" in parser:
@@ -297,7 +320,9 @@ def monai_overrides(name: str, bundle: Path, images: list[Path], output: Path) -
     config = json.loads(json.dumps(_parser(bundle).get()))
     if case.kind == "renal":
         label = images[0].parent.parent / f"{images[0].parent.name}_label.nii.gz"
-        data = [{"artery": str(images[0]), "vein": str(images[1]), "excret": str(images[2]), "label": str(label)}]
+        data = [
+            {"artery": str(images[0]), "vein": str(images[1]), "excret": str(images[2]), "label": str(label)}
+        ]
     elif case.kind == "brats":
         data = [{"image": [str(p) for p in images]}]
     else:
@@ -309,6 +334,11 @@ def monai_overrides(name: str, bundle: Path, images: list[Path], output: Path) -
     kept = [i for i in imports if "pandas" not in i and "scripts" not in i]
     if kept != imports:
         overrides["imports"] = kept
+    transforms = (config.get("preprocessing") or {}).get("transforms") or []
+    for index, transform in enumerate(transforms):
+        if isinstance(transform, dict) and transform.get("reader") == "ITKReader":
+            # itk is not installed here; for NIfTI, nibabel gives MONAI the same voxels and affine
+            overrides[f"preprocessing#transforms#{index}#reader"] = "NibabelReader"
     if "dints_space" in config:  # CPU-only: MONAI's run needs these by hand
         overrides["dints_space#device"] = "$torch.device('cpu')"
         overrides["arch_ckpt"] = "$torch.load(@arch_ckpt_path, map_location='cpu', weights_only=False)"
