@@ -759,6 +759,8 @@ def _run(
                 out=image[region],
                 separable=model.pointwise,
             )
+            if model.channel_steps:
+                image = _apply_channel_steps(model, image)
             if model.post_intensity:
                 image[region] = _apply_transforms(model.post_intensity, image[region])
         del source
@@ -801,6 +803,32 @@ def _run(
             labels[...] = _apply_label_step(step, torch.from_numpy(np.asarray(labels))).numpy()
         timings["invert"] = time.perf_counter() - clock
     return labels
+
+
+def _apply_channel_steps(model: SegmentationModel, image: torch.Tensor) -> torch.Tensor:
+    """The bundle's own input-combining transforms (``--trust``): each of its input keys gets one
+    channel of the resampled image, in order, as its data dictionary would hold them."""
+    from monai.data import MetaTensor
+
+    from .model import BundleCodeError
+
+    for transform, keys, out_key in model.channel_steps:
+        if len(keys) != image.shape[0]:
+            raise MedSegNASError(
+                f"bundle {model.name}: its step {type(transform).__name__} combines {len(keys)} inputs "
+                f"({', '.join(keys)}); give {len(keys)} images, in that order"
+            )
+        data = {key: MetaTensor(image[n : n + 1].clone()) for n, key in enumerate(keys)}
+        try:
+            out = transform(data)[out_key]
+        except Exception as exc:
+            raise BundleCodeError(
+                f"bundle {model.name}: its own transform {type(transform).__name__} failed: "
+                f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            ) from exc
+        out = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(np.asarray(out))
+        image = out.to(torch.float32).contiguous()
+    return image
 
 
 def _same_grid(a: Grid, b: Grid, tolerance: float = 1e-6) -> bool:
@@ -863,9 +891,10 @@ def _invert_multilabel(
         in_grid.shape,
         mode="bilinear",
         padding_mode=model.padding_mode,
-        source_transform=torch.sigmoid,
+        source_transform=torch.sigmoid if model.sigmoid_first else None,
     ):
-        labels[start:stop] = model.merge(values >= model.threshold).cpu().numpy()
+        probabilities = values if model.sigmoid_first else torch.sigmoid(values)
+        labels[start:stop] = model.merge(probabilities >= model.threshold).cpu().numpy()
     return labels
 
 

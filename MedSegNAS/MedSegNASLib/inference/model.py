@@ -40,7 +40,18 @@ import torch
 from ..data.volume import LabelInfo
 from ..errors import MedSegNASError
 
-__all__ = ["SegmentationModel", "load_model", "load_resolved_model", "ARCHIVE_SUFFIXES", "CT_BODY_HU"]
+__all__ = [
+    "SegmentationModel",
+    "BundleCodeError",
+    "load_model",
+    "load_resolved_model",
+    "run_status",
+    "RUNS_UNTRUSTED",
+    "RUNS_WITH_TRUST",
+    "RUNS_NOT",
+    "ARCHIVE_SUFFIXES",
+    "CT_BODY_HU",
+]
 
 #: Archive names accepted as ``--model``.
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -95,6 +106,12 @@ class SegmentationModel:
         model_label_steps / input_label_steps: label-map transforms (``KeepLargestConnectedComponent``)
             the bundle applies on the model grid (before ``Invertd``) / on the input grid (after).
         trusted: built with the bundle's own code (``--trust``): errors from it are the bundle's.
+        output_channels: channels the network outputs, when they are merged into other labels.
+        channel_steps: (trusted) the bundle's own transforms that combine its input keys after
+            resampling (``scripts.*.ConcatImages``): ``(transform, input keys, output key)``;
+            the engine gives each input key one channel of the image, in order.
+        sigmoid_first: the sigmoid comes before ``Invertd`` (probabilities are interpolated),
+            else after it (logits are interpolated).
     """
 
     name: str
@@ -129,6 +146,8 @@ class SegmentationModel:
     input_label_steps: list[Any] = field(default_factory=list)
     trusted: bool = False
     output_channels: int | None = None
+    channel_steps: list[tuple[Any, list[str], str]] = field(default_factory=list)
+    sigmoid_first: bool = True
 
     @property
     def num_classes(self) -> int:
@@ -229,12 +248,39 @@ def _target_name(raw: Any, trusted: bool = False) -> str | None:
 
 def _read_preprocessing(model: SegmentationModel, parser: Any, bundle: str) -> None:
     """Fill the model's geometry and intensity steps from a generic bundle's ``preprocessing``."""
+    from ..models.safe_expr import resolve_target
+    from ..models.safety import UnsafeConfigError
+
     spacing_seen = False
+    input_keys: list[str] = []
     for item_id, raw in _transform_items(parser, "preprocessing"):
         name = _target_name(raw, model.trusted)
         if name is None:
             raise MedSegNASError(f"{bundle}: preprocessing item '{item_id}' is not a MONAI transform")
-        if raw.get("_disabled_") is True or name in _PASS_THROUGH:
+        if raw.get("_disabled_") is True:
+            continue
+        keys = _arg(parser, item_id, raw, "keys", None) if isinstance(raw, dict) else None
+        keys = [str(k) for k in keys] if isinstance(keys, (list, tuple)) else [str(keys)] if keys else []
+        if model.channel_steps and not model.channel_steps[-1][2] and keys:
+            step = model.channel_steps[-1]
+            model.channel_steps[-1] = (step[0], step[1], keys[0])  # the key the bundle's step made
+        if name in _PASS_THROUGH:
+            continue
+        bundle_code = False
+        if model.trusted:
+            try:
+                resolve_target(raw["_target_"])
+            except UnsafeConfigError:
+                bundle_code = True
+        if bundle_code:
+            if model.crop_foreground is not None or model.post_intensity or not input_keys:
+                raise MedSegNASError(
+                    f"{bundle}: its own preprocessing step '{item_id}' ({name}) comes where segment cannot "
+                    "apply it (only right after the resampling); run it with python -m monai.bundle run"
+                )
+            model.channel_steps.append((parser.get_parsed_content(item_id), list(input_keys), ""))
+            model.pointwise = False
+            model.steps.append(f"{name} (bundle code)")
             continue
         if model.crop_foreground is not None and name in _GEOMETRY:
             raise MedSegNASError(
@@ -243,6 +289,7 @@ def _read_preprocessing(model: SegmentationModel, parser: Any, bundle: str) -> N
             )
         transform = parser.get_parsed_content(item_id)
         if name in _GEOMETRY:
+            input_keys = keys
             model.geometry.append(transform)
             if name == "Spacing":
                 if spacing_seen:
@@ -428,6 +475,7 @@ def _read_postprocessing(model: SegmentationModel, parser: Any, bundle: str) -> 
         if name == "Activations":
             if _arg(parser, item_id, raw, "sigmoid", False):
                 model.multilabel = True
+                model.sigmoid_first = not inverted
             softmax = softmax or bool(_arg(parser, item_id, raw, "softmax", False))
         elif name == "AsDiscrete":
             threshold = _arg(parser, item_id, raw, "threshold", None)
@@ -544,7 +592,7 @@ def _references(value: Any) -> list[str]:
     from monai.bundle import ReferenceResolver
 
     if isinstance(value, str):
-        return [ref[1:].replace("#", "::") for ref in ReferenceResolver.match_refs_pattern(value)]
+        return [ref.lstrip("@").replace("#", "::") for ref in ReferenceResolver.match_refs_pattern(value)]
     if isinstance(value, dict):
         return [ref for item in value.values() for ref in _references(item)]
     if isinstance(value, list):
@@ -784,6 +832,70 @@ def _read_sections(model: SegmentationModel, parser: Any, config: dict, info: An
             else LabelInfo(v, model.labels[channel_of[v]].name, colors[v])
             for v in model.merge.values
         ]
+
+
+#: :func:`run_status` results: the engine runs the bundle as it is / only with ``--trust`` / not.
+RUNS_UNTRUSTED, RUNS_WITH_TRUST, RUNS_NOT = "untrusted", "trust", "no"
+
+
+def _read_without_network(root: Path, *, trusted: bool) -> SegmentationModel:
+    """Everything :func:`load_model` reads from a bundle except the network and its weights."""
+    from ..models import inspect_bundle, load_config_file, safe_parse_bundle_config
+
+    info = inspect_bundle(root, require_weights=False)
+    config = load_config_file(info.inference_config)
+    wanted = [i for i in ("network_def", "preprocessing", "inferer") if i in config]
+    with warnings.catch_warnings(), _bundle_code(root, trusted):
+        warnings.simplefilter("ignore")
+        parser = safe_parse_bundle_config(info.inference_config, trusted=trusted, ids=wanted)
+        model = SegmentationModel(
+            name=info.name,
+            root=root,
+            network=torch.nn.Identity(),
+            in_channels=int(info.in_channels or _network_in_channels(config) or 1),
+            labels=_labels_from_metadata(info.metadata, info.out_channels),
+            geometry=[],
+            modality=info.modality,
+            trusted=trusted,
+        )
+        _read_sections(model, parser, config, info, None)
+    return model
+
+
+def run_status(folder: str | Path) -> tuple[str, str]:
+    """Whether ``medsegnas segment`` runs a bundle from its configs (no weights needed).
+
+    Untrusted, the checks of :func:`~MedSegNASLib.models.safe_parse_bundle_config` and the
+    engine's reading of every section (preprocessing, inferer, postprocessing) must pass.
+    Otherwise the same reading is tried with the bundle's code allowed (``--trust``); bundle
+    code that is not in ``folder`` (published configs without ``scripts/``) is named, not
+    imported: its transforms are judged by where they stand in the config.
+
+    Returns:
+        ``(status, reason)``: :data:`RUNS_UNTRUSTED` (reason empty), :data:`RUNS_WITH_TRUST`
+        (reason: the first check that refuses it untrusted) or :data:`RUNS_NOT` (reason: why the
+        engine cannot run it even trusted).
+    """
+    from ..models.safety import UnsafeConfigError
+
+    root = Path(folder)
+    try:
+        _read_without_network(root, trusted=False)
+        return RUNS_UNTRUSTED, ""
+    except UnsafeConfigError as exc:
+        untrusted_reason = str(exc).split(" is not safe to run: ", 1)[-1]
+    except MedSegNASError as exc:
+        return RUNS_NOT, str(exc)
+    try:
+        _read_without_network(root, trusted=True)
+    except BundleCodeError as exc:
+        if "ModuleNotFoundError" not in str(exc) and "scripts" not in str(exc):
+            return RUNS_NOT, str(exc)
+    except MedSegNASError as exc:
+        return RUNS_NOT, str(exc)
+    except ImportError:
+        pass  # the bundle's scripts/ are not here: they are judged by position (see above)
+    return RUNS_WITH_TRUST, untrusted_reason
 
 
 def looks_like_path(spec: str) -> bool:
