@@ -73,7 +73,9 @@ CASES: dict[str, ZooCase] = {
     "renalStructures_CECT_segmentation": ZooCase(
         "renal", (0.9, 0.85, 0.95), size=36, needs_code=True, slow=True, run_id="inference"
     ),
-    "wholeBrainSeg_Large_UNEST_segmentation": ZooCase("mr", (1.0, 1.0, 1.0), size=36, needs_code=True),
+    "wholeBrainSeg_Large_UNEST_segmentation": ZooCase(
+        "mr", (1.0, 1.0, 1.0), size=36, needs_code=True, run_id="evaluating"
+    ),
 }
 
 # ------------------------------------------------------------------------------ stand-ins

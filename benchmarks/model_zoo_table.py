@@ -82,7 +82,9 @@ def agreement(name: str, trust: bool, seed: int = 0) -> tuple[float | None, str]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", help="bundle names (default: all)")
-    parser.add_argument("--update-catalog", action="store_true", help="write the run status into catalog.json")
+    parser.add_argument(
+        "--update-catalog", action="store_true", help="write the run status into catalog.json"
+    )
     parser.add_argument("--status-only", action="store_true", help="no MONAI runs, only the check")
     args = parser.parse_args(argv)
     found = statuses()
@@ -90,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"catalog updated ({', '.join(update_catalog(found)) or 'no changes'})", file=sys.stderr)
     import zoo_fixtures as zf
 
-    rows = ["| bundle | medsegnas segment | agreement with MONAI's run (CPU) | why |", "| --- | --- | --- | --- |"]
+    rows = [
+        "| bundle | medsegnas segment | agreement with MONAI's run (CPU) | why |",
+        "| --- | --- | --- | --- |",
+    ]
     for name, (status, reason) in found.items():
         if args.only and name not in args.only:
             continue

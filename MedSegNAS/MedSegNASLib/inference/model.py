@@ -883,7 +883,7 @@ def run_status(folder: str | Path) -> tuple[str, str]:
         _read_without_network(root, trusted=False)
         return RUNS_UNTRUSTED, ""
     except UnsafeConfigError as exc:
-        untrusted_reason = str(exc).split(" is not safe to run: ", 1)[-1]
+        untrusted_reason = str(exc).split(" is not safe to run: ", 1)[-1].split("; open it with --trust")[0]
     except MedSegNASError as exc:
         return RUNS_NOT, str(exc)
     try:
