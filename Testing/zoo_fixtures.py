@@ -330,6 +330,8 @@ def monai_overrides(name: str, bundle: Path, images: list[Path], output: Path) -
     else:
         data = [{"image": str(images[0])}]
     overrides: dict[str, Any] = {"dataset#data": data, "output_dir": str(output)}
+    if case.kind == "renal":  # its SaveImaged names outputs by their path under dataset_dir
+        overrides["dataset_dir"] = str(images[0].parent)
     imports = config.get("imports") or []
     # pandas (prostate's data list) and scripts.monai_utils (pediatric) serve the data list and
     # training only; the test gives the data list itself.

@@ -831,6 +831,46 @@ def _apply_channel_steps(model: SegmentationModel, image: torch.Tensor) -> torch
     return image
 
 
+def _has_half_voxel_ties(aligned: Any, shape: Sequence[int], offset: Sequence[int]) -> bool:
+    """Whether an axis-aligned inversion samples some model coordinate exactly at ``n + 0.5``."""
+    if aligned is None:
+        return False
+    for axis in range(3):
+        coords = aligned.coordinates(axis, int(offset[axis]), int(shape[axis]))
+        if np.any(np.abs(coords - np.floor(coords) - 0.5) < 1e-6):
+            return True
+    return False
+
+
+def _monai_nearest_inversion(
+    model_labels: torch.Tensor, model: SegmentationModel, m_grid: Grid, in_grid: Grid
+) -> np.ndarray:
+    """Nearest-neighbour inversion of a model-grid label map as MONAI's ``Invertd`` computes it:
+    ``SpatialResample`` (float64, the ``Spacing``'s padding) onto the oriented input grid, then
+    the orientation undone (an exact flip/permutation)."""
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    names = [type(t).__name__.rstrip("d") for t in model.geometry]
+    before_spacing = model.geometry[: names.index("Spacing")] if "Spacing" in names else model.geometry
+    oriented = model_grid(in_grid, before_spacing)
+    source = MetaTensor(
+        model_labels[None].to(torch.float64).cpu(), affine=torch.as_tensor(m_grid.affine, dtype=torch.float64)
+    )
+    resampler = SpatialResample(mode="nearest", padding_mode=model.padding_mode, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        values = resampler(
+            source,
+            dst_affine=torch.as_tensor(oriented.affine, dtype=torch.float64),
+            spatial_size=oriented.shape,
+        )
+    values = torch.as_tensor(values.as_tensor() if hasattr(values, "as_tensor") else values)
+    back = axis_aligned(index_map(oriented, in_grid))  # input index -> oriented index: flips, permutation
+    result = resample_axis_aligned(values, back, in_grid.shape, mode="nearest", dtype=None)[0]
+    return result.round().to(torch.int64).numpy()
+
+
 def _same_grid(a: Grid, b: Grid, tolerance: float = 1e-6) -> bool:
     """Whether two grids are the same voxels at the same points (resampling would copy)."""
     return tuple(a.shape) == tuple(b.shape) and bool(np.allclose(a.affine, b.affine, rtol=0, atol=tolerance))
@@ -863,6 +903,10 @@ def _apply_label_step(step: Any, labels: torch.Tensor) -> torch.Tensor:
     """A MONAI label transform (``KeepLargestConnectedComponent(d)``) on a ``(...)`` label map."""
     from monai.transforms import MapTransform
 
+    from .postprocess import LargestComponentStep
+
+    if isinstance(step, LargestComponentStep):
+        return step(labels)
     data = labels[None]
     if isinstance(step, MapTransform):
         out = step({step.keys[0]: data})[step.keys[0]]
@@ -977,6 +1021,11 @@ def _invert(
     offset = [a for a, _ in in_box]
     target = labels[_box_slices(in_box)]
     aligned = axis_aligned(to_model)
+    if model.invert == "nearest" and _has_half_voxel_ties(aligned, shape, offset):
+        # Input voxels exactly half-way between two model voxels: which one MONAI's Invertd picks
+        # depends on its float64 arithmetic, so these maps are inverted by MONAI's own resampler.
+        labels[...] = _monai_nearest_inversion(model_labels, model, m_grid, in_grid)
+        return labels
     if aligned is not None and model.invert == "nearest" and model.padding_mode in ("border", "zeros"):
         values = resample_axis_aligned(
             model_labels[None], aligned, shape, mode="nearest", padding_mode=model.padding_mode,

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..data.volume import LabelInfo
@@ -456,6 +457,23 @@ class BundleMerge:
         return out[0].round().to(torch.int16) if out.dim() == 4 else out.round().to(torch.int16)
 
 
+def _largest_component_step(parser: Any, item_id: str, raw: dict) -> Any:
+    """The bundle's ``KeepLargestConnectedComponent(d)``: ours (scipy) for MONAI's defaults,
+    else MONAI's own transform (which needs scikit-image)."""
+    from .postprocess import LargestComponentStep
+
+    defaults = (
+        not _arg(parser, item_id, raw, "is_onehot", False)
+        and _arg(parser, item_id, raw, "independent", True)
+        and _arg(parser, item_id, raw, "connectivity", None) in (None, 3)
+        and _arg(parser, item_id, raw, "num_components", 1) == 1
+    )
+    if defaults:
+        labels = _arg(parser, item_id, raw, "applied_labels", None)
+        return LargestComponentStep(None if labels is None else [int(v) for v in np.atleast_1d(labels)])
+    return parser.get_parsed_content(item_id)
+
+
 def _read_postprocessing(model: SegmentationModel, parser: Any, bundle: str) -> None:
     """softmax / sigmoid, invert mode, label clean-up and label merging from ``postprocessing``."""
     if "postprocessing" not in parser:
@@ -498,7 +516,7 @@ def _read_postprocessing(model: SegmentationModel, parser: Any, bundle: str) -> 
                     f"{bundle}: KeepLargestConnectedComponent ('{item_id}') on channels before argmax is not "
                     "supported; run it with python -m monai.bundle run"
                 )
-            step = parser.get_parsed_content(item_id)
+            step = _largest_component_step(parser, item_id, raw)
             (model.input_label_steps if inverted else model.model_label_steps).append(step)
         elif (
             model.multilabel
