@@ -375,8 +375,16 @@ def ours(name: str, bundle: Path, images: list[Path], output: Path, *, trust: bo
     return medsegnas_main(args + (["--trust"] if trust else []))
 
 
-def agreement(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.squeeze(a), np.squeeze(b)
-    if a.shape != b.shape:
-        raise AssertionError(f"label maps of different shapes: {a.shape} vs {b.shape}")
-    return float(np.mean(a.astype(np.int64) == np.rint(b).astype(np.int64)))
+#: How far from MONAI's value our label may be and still agree: MONAI saves what
+#: ``Invertd(nearest_interp=False)`` makes of an argmax map (prostate) as interpolated floats;
+#: a value half-way between two labels (x.5 up to float64 noise) rounds to either.
+HALF_WAY = 0.5 + 1e-4
+
+
+def agreement(ours: np.ndarray, theirs: np.ndarray) -> float:
+    """Share of voxels where our label is MONAI's (rounded to the nearest label; either neighbour
+    where MONAI's saved value lies half-way between two)."""
+    ours, theirs = np.squeeze(ours), np.squeeze(theirs)
+    if ours.shape != theirs.shape:
+        raise AssertionError(f"label maps of different shapes: {ours.shape} vs {theirs.shape}")
+    return float(np.mean(np.abs(ours.astype(np.float64) - theirs.astype(np.float64)) < HALF_WAY))

@@ -1035,7 +1035,7 @@ def _invert(
         return labels
     if (
         aligned is not None
-        and model.invert != "nearest"
+        and model.invert == "linear"
         and model.padding_mode == "border"
         and model.num_classes < 255
     ):
@@ -1044,9 +1044,12 @@ def _invert(
         )
         target[...] = values.cpu().numpy()
         return labels
-    if model.invert == "nearest":
+    if model.invert in ("nearest", "label_linear"):
+        # label_linear: the bundle inverts its argmax labels with Invertd(nearest_interp=False), so
+        # MONAI interpolates the label values trilinearly; its map, rounded, is what is computed.
         source = model_labels[None].float()
-        mode, reduce = "nearest", lambda values: values[0].round()
+        mode = "nearest" if model.invert == "nearest" else "bilinear"
+        reduce = lambda values: values[0].round()  # noqa: E731
         transform = None
     else:
         source, mode, reduce = prediction, "bilinear", argmax_channels

@@ -95,7 +95,9 @@ class SegmentationModel:
         roi_size: sliding window (voxels), or None to run the network on the whole image.
         overlap, sw_batch_size, blend_mode, sigma_scale, pad_mode, cval: sliding-window settings.
         softmax: the bundle applies softmax before inverting (else raw logits are inverted).
-        invert: ``"linear"`` (probabilities interpolated back) or ``"nearest"`` (labels).
+        invert: ``"linear"`` (probabilities interpolated back), ``"nearest"`` (labels), or
+            ``"label_linear"`` (label values interpolated trilinearly and rounded: what MONAI's
+            ``Invertd(nearest_interp=False)`` does to an argmax map, e.g. prostate_mri_anatomy).
         modality: ``"CT"``, ``"MR"``... from the metadata; ct_window: (a_min, a_max) if known.
         steps: human-readable preprocessing steps, for logs and ``models info``.
         spec: the MedSegNAS preprocessing spec, for exported bundles.
@@ -509,7 +511,7 @@ def _read_postprocessing(model: SegmentationModel, parser: Any, bundle: str) -> 
         elif name == "Invert":
             inverted = True
             nearest = bool(_arg(parser, item_id, raw, "nearest_interp", True))
-            model.invert = "nearest" if (nearest or argmax_done) else "linear"
+            model.invert = "nearest" if nearest else "label_linear" if argmax_done else "linear"
         elif name == "KeepLargestConnectedComponent":
             if not argmax_done:
                 raise MedSegNASError(
