@@ -48,8 +48,7 @@ def test_catalog_records_what_the_check_finds_on_the_published_configs() -> None
                 f"{folder.name}: catalog.json is stale; run benchmarks/model_zoo_table.py --status-only "
                 "--update-catalog"
             )
-    # every catalogued bundle of the issue is covered by the check
-    assert {name for name in zf.CASES if name in catalog} == set(zf.CASES) - set()
+    assert set(zf.CASES) <= set(catalog)  # every bundle of the issue is in the catalog
 
 
 def test_bundles_that_need_code_are_refused_untrusted_with_one_line(tmp_path, capsys) -> None:
@@ -122,11 +121,9 @@ def _agree(name: str, tmp_path: Path) -> float:
     return share
 
 
-FAST = [
-    "spleen_ct_segmentation",
-    "pediatric_abdominal_ct_segmentation",
-    "wholeBrainSeg_Large_UNEST_segmentation",
-]
+#: Under a minute each on 2 cores; the others (bigger networks, 240 x 240 x 160 windows, a
+#: 12-block DiNTS, CropForeground's whole-grid preprocessing) take 1-5 minutes each: slow.
+FAST = ["spleen_ct_segmentation", "wholeBrainSeg_Large_UNEST_segmentation"]
 
 
 @pytest.mark.parametrize("name", FAST)

@@ -229,6 +229,12 @@ def _drop_removed_arguments(bundle: Path) -> None:
             path.write_text(json.dumps(config, indent=2))
 
 
+def _forget_scripts() -> None:
+    """Another bundle's ``scripts`` package, imported before, must not shadow this one's."""
+    for module in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[module]
+
+
 def prepare_bundle(name: str, folder: Path, seed: int = 0) -> Path:
     """A runnable copy of a published bundle in ``folder/name`` with random weights."""
     bundle = folder / name
@@ -248,6 +254,7 @@ def prepare_bundle(name: str, folder: Path, seed: int = 0) -> Path:
         parser["arch_ckpt"] = code
         parser["dints_space#device"] = "$torch.device('cpu')"
     added = False
+    _forget_scripts()
     if STAND_INS.get(name):
         sys.path.insert(0, str(bundle))
         added = True
@@ -257,8 +264,7 @@ def prepare_bundle(name: str, folder: Path, seed: int = 0) -> Path:
     finally:
         if added:
             sys.path.remove(str(bundle))
-            for module in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
-                del sys.modules[module]
+        _forget_scripts()
     weights = Path(_checkpoint_path(parser))
     weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), weights)

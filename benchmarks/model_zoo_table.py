@@ -101,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         share, note = (None, "")
         if not args.status_only and status != "no" and name in zf.CASES:
-            share, note = agreement(name, trust=status == "trust")
+            try:
+                share, note = agreement(name, trust=status == "trust")
+            except Exception as exc:  # one bundle's failure must not lose the others' rows
+                share, note = None, f"{type(exc).__name__}: {exc}"[:200]
             print(f"{name}: {share} ({note})", file=sys.stderr, flush=True)
         shown = "-" if share is None else f"{share:.6f}"
         rows.append(f"| {name} | {SHOWN[status]} | {shown} | {reason or ''} |")
