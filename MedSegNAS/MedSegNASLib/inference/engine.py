@@ -375,7 +375,7 @@ class _Runner:
             if self.autocast
             else contextlib.nullcontext()
         )
-        with context:
+        with context, _bundle_errors(self.model):
             if not self.options.tta:
                 return network(batch).float()
             total = None
@@ -418,7 +418,7 @@ class _Runner:
         if any(pad):
             image = torch.nn.functional.pad(image[None], pad, mode=model.pad_mode, value=model.cval)[0]
         padded = tuple(int(s) for s in image.shape[1:])
-        num_classes = model.num_classes
+        num_classes = model.num_outputs
         channels_last = self.device.type == "cpu"
         if channels_last:
             total = torch.zeros((*padded, num_classes), dtype=torch.float32, device=self.output_device)
@@ -434,7 +434,11 @@ class _Runner:
         kept = [start for start in plan.starts if start in plan.keep]
         for start in plan.starts:
             if start not in plan.keep:
-                region = total[(0, *_window_slices(start, roi))]
+                # sigmoid outputs: every channel off; softmax: the background channel wins
+                channel = slice(None) if model.multilabel else 0
+                if model.multilabel:
+                    background = -BACKGROUND_LOGIT
+                region = total[(channel, *_window_slices(start, roi))]
                 region.add_(weights * background if weights is not None else background)
         # As many network calls as batches of sw_batch_size need, with sizes differing by at most
         # one: no small last batch, which costs more per window.
@@ -471,9 +475,12 @@ class _Runner:
         another size than their input window."""
         from monai.inferers import sliding_window_inference
 
-        num_classes = self.model.num_classes
+        num_classes = self.model.num_outputs
         background = torch.zeros((1, num_classes, *plan.roi), dtype=torch.float32, device=self.device)
-        background[:, 0] = 1.0 if self.probabilities else BACKGROUND_LOGIT
+        if self.model.multilabel:
+            background[:] = -BACKGROUND_LOGIT  # sigmoid outputs: every channel off
+        else:
+            background[:, 0] = 1.0 if self.probabilities else BACKGROUND_LOGIT
         self.done = 0
 
         def predictor(windows: torch.Tensor, coords: list) -> torch.Tensor:
@@ -506,6 +513,31 @@ class _Runner:
             with_coord=True,
         )
         return out[0]
+
+
+@contextlib.contextmanager
+def _bundle_errors(model: SegmentationModel):
+    """Errors raised inside a trusted bundle's own network code are reported as the bundle's
+    (out-of-memory errors pass, for the engine's fallbacks)."""
+    from .model import BundleCodeError
+
+    if not model.trusted:
+        yield
+        return
+    try:
+        yield
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+        if _is_out_of_memory(exc) or isinstance(exc, _OtherOutputShape):
+            raise
+        raise BundleCodeError(
+            f"bundle {model.name}: its own network code failed: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}"
+        ) from exc
+    except (TypeError, ValueError, AttributeError, IndexError, KeyError, ImportError, AssertionError) as exc:
+        raise BundleCodeError(
+            f"bundle {model.name}: its own network code failed: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}"
+        ) from exc
 
 
 class _OtherOutputShape(Exception):
@@ -690,21 +722,29 @@ def _run(
     work_device = device if device.type == "cuda" else torch.device("cpu")  # grid_sample 3D: CUDA or CPU
     clock = time.perf_counter()
     progress.step("preprocess", 0, 1)
+    identity = _same_grid(in_grid, m_grid)
     with torch.inference_mode():
         # Voxel-wise intensities resample separably from any axis order; otherwise the input's axis
         # order is kept, so that statistics and grid_sample round as in MONAI.
-        memory_order = model.pointwise and not model.pre_intensity
+        memory_order = model.pointwise and not model.pre_intensity and not identity
         source, source_grid = _torch_source(volume, in_grid, memory_order=memory_order)
         source = source.to(work_device)
         if model.pre_intensity:
             source = _apply_transforms(model.pre_intensity, source.float())
-        if plan is not None and model.pointwise:
+        if plan is not None and model.pointwise and not identity:
             box = plan.box
         else:
             box = tuple((0, s) for s in m_grid.shape)
-        image = torch.zeros((volume.num_channels, *m_grid.shape), dtype=torch.float32, device=work_device)
         region = (slice(None), *_box_slices(box))
-        if all(b > a for a, b in box):
+        if identity:
+            # No resampling is needed (no Orientation/Spacing, or they change nothing): the voxels
+            # are copied, so exact zeros stay zero for NormalizeIntensity(nonzero=True), as in MONAI.
+            image = source.to(torch.float32, copy=True)
+            if model.post_intensity:
+                image = _apply_transforms(model.post_intensity, image)
+        else:
+            image = torch.zeros((volume.num_channels, *m_grid.shape), dtype=torch.float32, device=work_device)
+        if not identity and all(b > a for a, b in box):
             resample(
                 source,
                 index_map(source_grid, m_grid),
@@ -719,9 +759,19 @@ def _run(
                 out=image[region],
                 separable=model.pointwise,
             )
+            if model.channel_steps:
+                image = _apply_channel_steps(model, image)
             if model.post_intensity:
                 image[region] = _apply_transforms(model.post_intensity, image[region])
         del source
+        crop_box = None
+        if model.crop_foreground is not None:
+            image, crop_box, plan = _crop_foreground(image, model, m_grid, in_grid, plan)
+            progress.log(
+                "foreground crop (CropForeground): "
+                + " x ".join(str(b - a) for a, b in crop_box)
+                + f" of {' x '.join(map(str, m_grid.shape))} model voxels"
+            )
         progress.step("preprocess", 1, 1)
         timings["preprocess"] = time.perf_counter() - clock
 
@@ -734,11 +784,161 @@ def _run(
         else:
             prediction = runner.infer(image, plan, total_windows)
         del image
+        if prediction is not None and crop_box is not None:
+            # MONAI's Invertd pads the cropped predictions back with zeros.
+            full = torch.zeros((prediction.shape[0], *m_grid.shape), dtype=prediction.dtype)
+            full[(slice(None), *_box_slices(crop_box))] = prediction.to(full.device)
+            prediction, plan = full, None
         timings["infer"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        labels = _invert(prediction, model, plan, in_grid, m_grid, softmax=model.softmax and not options.tta)
+        if model.multilabel:
+            labels = _invert_multilabel(prediction, model, in_grid, m_grid, identity)
+        else:
+            labels = _invert(
+                prediction, model, plan, in_grid, m_grid, softmax=model.softmax and not options.tta,
+                identity=identity,
+            )  # fmt: skip
+        for step in model.input_label_steps:
+            labels[...] = _apply_label_step(step, torch.from_numpy(np.asarray(labels))).numpy()
         timings["invert"] = time.perf_counter() - clock
+    return labels
+
+
+def _apply_channel_steps(model: SegmentationModel, image: torch.Tensor) -> torch.Tensor:
+    """The bundle's own input-combining transforms (``--trust``): each of its input keys gets one
+    channel of the resampled image, in order, as its data dictionary would hold them."""
+    from monai.data import MetaTensor
+
+    from .model import BundleCodeError
+
+    for transform, keys, out_key in model.channel_steps:
+        if len(keys) != image.shape[0]:
+            raise MedSegNASError(
+                f"bundle {model.name}: its step {type(transform).__name__} combines {len(keys)} inputs "
+                f"({', '.join(keys)}); give {len(keys)} images, in that order"
+            )
+        data = {key: MetaTensor(image[n : n + 1].clone()) for n, key in enumerate(keys)}
+        try:
+            out = transform(data)[out_key]
+        except Exception as exc:
+            raise BundleCodeError(
+                f"bundle {model.name}: its own transform {type(transform).__name__} failed: "
+                f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            ) from exc
+        out = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(np.asarray(out))
+        image = out.to(torch.float32).contiguous()
+    return image
+
+
+def _has_half_voxel_ties(aligned: Any, shape: Sequence[int], offset: Sequence[int]) -> bool:
+    """Whether an axis-aligned inversion samples some model coordinate exactly at ``n + 0.5``."""
+    if aligned is None:
+        return False
+    for axis in range(3):
+        coords = aligned.coordinates(axis, int(offset[axis]), int(shape[axis]))
+        if np.any(np.abs(coords - np.floor(coords) - 0.5) < 1e-6):
+            return True
+    return False
+
+
+def _monai_nearest_inversion(
+    model_labels: torch.Tensor, model: SegmentationModel, m_grid: Grid, in_grid: Grid
+) -> np.ndarray:
+    """Nearest-neighbour inversion of a model-grid label map as MONAI's ``Invertd`` computes it:
+    ``SpatialResample`` (float64, the ``Spacing``'s padding) onto the oriented input grid, then
+    the orientation undone (an exact flip/permutation)."""
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    names = [type(t).__name__.rstrip("d") for t in model.geometry]
+    before_spacing = model.geometry[: names.index("Spacing")] if "Spacing" in names else model.geometry
+    oriented = model_grid(in_grid, before_spacing)
+    source = MetaTensor(
+        model_labels[None].to(torch.float64).cpu(), affine=torch.as_tensor(m_grid.affine, dtype=torch.float64)
+    )
+    resampler = SpatialResample(mode="nearest", padding_mode=model.padding_mode, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        values = resampler(
+            source,
+            dst_affine=torch.as_tensor(oriented.affine, dtype=torch.float64),
+            spatial_size=oriented.shape,
+        )
+    values = torch.as_tensor(values.as_tensor() if hasattr(values, "as_tensor") else values)
+    back = axis_aligned(index_map(oriented, in_grid))  # input index -> oriented index: flips, permutation
+    result = resample_axis_aligned(values, back, in_grid.shape, mode="nearest", dtype=None)[0]
+    return result.round().to(torch.int64).numpy()
+
+
+def _same_grid(a: Grid, b: Grid, tolerance: float = 1e-6) -> bool:
+    """Whether two grids are the same voxels at the same points (resampling would copy)."""
+    return tuple(a.shape) == tuple(b.shape) and bool(np.allclose(a.affine, b.affine, rtol=0, atol=tolerance))
+
+
+def _crop_foreground(
+    image: torch.Tensor, model: SegmentationModel, m_grid: Grid, in_grid: Grid, plan: _Plan | None
+) -> tuple[torch.Tensor, tuple[tuple[int, int], ...], _Plan | None]:
+    """The bundle's ``CropForeground`` box of the preprocessed model-grid image (MONAI computes
+    it), the image cropped to it and the windows tiling the crop (all run, as MONAI's)."""
+    transform = model.crop_foreground
+    cropper = getattr(transform, "cropper", transform)
+    start, end = cropper.compute_bounding_box(image.cpu())
+    shape = np.array(m_grid.shape)
+    start = np.clip(np.asarray(start, dtype=int), 0, shape)
+    end = np.clip(np.asarray(end, dtype=int), start, shape)
+    box = tuple((int(a), int(b)) for a, b in zip(start, end, strict=True))
+    if any(b <= a for a, b in box):
+        box = tuple((0, int(n)) for n in shape)
+    cropped = image[(slice(None), *_box_slices(box))].contiguous()
+    if plan is not None:
+        crop_affine = m_grid.affine.copy()
+        crop_affine[:3, 3] = m_grid.affine[:3, :3] @ start + m_grid.affine[:3, 3]
+        crop_grid = Grid(tuple(b - a for a, b in box), crop_affine)  # type: ignore[arg-type]
+        plan = _plan_windows(crop_grid, in_grid, plan.roi, plan.overlap, None)
+    return cropped, box, plan
+
+
+def _apply_label_step(step: Any, labels: torch.Tensor) -> torch.Tensor:
+    """A MONAI label transform (``KeepLargestConnectedComponent(d)``) on a ``(...)`` label map."""
+    from monai.transforms import MapTransform
+
+    from .postprocess import LargestComponentStep
+
+    if isinstance(step, LargestComponentStep):
+        return step(labels)
+    data = labels[None]
+    if isinstance(step, MapTransform):
+        out = step({step.keys[0]: data})[step.keys[0]]
+    else:
+        out = step(data)
+    out = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
+    return out[0].to(labels.dtype)
+
+
+def _invert_multilabel(
+    prediction: torch.Tensor | None, model: SegmentationModel, in_grid: Grid, m_grid: Grid, identity: bool
+) -> np.ndarray:
+    """Sigmoid channels -> input grid (linear, as MONAI's Invertd) -> thresholded (``>=``, as
+    ``AsDiscrete(threshold=...)``) -> one label map by the bundle's merge step."""
+    labels = np.zeros(in_grid.shape, dtype=np.uint8 if max(lb.value for lb in model.labels) < 256 else np.uint16,
+                      order="F")  # fmt: skip
+    if prediction is None:
+        return labels
+    if identity:
+        channels = torch.sigmoid(prediction.float()) >= model.threshold
+        labels[...] = model.merge(channels).cpu().numpy()
+        return labels
+    for start, stop, values in resample_slabs(
+        prediction,
+        index_map(m_grid, in_grid),
+        in_grid.shape,
+        mode="bilinear",
+        padding_mode=model.padding_mode,
+        source_transform=torch.sigmoid if model.sigmoid_first else None,
+    ):
+        probabilities = values if model.sigmoid_first else torch.sigmoid(values)
+        labels[start:stop] = model.merge(probabilities >= model.threshold).cpu().numpy()
     return labels
 
 
@@ -788,8 +988,13 @@ def _invert(
     m_grid: Grid,
     *,
     softmax: bool,
+    identity: bool = False,
 ) -> np.ndarray:
     """Model-grid predictions ``(C, *m_grid)`` -> ``(I, J, K)`` labels on the input grid.
+
+    The bundle's label steps on the model grid (``KeepLargestConnectedComponent`` before
+    ``Invertd``) run on the argmax labels first; the inversion is then nearest-neighbour. On the
+    same grid (``identity``) the labels are copied.
 
     Axis-aligned grids go through :func:`~.geometry.argmax_of_interpolation` (probabilities
     interpolated only at label boundaries) or a separable nearest-neighbour gather; other grids
@@ -803,6 +1008,11 @@ def _invert(
     model_labels = _model_labels(
         prediction, plan.box if plan is not None else tuple((0, s) for s in m_grid.shape)
     )
+    for step in model.model_label_steps:
+        model_labels = _apply_label_step(step, model_labels.cpu()).to(model_labels.dtype)
+    if identity:
+        labels[...] = model_labels.cpu().numpy()
+        return labels
     in_box = _input_box(m_grid, in_grid, _foreground_box(model_labels))
     if any(b <= a for a, b in in_box):
         return labels
@@ -811,6 +1021,11 @@ def _invert(
     offset = [a for a, _ in in_box]
     target = labels[_box_slices(in_box)]
     aligned = axis_aligned(to_model)
+    if model.invert == "nearest" and _has_half_voxel_ties(aligned, shape, offset):
+        # Input voxels exactly half-way between two model voxels: which one MONAI's Invertd picks
+        # depends on its float64 arithmetic, so these maps are inverted by MONAI's own resampler.
+        labels[...] = _monai_nearest_inversion(model_labels, model, m_grid, in_grid)
+        return labels
     if aligned is not None and model.invert == "nearest" and model.padding_mode in ("border", "zeros"):
         values = resample_axis_aligned(
             model_labels[None], aligned, shape, mode="nearest", padding_mode=model.padding_mode,
@@ -820,7 +1035,7 @@ def _invert(
         return labels
     if (
         aligned is not None
-        and model.invert != "nearest"
+        and model.invert == "linear"
         and model.padding_mode == "border"
         and model.num_classes < 255
     ):
@@ -829,9 +1044,12 @@ def _invert(
         )
         target[...] = values.cpu().numpy()
         return labels
-    if model.invert == "nearest":
+    if model.invert in ("nearest", "label_linear"):
+        # label_linear: the bundle inverts its argmax labels with Invertd(nearest_interp=False), so
+        # MONAI interpolates the label values trilinearly; its map, rounded, is what is computed.
         source = model_labels[None].float()
-        mode, reduce = "nearest", lambda values: values[0].round()
+        mode = "nearest" if model.invert == "nearest" else "bilinear"
+        reduce = lambda values: values[0].round()  # noqa: E731
         transform = None
     else:
         source, mode, reduce = prediction, "bilinear", argmax_channels

@@ -96,8 +96,8 @@ def model_grid(grid: Grid, transforms: Sequence[Callable]) -> Grid:
         transform.lazy = True
         try:
             if isinstance(transform, MapTransform):
-                key = transform.keys[0]
-                image = transform({key: image})[key]
+                key = transform.keys[0]  # every key gets the placeholder (renal: three phases)
+                image = transform(dict.fromkeys(transform.keys, image))[key]
             else:
                 image = transform(image)
         finally:

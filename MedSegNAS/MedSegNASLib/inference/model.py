@@ -35,12 +35,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..data.volume import LabelInfo
 from ..errors import MedSegNASError
 
-__all__ = ["SegmentationModel", "load_model", "load_resolved_model", "ARCHIVE_SUFFIXES", "CT_BODY_HU"]
+__all__ = [
+    "SegmentationModel",
+    "BundleCodeError",
+    "load_model",
+    "load_resolved_model",
+    "run_status",
+    "RUNS_UNTRUSTED",
+    "RUNS_WITH_TRUST",
+    "RUNS_NOT",
+    "ARCHIVE_SUFFIXES",
+    "CT_BODY_HU",
+]
 
 #: Archive names accepted as ``--model``.
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -83,10 +95,26 @@ class SegmentationModel:
         roi_size: sliding window (voxels), or None to run the network on the whole image.
         overlap, sw_batch_size, blend_mode, sigma_scale, pad_mode, cval: sliding-window settings.
         softmax: the bundle applies softmax before inverting (else raw logits are inverted).
-        invert: ``"linear"`` (probabilities interpolated back) or ``"nearest"`` (labels).
+        invert: ``"linear"`` (probabilities interpolated back), ``"nearest"`` (labels), or
+            ``"label_linear"`` (label values interpolated trilinearly and rounded: what MONAI's
+            ``Invertd(nearest_interp=False)`` does to an argmax map, e.g. prostate_mri_anatomy).
         modality: ``"CT"``, ``"MR"``... from the metadata; ct_window: (a_min, a_max) if known.
         steps: human-readable preprocessing steps, for logs and ``models info``.
         spec: the MedSegNAS preprocessing spec, for exported bundles.
+        crop_foreground: the bundle's ``CropForeground(d)`` (after resampling): windows tile the
+            foreground box of the model grid, predictions outside it are zero, as after MONAI's
+            inversion of the crop.
+        multilabel: sigmoid channels, thresholded at ``threshold`` after inversion (linear) and
+            merged into one label map by ``merge`` (a callable ``(C, ...) bool -> (...) labels``).
+        model_label_steps / input_label_steps: label-map transforms (``KeepLargestConnectedComponent``)
+            the bundle applies on the model grid (before ``Invertd``) / on the input grid (after).
+        trusted: built with the bundle's own code (``--trust``): errors from it are the bundle's.
+        output_channels: channels the network outputs, when they are merged into other labels.
+        channel_steps: (trusted) the bundle's own transforms that combine its input keys after
+            resampling (``scripts.*.ConcatImages``): ``(transform, input keys, output key)``;
+            the engine gives each input key one channel of the image, in order.
+        sigmoid_first: the sigmoid comes before ``Invertd`` (probabilities are interpolated),
+            else after it (logits are interpolated).
     """
 
     name: str
@@ -113,10 +141,25 @@ class SegmentationModel:
     ct_window: tuple[float, float] | None = None
     steps: list[str] = field(default_factory=list)
     spec: Any = None
+    crop_foreground: Any = None
+    multilabel: bool = False
+    threshold: float = 0.5
+    merge: Any = None
+    model_label_steps: list[Any] = field(default_factory=list)
+    input_label_steps: list[Any] = field(default_factory=list)
+    trusted: bool = False
+    output_channels: int | None = None
+    channel_steps: list[tuple[Any, list[str], str]] = field(default_factory=list)
+    sigmoid_first: bool = True
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def num_outputs(self) -> int:
+        """Channels the network outputs (the label count, unless channels are merged into labels)."""
+        return self.output_channels or self.num_classes
 
     def foreground_threshold(self) -> float | None:
         """Raw intensity (first channel) above which a voxel is body, or None to derive it from the data.
@@ -186,27 +229,70 @@ def _arg(parser: Any, item_id: str, raw: dict, key: str, default: Any) -> Any:
     return value
 
 
-def _target_name(raw: Any) -> str | None:
+def _target_name(raw: Any, trusted: bool = False) -> str | None:
+    """The short class name of a config component (``Spacingd`` -> ``Spacing``), or None.
+
+    Untrusted: only allow-listed targets are resolved. Trusted: the bundle's own targets
+    (``scripts.*``) are named as written, as MONAI's parser would import them."""
     from ..models.safe_expr import resolve_target
+    from ..models.safety import UnsafeConfigError
 
     if not isinstance(raw, dict) or "_target_" not in raw:
         return None
-    target = resolve_target(raw["_target_"])
+    try:
+        target = resolve_target(raw["_target_"])
+    except UnsafeConfigError:
+        if not trusted or not isinstance(raw["_target_"], str):
+            raise
+        return raw["_target_"].rsplit(".", 1)[-1]
     name = target.__name__
     return name[:-1] if name.endswith("d") and name[:-1] in _known_names() else name
 
 
 def _read_preprocessing(model: SegmentationModel, parser: Any, bundle: str) -> None:
     """Fill the model's geometry and intensity steps from a generic bundle's ``preprocessing``."""
+    from ..models.safe_expr import resolve_target
+    from ..models.safety import UnsafeConfigError
+
     spacing_seen = False
+    input_keys: list[str] = []
     for item_id, raw in _transform_items(parser, "preprocessing"):
-        name = _target_name(raw)
+        name = _target_name(raw, model.trusted)
         if name is None:
             raise MedSegNASError(f"{bundle}: preprocessing item '{item_id}' is not a MONAI transform")
-        if raw.get("_disabled_") is True or name in _PASS_THROUGH:
+        if raw.get("_disabled_") is True:
             continue
+        keys = _arg(parser, item_id, raw, "keys", None) if isinstance(raw, dict) else None
+        keys = [str(k) for k in keys] if isinstance(keys, (list, tuple)) else [str(keys)] if keys else []
+        if model.channel_steps and not model.channel_steps[-1][2] and keys:
+            step = model.channel_steps[-1]
+            model.channel_steps[-1] = (step[0], step[1], keys[0])  # the key the bundle's step made
+        if name in _PASS_THROUGH:
+            continue
+        bundle_code = False
+        if model.trusted:
+            try:
+                resolve_target(raw["_target_"])
+            except UnsafeConfigError:
+                bundle_code = True
+        if bundle_code:
+            if model.crop_foreground is not None or model.post_intensity or not input_keys:
+                raise MedSegNASError(
+                    f"{bundle}: its own preprocessing step '{item_id}' ({name}) comes where segment cannot "
+                    "apply it (only right after the resampling); run it with python -m monai.bundle run"
+                )
+            model.channel_steps.append((parser.get_parsed_content(item_id), list(input_keys), ""))
+            model.pointwise = False
+            model.steps.append(f"{name} (bundle code)")
+            continue
+        if model.crop_foreground is not None and name in _GEOMETRY:
+            raise MedSegNASError(
+                f"{bundle}: its preprocessing resamples after CropForeground ('{item_id}'), which segment "
+                "does not reproduce; run it with python -m monai.bundle run"
+            )
         transform = parser.get_parsed_content(item_id)
         if name in _GEOMETRY:
+            input_keys = keys
             model.geometry.append(transform)
             if name == "Spacing":
                 if spacing_seen:
@@ -225,8 +311,14 @@ def _read_preprocessing(model: SegmentationModel, parser: Any, bundle: str) -> N
             else:
                 inner = getattr(transform, "ornt_transform", transform)
                 model.steps.append(f"orientation {inner.axcodes or 'closest canonical'}")
+        elif name == "CropForeground":
+            # MONAI crops the model grid to the foreground box and Invertd pads the predictions
+            # back with zeros: the engine tiles the box and fills the rest with zeros alike.
+            model.crop_foreground = transform
+            model.pointwise = False
+            model.steps.append("CropForeground")
         elif _is_intensity(transform):
-            target = model.post_intensity if spacing_seen else model.pre_intensity
+            target = model.post_intensity if spacing_seen or model.crop_foreground else model.pre_intensity
             target.append(transform)
             if spacing_seen and name not in _POINTWISE:
                 model.pointwise = False
@@ -244,7 +336,9 @@ def _read_preprocessing(model: SegmentationModel, parser: Any, bundle: str) -> N
     if not spacing_seen and model.pre_intensity:
         model.post_intensity = model.pre_intensity + model.post_intensity  # no resampling: order kept
         model.pre_intensity = []
-        model.pointwise = all(_short_name(t) in _POINTWISE for t in model.post_intensity)
+        model.pointwise = model.crop_foreground is None and all(
+            _short_name(t) in _POINTWISE for t in model.post_intensity
+        )
 
 
 def _first_value(value: Any) -> str:
@@ -276,37 +370,180 @@ def _check_spacing(transform: Any, bundle: str) -> None:
         )
 
 
+def _where_chain(text: Any) -> tuple[list[tuple[int, float, int]], int] | None:
+    """A label-merging lambda read as data, never run: ``lambda x: torch.where(x[[c]] > t, v,
+    torch.where(...,  default))`` (BraTS) -> ``([(c, t, v), ...], default)``; None otherwise."""
+    import ast
+
+    if not isinstance(text, str) or not text.startswith("$"):
+        return None
+    try:
+        tree = ast.parse(text[1:].strip(), mode="eval").body
+    except SyntaxError:
+        return None
+    if not isinstance(tree, ast.Lambda) or len(tree.args.args) != 1:
+        return None
+    arg = tree.args.args[0].arg
+    rules: list[tuple[int, float, int]] = []
+    node: ast.AST = tree.body
+    while isinstance(node, ast.Call):
+        func = node.func
+        if not (
+            isinstance(func, ast.Attribute)
+            and func.attr == "where"
+            and isinstance(func.value, ast.Name)
+            and func.value.id == "torch"
+            and len(node.args) == 3
+            and not node.keywords
+        ):
+            return None
+        test, value, node = node.args
+        if not (
+            isinstance(test, ast.Compare)
+            and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Gt)
+            and isinstance(test.comparators[0], ast.Constant)
+            and isinstance(test.left, ast.Subscript)
+            and isinstance(test.left.value, ast.Name)
+            and test.left.value.id == arg
+            and isinstance(value, ast.Constant)
+        ):
+            return None
+        index = test.left.slice
+        if isinstance(index, ast.List) and len(index.elts) == 1:
+            index = index.elts[0]
+        if not (isinstance(index, ast.Constant) and isinstance(index.value, int)):
+            return None
+        if not isinstance(value.value, int) or not isinstance(test.comparators[0].value, (int, float)):
+            return None
+        rules.append((int(index.value), float(test.comparators[0].value), int(value.value)))
+    if not rules or not (isinstance(node, ast.Constant) and isinstance(node.value, int)):
+        return None
+    return rules, int(node.value)
+
+
+class WhereChainMerge:
+    """``(C, ...)`` thresholded channels -> ``(...)`` labels by an ordered rule list: the first
+    rule ``(channel, threshold, value)`` whose channel is above its threshold gives the label."""
+
+    def __init__(self, rules: list[tuple[int, float, int]], default: int) -> None:
+        self.rules, self.default = rules, default
+
+    @property
+    def values(self) -> list[int]:
+        return sorted({self.default, *(value for _, _, value in self.rules)})
+
+    def __call__(self, channels: torch.Tensor) -> torch.Tensor:
+        labels = torch.full(channels.shape[1:], self.default, dtype=torch.int16, device=channels.device)
+        for channel, threshold, value in reversed(self.rules):
+            labels = torch.where(channels[channel] > threshold, value, labels)
+        return labels
+
+
+class BundleMerge:
+    """A bundle's own merging transform (``Lambdad``, ``scripts.*.MergeClassesd``; ``--trust``)
+    applied as MONAI applies it, to ``{"pred": (C, ...)}``."""
+
+    def __init__(self, transform: Any, key: str) -> None:
+        self.transform, self.key = transform, key
+
+    def __call__(self, channels: torch.Tensor) -> torch.Tensor:
+        from monai.transforms import MapTransform
+
+        data = channels.float()
+        if isinstance(self.transform, MapTransform):
+            out = self.transform({self.key: data})[self.key]
+        else:
+            out = self.transform(data)
+        out = torch.as_tensor(out)
+        return out[0].round().to(torch.int16) if out.dim() == 4 else out.round().to(torch.int16)
+
+
+def _largest_component_step(parser: Any, item_id: str, raw: dict) -> Any:
+    """The bundle's ``KeepLargestConnectedComponent(d)``: ours (scipy) for MONAI's defaults,
+    else MONAI's own transform (which needs scikit-image)."""
+    from .postprocess import LargestComponentStep
+
+    defaults = (
+        not _arg(parser, item_id, raw, "is_onehot", False)
+        and _arg(parser, item_id, raw, "independent", True)
+        and _arg(parser, item_id, raw, "connectivity", None) in (None, 3)
+        and _arg(parser, item_id, raw, "num_components", 1) == 1
+    )
+    if defaults:
+        labels = _arg(parser, item_id, raw, "applied_labels", None)
+        return LargestComponentStep(None if labels is None else [int(v) for v in np.atleast_1d(labels)])
+    return parser.get_parsed_content(item_id)
+
+
 def _read_postprocessing(model: SegmentationModel, parser: Any, bundle: str) -> None:
-    """softmax / invert mode from ``postprocessing``; refuse what a label map cannot hold."""
+    """softmax / sigmoid, invert mode, label clean-up and label merging from ``postprocessing``."""
     if "postprocessing" not in parser:
         return
     softmax = False
     argmax_done = False
     inverted = False
     for item_id, raw in _transform_items(parser, "postprocessing"):
-        name = _target_name(raw)
-        if name is None or raw.get("_disabled_") is True:
+        if isinstance(raw, dict) and raw.get("_disabled_") is True:
+            continue
+        if isinstance(raw, dict) and _where_chain(raw.get("func")) is not None and not model.trusted:
+            name = "Lambda"  # read as data below: nothing is built or run
+        else:
+            name = _target_name(raw, model.trusted)
+        if name is None:
             continue
         if name == "Activations":
             if _arg(parser, item_id, raw, "sigmoid", False):
-                raise MedSegNASError(
-                    f"{bundle}: its outputs are sigmoid (multi-label) channels, which one label map cannot "
-                    "hold; run it with python -m monai.bundle run"
-                )
+                model.multilabel = True
+                model.sigmoid_first = not inverted
             softmax = softmax or bool(_arg(parser, item_id, raw, "softmax", False))
         elif name == "AsDiscrete":
-            if _arg(parser, item_id, raw, "threshold", None) is not None and not _arg(
-                parser, item_id, raw, "argmax", False
-            ):
-                raise MedSegNASError(
-                    f"{bundle}: its outputs are thresholded channels (multi-label), which one label map "
-                    "cannot hold; run it with python -m monai.bundle run"
-                )
+            threshold = _arg(parser, item_id, raw, "threshold", None)
+            if threshold is not None and not _arg(parser, item_id, raw, "argmax", False):
+                if not model.multilabel:
+                    raise MedSegNASError(
+                        f"{bundle}: its outputs are thresholded channels without a sigmoid, which segment "
+                        "does not reproduce; run it with python -m monai.bundle run"
+                    )
+                model.threshold = float(threshold)
+                continue
             argmax_done = argmax_done or bool(_arg(parser, item_id, raw, "argmax", False))
         elif name == "Invert":
             inverted = True
             nearest = bool(_arg(parser, item_id, raw, "nearest_interp", True))
-            model.invert = "nearest" if (nearest or argmax_done) else "linear"
+            model.invert = "nearest" if nearest else "label_linear" if argmax_done else "linear"
+        elif name == "KeepLargestConnectedComponent":
+            if not argmax_done:
+                raise MedSegNASError(
+                    f"{bundle}: KeepLargestConnectedComponent ('{item_id}') on channels before argmax is not "
+                    "supported; run it with python -m monai.bundle run"
+                )
+            step = _largest_component_step(parser, item_id, raw)
+            (model.input_label_steps if inverted else model.model_label_steps).append(step)
+        elif (
+            model.multilabel
+            and name in ("Lambda", "MergeClassesd", "MergeClasses")
+            or (model.trusted and model.multilabel and name not in ("SaveImage", "CopyItems", "DeleteItems"))
+        ):
+            chain = _where_chain(raw.get("func")) if name == "Lambda" else None
+            if chain is not None and not model.trusted:
+                model.merge = WhereChainMerge(*chain)
+            elif model.trusted:
+                keys = _arg(parser, item_id, raw, "keys", "pred")
+                key = keys[0] if isinstance(keys, (list, tuple)) else keys
+                model.merge = BundleMerge(parser.get_parsed_content(item_id), str(key))
+            else:
+                raise MedSegNASError(
+                    f"{bundle}: its output step '{item_id}' ({name}) is bundle code; run it with --trust"
+                )
+    if model.multilabel:
+        if model.merge is None:
+            raise MedSegNASError(
+                f"{bundle}: its outputs are sigmoid (multi-label) channels that the config does not merge "
+                "into one label map, which one label map cannot hold; run it with python -m monai.bundle run"
+            )
+        model.invert = "linear"
+        softmax = False
     model.softmax = softmax
     if not inverted:
         model.invert = "nearest" if argmax_done else "linear"
@@ -371,12 +608,141 @@ def _bundle_folder(source: Path, scratch: list[Path]) -> Path:
     return find_bundle_root(folder / "bundle")
 
 
+def _references(value: Any) -> list[str]:
+    from monai.bundle import ReferenceResolver
+
+    if isinstance(value, str):
+        return [ref.lstrip("@").replace("#", "::") for ref in ReferenceResolver.match_refs_pattern(value)]
+    if isinstance(value, dict):
+        return [ref for item in value.values() for ref in _references(item)]
+    if isinstance(value, list):
+        return [ref for item in value for ref in _references(item)]
+    return []
+
+
+def _build_on_cpu(parser: Any, item_id: str) -> list[str]:
+    """Make every component that ``item_id`` builds take ``device="cpu"`` (DiNTS configs hard-code
+    ``dints_space#device`` to CUDA); the engine moves the network to ``--device`` itself.
+
+    Returns the config ids changed."""
+    changed: list[str] = []
+    todo, seen = [item_id], set()
+    while todo:
+        current = todo.pop()
+        if current in seen or current not in parser:
+            continue
+        seen.add(current)
+        raw = parser[current]
+        if isinstance(raw, dict) and "_target_" in raw and "device" in raw:
+            parser[f"{current}::device"] = "cpu"
+            changed.append(current)
+            raw = parser[current]
+        todo.extend(_references(raw))
+        if isinstance(raw, (dict, list)):  # nested components (lists of layers...)
+            items = raw.items() if isinstance(raw, dict) else enumerate(raw)
+            todo.extend(f"{current}::{key}" for key, value in items if isinstance(value, (dict, list)))
+    return changed
+
+
+def _weights_file(root: Path, parser: Any, config: dict, *, trusted: bool) -> Path:
+    """The weights file the bundle's config loads: a ``CheckpointLoader``'s ``load_path`` (an item
+    of its own or one of the handlers), else the ``.pt``/``.pth`` of ``large_files.yml`` under
+    ``models/``, else ``models/model.pt``.
+
+    Raises:
+        ModelFileError: the file is missing; the message names it (and where it is listed).
+    """
+    from ..models import load_config_file
+    from ..models.safety import ModelFileError
+
+    listed: list[tuple[str, str]] = []  # (relative path, where it is named)
+    candidates = ["checkpointloader"]
+    for key in ("handlers", "validate::handlers"):
+        if isinstance(config.get(key.split("::")[0]), (list, dict)) and key in parser:
+            items = parser[key]
+            if isinstance(items, list):
+                candidates += [f"{key}::{n}" for n in range(len(items))]
+    for item_id in candidates:
+        raw = parser[item_id] if item_id in parser else None
+        if not (isinstance(raw, dict) and "CheckpointLoader" in str(raw.get("_target_", ""))):
+            continue
+        with contextlib.suppress(Exception):  # an expression we may not evaluate: use large_files
+            path = Path(str(parser.get_parsed_content(f"{item_id}::load_path")))
+            path = path if path.is_absolute() else root / path
+            with contextlib.suppress(ValueError):
+                listed.append((str(path.resolve().relative_to(root.resolve())), f"{item_id}::load_path"))
+    for name in ("large_files.yml", "large_files.yaml", "large_files.json"):
+        if (root / name).is_file():
+            with contextlib.suppress(Exception):
+                entries = load_config_file(root / name).get("large_files") or []
+                for entry in entries:
+                    path = str(entry.get("path", "")) if isinstance(entry, dict) else ""
+                    if path.startswith("models/") and path.endswith((".pt", ".pth")) and "/" not in path[7:]:
+                        listed.append((path, name))
+            break
+    listed.append(("models/model.pt", "the default"))
+    for relative, _ in listed:
+        if (root / relative).is_file():
+            return root / relative
+    relative, where = listed[0]
+    source = f" (named by {where})" if where != "the default" else ""
+    large = next((n for n in ("large_files.yml", "large_files.yaml") if (root / n).is_file()), None)
+    hint = (
+        f"; the bundle lists its large files in {large}: python -m monai.bundle download fetches them"
+        if large
+        else ""
+    )
+    raise ModelFileError(f"bundle {root} has no weights file {relative}{source}{hint}")
+
+
+@contextlib.contextmanager
+def _bundle_code(root: Path, trusted: bool):
+    """While building a trusted bundle: its folder importable (as ``monai.bundle run`` does, so
+    ``scripts.*`` targets resolve) and ``torch.load`` onto the CPU (configs ask for CUDA)."""
+    if not trusted:
+        yield
+        return
+    import sys
+
+    for module in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[module]  # another bundle's scripts package must not shadow this one's
+    original_load = torch.load
+
+    def load_on_cpu(*args: Any, **kwargs: Any) -> Any:
+        kwargs["map_location"] = "cpu"
+        return original_load(*args, **kwargs)
+
+    sys.path.insert(0, str(root))
+    torch.load = load_on_cpu  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.load = original_load  # type: ignore[assignment]
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(root))
+
+
+class BundleCodeError(MedSegNASError):
+    """Code of a trusted bundle (its config's expressions or ``scripts``) raised an error."""
+
+
+def _bundle_error(root: Path, what: str, exc: BaseException) -> BundleCodeError:
+    reason = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ is not None else exc
+    text = " ".join(str(reason).split())[:300]
+    return BundleCodeError(f"bundle {root.name}: its own code failed {what}: {type(reason).__name__}: {text}")
+
+
 def load_model(source: str | Path, *, trusted: bool = False) -> SegmentationModel:
     """Open a bundle folder or archive for segmentation; runs no code from it unless ``trusted``.
+
+    Every component the network needs is built on the CPU (:func:`_build_on_cpu`); the engine
+    moves the network to the device asked for. The weights are the file the config's
+    ``CheckpointLoader`` names (:func:`_weights_file`).
 
     Raises:
         MedSegNASError (UnsafeContentError, ModelFileError): unsafe, missing or inconsistent
             pieces, or preprocessing that segment cannot reproduce; the message names the file.
+        BundleCodeError: (trusted) the bundle's own code failed while building.
     """
     from ..data.preprocessing import PreprocessingSpec
     from ..models import inspect_bundle, load_config_file, load_weights, safe_parse_bundle_config
@@ -385,29 +751,38 @@ def load_model(source: str | Path, *, trusted: bool = False) -> SegmentationMode
     scratch: list[Path] = []
     try:
         root = _bundle_folder(source, scratch)
-        info = inspect_bundle(root)
+        info = inspect_bundle(root, require_weights=False)
         config = load_config_file(info.inference_config)
-        wanted = [i for i in ("network_def", "preprocessing", "inferer", "postprocessing") if i in config]
+        # What the engine builds; postprocessing is only read (its settings), and the components
+        # it builds from there (KeepLargestConnectedComponent) go through the safe parser's checks.
+        wanted = [i for i in ("network_def", "preprocessing", "inferer") if i in config]
         if "network_def" not in wanted:
             raise MedSegNASError(
                 f"{info.inference_config} has no 'network_def' item to build the network from"
             )
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _bundle_code(root, trusted):
             warnings.simplefilter("ignore")
             parser = safe_parse_bundle_config(info.inference_config, trusted=trusted, ids=wanted)
-            network = parser.get_parsed_content("network_def")
+            _build_on_cpu(parser, "network_def")
+            try:
+                network = parser.get_parsed_content("network_def")
+            except MedSegNASError:
+                raise
+            except Exception as exc:
+                if not trusted:
+                    raise
+                raise _bundle_error(root, "while building its network", exc) from exc
             if not isinstance(network, torch.nn.Module):
                 raise MedSegNASError(
                     f"{info.inference_config}: network_def builds a {type(network).__name__}, not a network"
                 )
-            state = load_weights(info.weights, trusted=trusted)
+            weights = _weights_file(root, parser, config, trusted=trusted)
+            state = load_weights(weights, trusted=trusted)
             try:
                 network.load_state_dict(state, strict=True)
             except RuntimeError as exc:
                 reason = " ".join(str(exc).split())[:300]
-                raise MedSegNASError(
-                    f"weights {info.weights} do not fit the bundle's network: {reason}"
-                ) from None
+                raise MedSegNASError(f"weights {weights} do not fit the bundle's network: {reason}") from None
             network.eval()
 
             section = info.metadata.get("medsegnas")
@@ -427,35 +802,120 @@ def load_model(source: str | Path, *, trusted: bool = False) -> SegmentationMode
                 geometry=[],
                 modality=info.modality,
                 spec=spec,
+                trusted=trusted,
             )
-            if spec is not None:
-                model.geometry = spec.geometry_transforms(["image"], ["bilinear"])
-                model.post_intensity = [spec.intensity_transform("image")]
-                model.pointwise = spec.intensity.kind == "ct_window"
-                if spec.intensity.kind == "ct_window":
-                    model.ct_window = (spec.intensity.a_min, spec.intensity.a_max)
-                spacing = (
-                    "kept" if spec.spacing is None else " x ".join(f"{s:g}" for s in spec.spacing) + " mm"
-                )
-                model.steps = [
-                    f"orientation {spec.orientation}",
-                    f"spacing {spacing}",
-                    f"intensity {spec.intensity.kind}",
-                ]
-            elif "preprocessing" in config:
-                _read_preprocessing(model, parser, str(info.root))
-            else:
-                raise MedSegNASError(
-                    f"{info.inference_config} has no 'preprocessing' item and no MedSegNAS spec"
-                )
-            _read_inferer(model, parser)
-            if model.roi_size is None and spec is not None:
-                model.roi_size = tuple(spec.patch_size)
-            _read_postprocessing(model, parser, str(info.root))
+            try:
+                _read_sections(model, parser, config, info, spec)
+            except MedSegNASError:
+                raise
+            except Exception as exc:
+                if not trusted:
+                    raise
+                raise _bundle_error(root, "while building its transforms", exc) from exc
         return model
     finally:
         for folder in scratch:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_sections(model: SegmentationModel, parser: Any, config: dict, info: Any, spec: Any) -> None:
+    """Preprocessing (MedSegNAS spec or the config's transforms), inferer and postprocessing."""
+    if spec is not None:
+        model.geometry = spec.geometry_transforms(["image"], ["bilinear"])
+        model.post_intensity = [spec.intensity_transform("image")]
+        model.pointwise = spec.intensity.kind == "ct_window"
+        if spec.intensity.kind == "ct_window":
+            model.ct_window = (spec.intensity.a_min, spec.intensity.a_max)
+        spacing = "kept" if spec.spacing is None else " x ".join(f"{s:g}" for s in spec.spacing) + " mm"
+        model.steps = [
+            f"orientation {spec.orientation}",
+            f"spacing {spacing}",
+            f"intensity {spec.intensity.kind}",
+        ]
+    elif "preprocessing" in config:
+        _read_preprocessing(model, parser, str(info.root))
+    else:
+        raise MedSegNASError(f"{info.inference_config} has no 'preprocessing' item and no MedSegNAS spec")
+    _read_inferer(model, parser)
+    if model.roi_size is None and spec is not None:
+        model.roi_size = tuple(spec.patch_size)
+    _read_postprocessing(model, parser, str(info.root))
+    if model.multilabel:
+        model.output_channels = len(model.labels)
+    if model.multilabel and isinstance(model.merge, WhereChainMerge):
+        # label v is named after the channel whose rule gives it (BraTS: channel 2 -> label 4)
+        channel_of = {value: channel for channel, _, value in model.merge.rules}
+        colors = _label_colors(max(model.merge.values) + 1)
+        model.labels = [
+            LabelInfo(0, "background", (0.0, 0.0, 0.0))
+            if v not in channel_of or channel_of[v] >= len(model.labels)
+            else LabelInfo(v, model.labels[channel_of[v]].name, colors[v])
+            for v in model.merge.values
+        ]
+
+
+#: :func:`run_status` results: the engine runs the bundle as it is / only with ``--trust`` / not.
+RUNS_UNTRUSTED, RUNS_WITH_TRUST, RUNS_NOT = "untrusted", "trust", "no"
+
+
+def _read_without_network(root: Path, *, trusted: bool) -> SegmentationModel:
+    """Everything :func:`load_model` reads from a bundle except the network and its weights."""
+    from ..models import inspect_bundle, load_config_file, safe_parse_bundle_config
+
+    info = inspect_bundle(root, require_weights=False)
+    config = load_config_file(info.inference_config)
+    wanted = [i for i in ("network_def", "preprocessing", "inferer") if i in config]
+    with warnings.catch_warnings(), _bundle_code(root, trusted):
+        warnings.simplefilter("ignore")
+        parser = safe_parse_bundle_config(info.inference_config, trusted=trusted, ids=wanted)
+        model = SegmentationModel(
+            name=info.name,
+            root=root,
+            network=torch.nn.Identity(),
+            in_channels=int(info.in_channels or _network_in_channels(config) or 1),
+            labels=_labels_from_metadata(info.metadata, info.out_channels),
+            geometry=[],
+            modality=info.modality,
+            trusted=trusted,
+        )
+        _read_sections(model, parser, config, info, None)
+    return model
+
+
+def run_status(folder: str | Path) -> tuple[str, str]:
+    """Whether ``medsegnas segment`` runs a bundle from its configs (no weights needed).
+
+    Untrusted, the checks of :func:`~MedSegNASLib.models.safe_parse_bundle_config` and the
+    engine's reading of every section (preprocessing, inferer, postprocessing) must pass.
+    Otherwise the same reading is tried with the bundle's code allowed (``--trust``); bundle
+    code that is not in ``folder`` (published configs without ``scripts/``) is named, not
+    imported: its transforms are judged by where they stand in the config.
+
+    Returns:
+        ``(status, reason)``: :data:`RUNS_UNTRUSTED` (reason empty), :data:`RUNS_WITH_TRUST`
+        (reason: the first check that refuses it untrusted) or :data:`RUNS_NOT` (reason: why the
+        engine cannot run it even trusted).
+    """
+    from ..models.safety import UnsafeConfigError
+
+    root = Path(folder)
+    try:
+        _read_without_network(root, trusted=False)
+        return RUNS_UNTRUSTED, ""
+    except UnsafeConfigError as exc:
+        untrusted_reason = str(exc).split(" is not safe to run: ", 1)[-1].split("; open it with --trust")[0]
+    except MedSegNASError as exc:
+        return RUNS_NOT, str(exc)
+    try:
+        _read_without_network(root, trusted=True)
+    except BundleCodeError as exc:
+        if "ModuleNotFoundError" not in str(exc) and "scripts" not in str(exc):
+            return RUNS_NOT, str(exc)
+    except MedSegNASError as exc:
+        return RUNS_NOT, str(exc)
+    except ImportError:
+        pass  # the bundle's scripts/ are not here: they are judged by position (see above)
+    return RUNS_WITH_TRUST, untrusted_reason
 
 
 def looks_like_path(spec: str) -> bool:

@@ -20,12 +20,13 @@ that changes an argmax in practice.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import sys
 
 import torch
 from torch import nn
 
-__all__ = ["fold_batch_norm", "prepare_for_inference", "reuse_freed_memory"]
+__all__ = ["channels_last_safe", "fold_batch_norm", "prepare_for_inference", "reuse_freed_memory"]
 
 #: glibc ``mallopt`` parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
@@ -122,11 +123,20 @@ def fold_batch_norm(network: nn.Module) -> int:
     return folded
 
 
+def channels_last_safe(network: nn.Module) -> bool:
+    """Whether ``network.to(memory_format=torch.channels_last_3d)`` applies: torch converts every
+    4-D and 5-D parameter and buffer, and a 4-D one (a position embedding, as in UNesT) cannot
+    take the 3D channels-last layout, so such networks keep their layout."""
+    tensors = itertools.chain(network.parameters(), network.buffers())
+    return all(tensor.dim() != 4 for tensor in tensors)
+
+
 def prepare_for_inference(network: nn.Module, device: torch.device) -> nn.Module:
-    """Eval mode, batch norm folded, channels-last on the CPU; returns the network (changed in place)."""
+    """Eval mode, batch norm folded, channels-last on the CPU where every parameter allows it
+    (:func:`channels_last_safe`); returns the network (changed in place)."""
     network.eval()
     fold_batch_norm(network)
     network.to(device)
-    if device.type == "cpu":
+    if device.type == "cpu" and channels_last_safe(network):
         network.to(memory_format=torch.channels_last_3d)
     return network

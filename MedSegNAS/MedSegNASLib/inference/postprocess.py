@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PostprocessSpec", "postprocess_labels"]
+__all__ = ["PostprocessSpec", "postprocess_labels", "LargestComponentStep"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +115,28 @@ def postprocess_labels(
             holes = ndimage.binary_fill_holes(mask) & ~mask & (region == 0)
             region[holes] = value
     return labels
+
+
+class LargestComponentStep:
+    """A bundle's ``KeepLargestConnectedComponent(d)`` on a label map (``is_onehot=False``,
+    ``independent=True``, full connectivity, one component: MONAI's defaults), computed with
+    scipy: MONAI's needs scikit-image or cuCIM, which a Slicer Python may lack.
+
+    Same result as MONAI's: per applied label the largest 26-connected component is kept, the
+    first in raster order on ties (MONAI takes ``argmax`` of the component sizes), and the removed
+    voxels become background.
+    """
+
+    def __init__(self, applied_labels: Iterable[int] | None = None) -> None:
+        self.applied_labels = None if applied_labels is None else [int(v) for v in applied_labels]
+
+    def __call__(self, labels):  # torch tensor or numpy array (...), returned as given
+        import torch
+
+        array = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        array = np.array(array, copy=True)
+        values = (
+            self.applied_labels if self.applied_labels is not None else [int(v) for v in np.unique(array)]
+        )
+        postprocess_labels(array, PostprocessSpec(largest_component=True), values)
+        return torch.from_numpy(array) if isinstance(labels, torch.Tensor) else array

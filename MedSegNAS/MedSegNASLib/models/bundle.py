@@ -521,6 +521,9 @@ def safe_parse_bundle_config(
         return ConfigParser(config)
     problems = check_config(config, ids=ids, bundle_root=root)
     if problems:
+        # Name the bundle's own code first: it is what --trust is really about, and an argument
+        # problem further on (e.g. a string "True" for a flag) would hide it.
+        problems.sort(key=lambda problem: "bundle code" not in problem)
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UnsafeConfigError(f"{shown} is not safe to run: {problems[0]}{more}")
     return SafeConfigParser(config, bundle_root=root)

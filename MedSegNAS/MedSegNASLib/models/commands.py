@@ -337,7 +337,9 @@ def catalog_command(args: argparse.Namespace) -> int:
             entry.version,
             entry.modality,
             str(sum(1 for label in entry.labels if label["name"].lower() != "background")),
-            "needs --trust" if entry.needs_trust else "safe",
+            {"untrusted": "runs", "trust": "needs --trust", "no": "does not run"}.get(
+                entry.runs, "needs --trust" if entry.needs_trust else "safe"
+            ),
             entry.license if len(entry.license) <= 24 else entry.license[:21] + "...",
             entry.description if len(entry.description) <= 70 else entry.description[:67] + "...",
         ]

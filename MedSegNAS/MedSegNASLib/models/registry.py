@@ -466,6 +466,9 @@ class CatalogEntry:
         needs_trust: its inference config uses bundle code or expressions outside the safe subset
             (``trust_problems`` says which), so it runs only after ``--trust``.
         weights: ``{"path", "url", "md5"}`` of the weights, fetched when the zip lacks them.
+        runs: whether ``medsegnas segment`` runs it from its published config: ``"untrusted"``,
+            ``"trust"`` (only with ``--trust``) or ``"no"``; ``runs_reason`` says why
+            (:func:`~MedSegNASLib.inference.model.run_status`); empty when not checked.
     """
 
     name: str
@@ -483,6 +486,8 @@ class CatalogEntry:
     needs_trust: bool = False
     trust_problems: tuple[str, ...] = ()
     weights: dict[str, str] | None = None
+    runs: str = ""
+    runs_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -544,6 +549,8 @@ def _catalog_entry(name: str, raw: Any, path: Path) -> CatalogEntry:
         needs_trust=bool(raw.get("needs_trust", False)),
         trust_problems=tuple(str(p) for p in raw.get("trust_problems", ())),
         weights=dict(weights) if weights else None,
+        runs=str(raw.get("runs", "")),
+        runs_reason=str(raw.get("runs_reason", "")),
     )
 
 
