@@ -154,8 +154,10 @@ def test_user_journey(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert ("openUrl", path) in app.calls
     app.click(ui.runsLoadPredictionsButton)
     assert len(_nodes("vtkMRMLSegmentationNode")) == 2  # prediction and truth of the validation case
-    app.click(ui.runsUseModelButton)
-    assert "Registered as" in ui.runsStatusLabel.text
+    app.click(ui.runsUseModelButton)  # a short model-import job: torch is never imported in the GUI
+    assert ui.runsStatusLabel.text.startswith("Importing "), ui.runsStatusLabel.text
+    app.wait_until(lambda: "Registered as" in ui.runsStatusLabel.text, 120, "the model registration")
+    assert ui.modelComboBox.count == 2 and w._parameterNode.model == ui.modelComboBox.currentData
     app.layout_manager.setLayout(FOUR_UP)
     app.click(ui.runsCurvesButton)
     assert _layout_has_plot(app) and _layout_has_table(app)
@@ -174,8 +176,10 @@ def test_user_journey(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # Evaluate the result against a prediction loaded from the run
     ui.evaluateSegmentationNodeComboBox.setCurrentNode(results[0])
     ui.evaluateReferenceNodeComboBox.setCurrentNode(_nodes("vtkMRMLSegmentationNode")[0])
-    app.click(ui.evaluateButton)
-    assert ui.evaluateStatusLabel.text.startswith("Scores in table")
+    app.click(ui.evaluateButton)  # scored in a worker: the button waits until the table is shown
+    assert not ui.evaluateButton.enabled and ui.evaluateStatusLabel.text.startswith("Evaluating")
+    app.wait_until(lambda: ui.evaluateStatusLabel.text.startswith("Scores in table"), 120, "the evaluation")
+    assert ui.evaluateButton.enabled
     assert _layout_has_table(app) and _layout_has_plot(app)
     assert app.dialogs == [] and app.slot_errors == []
 
