@@ -108,6 +108,7 @@ def test_user_journey(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     Segment -> Load predictions -> Evaluate; what the user sees at each step."""
     app, w = slicer_app, open_panel(slicer_app, "MedSegNAS")
     ui = w.ui
+    app.slot_times.clear()  # this test's calls only (the harness keeps the longest since it started)
     ui.runsFolderPathLineEdit.currentPath = str(tmp_path / "runs")
     ui.phantomFolderPathLineEdit.currentPath = str(tmp_path / "phantom")
     ui.phantomCasesSpinBox.value, ui.phantomUnlabeledSpinBox.value, ui.phantomSizeSpinBox.value = 2, 0, 32
@@ -201,11 +202,32 @@ def test_user_journey(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert app.slot_errors == [] and arrangement
     slowest = sorted(app.slot_times.items(), key=lambda item: -item[1])[:8]
     print("longest GUI callbacks (s):", ", ".join(f"{name} {seconds:.3f}" for name, seconds in slowest))
+    _assert_gui_stays_responsive(app.slot_times)
+
+
+#: Bound on any one GUI callback in these tests (s). The target in Slicer is 50 ms (issue 11); this
+#: machine is a loaded 2-core one, where the journey's handlers measured 10-90 ms, so the bound only
+#: catches real regressions such as torch being imported on the GUI thread (19-22 s, now in workers).
+GUI_CALL_BOUND_S = 0.5
+#: Documented exceptions (slot -> bound): the job timer's first loaded result imports
+#: ``MedSegNASLib.data`` (nibabel, and pydicom through it) in the GUI process once: 0.4-0.5 s here,
+#: about 20 ms of loading once imported (Slicer has pydicom loaded already).
+GUI_CALL_EXCEPTIONS_S = {"QTimer.timeout(): MedSegNASWidget._pollJobs": 1.5}
+
+
+def _assert_gui_stays_responsive(slot_times: dict[str, float]) -> None:
+    slow = {
+        name: round(seconds, 3)
+        for name, seconds in slot_times.items()
+        if seconds > GUI_CALL_EXCEPTIONS_S.get(name, GUI_CALL_BOUND_S)
+    }
+    assert not slow, f"GUI callbacks over their bound (s): {slow}"
 
 
 def test_search_then_cancel_resume_and_cancel_from_runs(slicer_app, phantom_dataset, tmp_path: Path) -> None:
     app, w = slicer_app, open_panel(slicer_app, "MedSegNAS")
     ui = w.ui
+    app.slot_times.clear()
     ui.runsFolderPathLineEdit.currentPath = str(tmp_path / "runs")
     ui.datasetPathLineEdit.currentPath = str(phantom_dataset(cases=3, size=32, seed=0))  # a search needs 3
     ui.patchSizeSpinBox.value = 32  # the preset's 12 epochs: cancelled long before
@@ -234,6 +256,7 @@ def test_search_then_cancel_resume_and_cancel_from_runs(slicer_app, phantom_data
     app.wait_until(lambda: w._areas["train"].follower is None, 180, "the resumed search to stop")
     assert ui.searchButton.text == "Search" and ui.runsResumeButton.enabled
     assert app.dialogs == [] and app.slot_errors == []
+    _assert_gui_stays_responsive(app.slot_times)
 
 
 def test_models_section(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,3 +337,24 @@ def test_timer_errors_show_once_in_the_status_line(slicer_app, tmp_path: Path, c
     assert w.ui.phantomStatusLabel.text.startswith("Failed to load the job's result: ")
     assert app.dialogs == [] and app.slot_errors == []
     assert sum("Failed to load the job's result" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_search_refuses_epochs_within_the_warm_up(slicer_app, tmp_path: Path) -> None:
+    """Epochs at or below the preset's warm-up (tiny: 6) would fail in the worker: the click says
+    so at once, and makes no run."""
+    from MedSegNASLib.panels.panel_logic import check_epochs
+
+    app, w = slicer_app, open_panel(slicer_app, "MedSegNAS")
+    ui = w.ui
+    ui.runsFolderPathLineEdit.currentPath = str(tmp_path / "runs")
+    ui.datasetPathLineEdit.currentPath = str(tmp_path / "data")
+    ui.epochsSpinBox.value = 6
+    app.click(ui.searchButton)
+    assert len(app.dialogs) == 1 and "at least 7" in app.dialogs[0], app.dialogs
+    assert (ui.searchButton.text, ui.searchButton.enabled) == ("Search", True)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    # tryWithErrorDisplay shows the dialog, then re-raises (Slicer prints it to its console)
+    assert [type(error).__name__ for _slot, error in app.slot_errors] == ["MedSegNASError"]
+    check_epochs("search", "tiny", 7)  # one more is a valid search; 0 is the preset's; train has no warm-up
+    check_epochs("search", "tiny", 0)
+    check_epochs("train", "tiny", 1)

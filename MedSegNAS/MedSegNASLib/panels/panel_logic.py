@@ -581,6 +581,26 @@ def load_segment_result(
 # --------------------------------------------------------------------------- search and train
 
 
+def check_epochs(kind: str, preset: str, epochs: int | None) -> None:
+    """Refuse, before a run is made, an Epochs setting that the worker would reject: a search needs
+    more epochs than its preset's architecture warm-up (``tiny``: 6 of 12). 0 or None: the preset's.
+
+    Raises:
+        MedSegNASError: with the smallest valid value.
+    """
+    if not epochs or kind != SEARCH:
+        return
+    from ..nas.search import SEARCH_PRESETS
+
+    schedule = SEARCH_PRESETS.get(preset, {})
+    warmup = int(schedule.get("warmup_epochs", 0))
+    if int(epochs) <= warmup:
+        raise MedSegNASError(
+            f"Epochs {epochs} is too few for a search with the '{preset}' preset: its first {warmup} epochs "
+            f"are warm-up; set at least {warmup + 1}, or 0 for the preset's {schedule.get('epochs')}"
+        )
+
+
 def training_overrides(
     *,
     epochs: int | None = None,
@@ -1008,6 +1028,7 @@ def launch_from_settings(
         arch = selected_run
     elif kind == TRAIN:
         network = s.network
+    check_epochs(kind, s.preset, s.epochs)
     from_scene = s.datasetSource == "scene"
     if from_scene and len(scene_pairs) < 2:
         raise MedSegNASError("check at least 2 scene cases (a volume with its segmentation) to train on")
