@@ -14,15 +14,19 @@ Handlers covered (test in brackets):
   ``_pollJobs`` (timer), ``_stopFollowing``, ``_onPhantomDone``, ``_onTrainingDone``,
   ``_onSegmentDone`` [test_user_journey, test_search_then_cancel_resume_and_cancel_from_runs].
 * Runs: ``refreshRuns`` (button, timer), ``_onRunSelected``, Show folder, Cancel, Resume, Curves
-  (``_showCurves``), Load predictions, Use this model [test_user_journey,
+  (``_showCurves``), Load predictions, Use this model (a model-import job: ``_startTask``,
+  ``_pollTask``) [test_user_journey,
   test_search_then_cancel_resume_and_cancel_from_runs].
 * Models: ``refreshModels`` (Refresh), ``_onModelChosen``, Browse folder / Browse file
   (``_browseModel``), Open folder, Import (``onImportModel``, ``_pollTask`` timer), Remove
   [test_models_section]; Download [test_buttons_ask_for_missing_packages].
-* Evaluate: ``onEvaluate`` [test_user_journey]; scene cases: ``refreshSceneCases``,
+* Evaluate: ``onEvaluate`` and its job's ``_pollEvaluation`` (timer) [test_user_journey]; scene cases: ``refreshSceneCases``,
   ``_checkedSceneCases`` [test_scene_cases_are_listed_with_checkboxes].
 * Package checks of Evaluate, Curves, Load predictions, Import, Download, Remove, Use this model
-  [test_buttons_ask_for_missing_packages]; errors inside timers [test_timer_errors_show_once].
+  [test_buttons_ask_for_missing_packages]; errors inside timers [test_timer_errors_show_once];
+  Search with Epochs within the preset's warm-up [test_search_refuses_epochs_within_the_warm_up].
+* Every slot's longest call stays under a bound (``_assert_gui_stays_responsive``) [test_user_journey,
+  test_search_then_cancel_resume_and_cancel_from_runs].
 """
 
 from __future__ import annotations
