@@ -210,13 +210,13 @@ def test_user_journey(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 #: Bound on any one GUI callback in these tests (s). The target in Slicer is 50 ms (issue 11); this
-#: machine is a loaded 2-core one, where the journey's handlers measured 10-90 ms, so the bound only
+#: machine is a loaded 2-core one, where the journey's handlers measured 10-140 ms, so the bound only
 #: catches real regressions such as torch being imported on the GUI thread (19-22 s, now in workers).
 GUI_CALL_BOUND_S = 0.5
 #: Documented exceptions (slot -> bound): the job timer's first loaded result imports
-#: ``MedSegNASLib.data`` (nibabel, and pydicom through it) in the GUI process once: 0.4-0.5 s here,
-#: about 20 ms of loading once imported (Slicer has pydicom loaded already).
-GUI_CALL_EXCEPTIONS_S = {"QTimer.timeout(): MedSegNASWidget._pollJobs": 1.5}
+#: ``MedSegNASLib.data`` (nibabel, and pydicom through it) in the GUI process once: 0.3-0.7 s here,
+#: about 20 ms of loading once imported (Slicer has pydicom loaded already); 3 s leaves room for load.
+GUI_CALL_EXCEPTIONS_S = {"QTimer.timeout(): MedSegNASWidget._pollJobs": 3.0}
 
 
 def _assert_gui_stays_responsive(slot_times: dict[str, float]) -> None:
