@@ -113,6 +113,7 @@ def test_user_journey(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     app, w = slicer_app, open_panel(slicer_app, "MedSegNAS")
     ui = w.ui
     app.slot_times.clear()  # this test's calls only (the harness keeps the longest since it started)
+    torch_before = {name for name in ("torch", "monai") if name in sys.modules}
     ui.runsFolderPathLineEdit.currentPath = str(tmp_path / "runs")
     ui.phantomFolderPathLineEdit.currentPath = str(tmp_path / "phantom")
     ui.phantomCasesSpinBox.value, ui.phantomUnlabeledSpinBox.value, ui.phantomSizeSpinBox.value = 2, 0, 32
@@ -207,6 +208,8 @@ def test_user_journey(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     slowest = sorted(app.slot_times.items(), key=lambda item: -item[1])[:8]
     print("longest GUI callbacks (s):", ", ".join(f"{name} {seconds:.3f}" for name, seconds in slowest))
     _assert_gui_stays_responsive(app.slot_times)
+    if not torch_before:  # in a process without them (this test alone): no handler imported torch or MONAI
+        assert not {"torch", "monai"} & set(sys.modules), "a GUI callback imported torch/MONAI"
 
 
 #: Bound on any one GUI callback in these tests (s). The target in Slicer is 50 ms (issue 11); this
