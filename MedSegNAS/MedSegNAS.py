@@ -160,6 +160,8 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._listedRunsFolder = None
         self._curvesRun = None  # run whose curves are plotted (refreshed while it runs)
         self._task = None  # JobFollower of a model import/download job
+        self._taskLabel = self._taskDoneText = None  # where and how its outcome shows
+        self._evaluation = None  # JobFollower of the Evaluate button's job
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -297,7 +299,9 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._areas["segment"].update(bool(params and params.inputVolume and params.model))
         self._areas["train"].update(bool(params and (fromScene or _isChosen(params.datasetPath))))
         self._areas["phantom"].update(bool(params and _isChosen(params.phantomFolder)))
-        ui.evaluateButton.enabled = bool(params and params.evaluateSegmentation and params.evaluateReference)
+        ui.evaluateButton.enabled = bool(
+            params and params.evaluateSegmentation and params.evaluateReference and self._evaluation is None
+        )
         ui.datasetPathLineEdit.enabled = not fromScene
         for widget in (ui.sceneCasesTableWidget, ui.sceneCasesRefreshButton, ui.sceneModalityLineEdit):
             widget.enabled = fromScene
@@ -366,7 +370,13 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._updateCurves,
                 curvesRun,
             )
-        if not self._curvesRun and all(area.follower is None for area in self._areas.values()):
+        if self._evaluation is not None:
+            self._inTimer(self.ui.evaluateStatusLabel, _("Failed to evaluate: {error}"), self._pollEvaluation)
+        if (
+            not self._curvesRun
+            and self._evaluation is None
+            and all(a.follower is None for a in self._areas.values())
+        ):
             self._jobTimer.stop()
 
     def _updateCurves(self, path) -> None:
@@ -465,12 +475,20 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if name:
             self._startTask(lambda runs: pl.launch_model_download_job(name, runs, home=self.logic.registryHome), name)  # fmt: skip
 
-    def _startTask(self, launch, what) -> None:
-        """Run a model import/download as a background job (a worker process) followed by a timer."""
+    def _startTask(self, launch, what, statusLabel=None, doneText=None) -> None:
+        """Run a model import/download as a background job (a worker process) followed by a timer.
+
+        ``statusLabel``: where progress and the outcome show (default: the Models section's);
+        ``doneText``: the outcome's text, ``{id}`` the new model id."""
         with slicer.util.tryWithErrorDisplay(_("Failed to start the import."), waitCursor=True):
+            if self._task is not None:
+                raise RuntimeError(_("A model import is running; wait for it to finish."))
             self._task = pl.JobFollower(launch(Path(self._parameterNode.runsFolder).expanduser()))
-            self.ui.modelsStatusLabel.text = _("Importing {what}...").format(what=what)
+            self._taskLabel = statusLabel or self.ui.modelsStatusLabel
+            self._taskDoneText = doneText or _("Imported as '{id}'.")
+            self._taskLabel.text = _("Importing {what}...").format(what=what)
             self.ui.modelsImportButton.enabled = self.ui.modelsDownloadButton.enabled = False
+            self.ui.runsUseModelButton.enabled = False
             self._taskTimer.start()
 
     def _pollTask(self) -> None:
@@ -485,15 +503,17 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         bar.maximum, bar.value = 100, 100 if update.state == "done" else 0
         self.ui.modelsImportButton.enabled = self.ui.modelsDownloadButton.enabled = True
         modelId = (update.status.get("result") or {}).get("model")
+        if update.state == "done" and modelId and self._parameterNode:
+            self._parameterNode.model = modelId
+        self.refreshModels()
+        if self._taskLabel is self.ui.runsStatusLabel:
+            self.refreshRuns()  # the import run is listed as ended (before the outcome is written there)
         if update.state != "done" or not modelId:
-            self.ui.modelsStatusLabel.text = _("Not imported: {error}").format(
+            self._taskLabel.text = _("Not imported: {error}").format(
                 error=update.status.get("error") or update.text
             )
         else:
-            self.ui.modelsStatusLabel.text = _("Imported as '{id}'.").format(id=modelId)
-            if self._parameterNode:
-                self._parameterNode.model = modelId
-        self.refreshModels()
+            self._taskLabel.text = self._taskDoneText.format(id=modelId)
 
     def onRemoveModel(self) -> None:
         modelId = _selectedData(self.ui.modelsTableWidget)
@@ -578,22 +598,47 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.setSliceViewerLayers(background=loaded[0][0], fit=True)
 
     def _useRunModel(self, path) -> None:
-        record = panel_runs.use_run_model(path, home=self.logic.registryHome)
-        self._parameterNode.model = record.id
-        self.refreshModels()
-        text = _("Registered as '{id}'; choose it under Segment.")
-        self.ui.runsStatusLabel.text = text.format(id=record.id)
+        """Register the run's exported bundle as a short model-import job: validating its weights
+        needs torch, which must not be imported (seconds) in Slicer's GUI process."""
+        model = panel_runs.run_details(path).model
+        if model is None:
+            raise RuntimeError(_("Run {path} has no exported model.").format(path=path))
+        self._startTask(
+            lambda runs: pl.launch_model_import_job(str(model), runs, home=self.logic.registryHome),
+            Path(path).name,
+            statusLabel=self.ui.runsStatusLabel,
+            doneText=_("Registered as '{id}'; choose it under Segment."),
+        )
 
     # -- evaluate and helpers -------------------------------------------------------------------
 
     def onEvaluate(self) -> None:
+        """Export both segmentations as label maps and score them in a worker (torch and MONAI
+        stay out of the GUI process); the job timer shows the table when it is done."""
         with slicer.util.tryWithErrorDisplay(_("Failed to evaluate."), waitCursor=True):
             p = self._parameterNode
-            table = pl.evaluate_segmentation_nodes(
-                p.evaluateSegmentation, p.evaluateReference, slicer.mrmlScene
+            run = pl.launch_evaluate_nodes_job(
+                p.evaluateSegmentation, p.evaluateReference, Path(p.runsFolder).expanduser()
             )
-            self._showTable(table)
-            self.ui.evaluateStatusLabel.text = _("Scores in table '{name}'.").format(name=table.GetName())
+            self._evaluation = pl.JobFollower(run)
+            self.ui.evaluateStatusLabel.text = _("Evaluating in the background...")
+            self._onParameterNodeModified()
+            self._jobTimer.start()
+
+    def _pollEvaluation(self) -> None:
+        follower, self._evaluation = self._evaluation, None  # an error stops the polling
+        update = follower.poll()
+        if not update.finished:
+            self._evaluation = follower
+            return
+        self._onParameterNodeModified()
+        if update.state != "done":
+            error = update.status.get("error") or update.text
+            self.ui.evaluateStatusLabel.text = _("Not evaluated: {error}").format(error=error)
+            return
+        table = pl.evaluation_table_node(follower.run, slicer.mrmlScene)
+        self._showTable(table)
+        self.ui.evaluateStatusLabel.text = _("Scores in table '{name}'.").format(name=table.GetName())
 
     @staticmethod
     def _tryAction(message, action, *args) -> None:

@@ -97,6 +97,7 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._environmentProcess = None
         self._missingPackages = []
         self._followers = {}  # job kind -> panel_logic.JobFollower of the run the panel shows
+        self._registration = None  # JobFollower of the Use model button's model-import job
         self._chartNode = None
 
     def setup(self) -> None:
@@ -201,7 +202,10 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.text = _("Cancel") if running else idleText
             button.enabled = running or state == "done"  # a finished pretraining run has an encoder
         finetune = self._followers.get("finetune") if self._state("finetune") == "done" else None
-        self.ui.useModelButton.enabled = bool(finetune and panel_logic.find_bundle(finetune.run))
+        registering = self._registration is not None
+        self.ui.useModelButton.enabled = bool(
+            finetune and not registering and panel_logic.find_bundle(finetune.run)
+        )
 
     def onCheckEnvironment(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start the environment check."), waitCursor=True):
@@ -317,6 +321,12 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 widgets[kind][1].text = _("Cannot follow the run: {error}").format(error=exc)
                 self._timerErrors.report(widgets[kind][1].text, exc)
                 self._followers.pop(kind, None)
+        if self._registration is not None:
+            try:
+                live = self._pollRegistration() or live
+            except Exception as exc:
+                self.ui.finetuneStatusLabel.text = _("Cannot follow the run: {error}").format(error=exc)
+                self._timerErrors.report(self.ui.finetuneStatusLabel.text, exc)
         if not live:
             self._jobTimer.stop()
         self._updateButtons()
@@ -362,11 +372,31 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._startOrCancel("fewshot", panel_logic.start_fewshot, ["shots", "budget", "preset", "device"])
 
     def onUseModel(self) -> None:
+        """Register the fine-tuned bundle as a short job (checking its weights imports torch, which
+        the GUI process never does); the job timer shows the outcome."""
         with slicer.util.tryWithErrorDisplay(_("Failed to add the model to the registry."), waitCursor=True):
-            record = panel_logic.use_model(self._followers["finetune"].run)
-            self.ui.finetuneStatusLabel.text = _(
-                "Model '{id}' added: choose it in the MedSegNAS module to segment."
-            ).format(id=record.id)
+            run = panel_logic.launch_use_model_job(
+                self._followers["finetune"].run, self._parameterNode.runsFolder
+            )
+            self._registration = panel_logic.JobFollower(run)
+            self.ui.finetuneStatusLabel.text = _("Adding the model to the registry...")
+            self._updateButtons()
+            self._jobTimer.start()
+
+    def _pollRegistration(self) -> bool:
+        """The Use model job's outcome in the fine-tuning status line; True while it runs."""
+        follower, self._registration = self._registration, None  # an error stops the polling
+        update = follower.poll()
+        if not update.finished:
+            self._registration = follower
+            return True
+        modelId = (update.status.get("result") or {}).get("model")
+        if update.state == "done" and modelId:
+            text = _("Model '{id}' added: choose it in the MedSegNAS module to segment.").format(id=modelId)
+        else:
+            text = _("Model not added: {error}").format(error=update.status.get("error") or update.text)
+        self.ui.finetuneStatusLabel.text = text
+        return False
 
     def _showFewshotResults(self, follower) -> None:
         files = panel_logic.fewshot_files(follower.run)

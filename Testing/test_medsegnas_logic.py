@@ -390,7 +390,7 @@ def test_validation_predictions_load_beside_ground_truth(tmp_path: Path, scene) 
 # ------------------------------------------------------------------------------------- evaluate
 
 
-def test_evaluate_two_segmentations_gives_known_dice(scene) -> None:
+def test_evaluate_two_segmentations_gives_known_dice(scene, tmp_path: Path) -> None:
     affine = np.diag([1.5, 1.5, 2.0, 1.0])
     image = bridge.volume_to_volume_node(
         Volume(np.zeros((1, 20, 20, 16), np.int16), affine), scene, name="grid"
@@ -434,3 +434,17 @@ def test_evaluate_two_segmentations_gives_known_dice(scene) -> None:
     assert _column(result, "voxels_reference")[:2] == [512, 216]
     matched = [result.GetTable().GetValue(row, 1).ToString() for row in range(result.GetNumberOfRows())]
     assert matched == ["liver", "Segment_3", ""]
+
+    # The panel's Evaluate button: the same scores from an 'evaluate' worker (torch stays out of the GUI)
+    run = panel_logic.launch_evaluate_nodes_job(predicted_node, reference_node, tmp_path / "runs")
+    status = panel_logic.JobFollower(run).wait(timeout_s=240).status
+    assert status["state"] == "done", status.get("error")
+    from_job = panel_logic.evaluation_table_node(run, scene)
+    assert from_job.GetName() == "model vs truth" and from_job is not result
+    assert from_job.GetNumberOfRows() == 3
+    for row in range(3):
+        for column in (0, 1, 7):  # segment, matched, status
+            expected = result.GetTable().GetValue(row, column).ToString()
+            assert from_job.GetTable().GetValue(row, column).ToString() == expected
+    for name in ("dice", "hd95_mm", "nsd", "voxels_reference", "voxels_segmentation"):
+        assert _column(from_job, name) == pytest.approx(_column(result, name), nan_ok=True), name

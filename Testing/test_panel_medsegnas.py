@@ -14,15 +14,19 @@ Handlers covered (test in brackets):
   ``_pollJobs`` (timer), ``_stopFollowing``, ``_onPhantomDone``, ``_onTrainingDone``,
   ``_onSegmentDone`` [test_user_journey, test_search_then_cancel_resume_and_cancel_from_runs].
 * Runs: ``refreshRuns`` (button, timer), ``_onRunSelected``, Show folder, Cancel, Resume, Curves
-  (``_showCurves``), Load predictions, Use this model [test_user_journey,
+  (``_showCurves``), Load predictions, Use this model (a model-import job: ``_startTask``,
+  ``_pollTask``) [test_user_journey,
   test_search_then_cancel_resume_and_cancel_from_runs].
 * Models: ``refreshModels`` (Refresh), ``_onModelChosen``, Browse folder / Browse file
   (``_browseModel``), Open folder, Import (``onImportModel``, ``_pollTask`` timer), Remove
   [test_models_section]; Download [test_buttons_ask_for_missing_packages].
-* Evaluate: ``onEvaluate`` [test_user_journey]; scene cases: ``refreshSceneCases``,
+* Evaluate: ``onEvaluate`` and its job's ``_pollEvaluation`` (timer) [test_user_journey]; scene cases: ``refreshSceneCases``,
   ``_checkedSceneCases`` [test_scene_cases_are_listed_with_checkboxes].
 * Package checks of Evaluate, Curves, Load predictions, Import, Download, Remove, Use this model
-  [test_buttons_ask_for_missing_packages]; errors inside timers [test_timer_errors_show_once].
+  [test_buttons_ask_for_missing_packages]; errors inside timers [test_timer_errors_show_once];
+  Search with Epochs within the preset's warm-up [test_search_refuses_epochs_within_the_warm_up].
+* Every slot's longest call stays under a bound (``_assert_gui_stays_responsive``) [test_user_journey,
+  test_search_then_cancel_resume_and_cancel_from_runs].
 """
 
 from __future__ import annotations
@@ -108,6 +112,8 @@ def test_user_journey(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     Segment -> Load predictions -> Evaluate; what the user sees at each step."""
     app, w = slicer_app, open_panel(slicer_app, "MedSegNAS")
     ui = w.ui
+    app.slot_times.clear()  # this test's calls only (the harness keeps the longest since it started)
+    torch_before = {name for name in ("torch", "monai") if name in sys.modules}
     ui.runsFolderPathLineEdit.currentPath = str(tmp_path / "runs")
     ui.phantomFolderPathLineEdit.currentPath = str(tmp_path / "phantom")
     ui.phantomCasesSpinBox.value, ui.phantomUnlabeledSpinBox.value, ui.phantomSizeSpinBox.value = 2, 0, 32
@@ -154,8 +160,10 @@ def test_user_journey(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert ("openUrl", path) in app.calls
     app.click(ui.runsLoadPredictionsButton)
     assert len(_nodes("vtkMRMLSegmentationNode")) == 2  # prediction and truth of the validation case
-    app.click(ui.runsUseModelButton)
-    assert "Registered as" in ui.runsStatusLabel.text
+    app.click(ui.runsUseModelButton)  # a short model-import job: torch is never imported in the GUI
+    assert ui.runsStatusLabel.text.startswith("Importing "), ui.runsStatusLabel.text
+    app.wait_until(lambda: "Registered as" in ui.runsStatusLabel.text, 120, "the model registration")
+    assert ui.modelComboBox.count == 2 and w._parameterNode.model == ui.modelComboBox.currentData
     app.layout_manager.setLayout(FOUR_UP)
     app.click(ui.runsCurvesButton)
     assert _layout_has_plot(app) and _layout_has_table(app)
@@ -174,8 +182,10 @@ def test_user_journey(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # Evaluate the result against a prediction loaded from the run
     ui.evaluateSegmentationNodeComboBox.setCurrentNode(results[0])
     ui.evaluateReferenceNodeComboBox.setCurrentNode(_nodes("vtkMRMLSegmentationNode")[0])
-    app.click(ui.evaluateButton)
-    assert ui.evaluateStatusLabel.text.startswith("Scores in table")
+    app.click(ui.evaluateButton)  # scored in a worker: the button waits until the table is shown
+    assert not ui.evaluateButton.enabled and ui.evaluateStatusLabel.text.startswith("Evaluating")
+    app.wait_until(lambda: ui.evaluateStatusLabel.text.startswith("Scores in table"), 120, "the evaluation")
+    assert ui.evaluateButton.enabled
     assert _layout_has_table(app) and _layout_has_plot(app)
     assert app.dialogs == [] and app.slot_errors == []
 
@@ -197,11 +207,34 @@ def test_user_journey(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert app.slot_errors == [] and arrangement
     slowest = sorted(app.slot_times.items(), key=lambda item: -item[1])[:8]
     print("longest GUI callbacks (s):", ", ".join(f"{name} {seconds:.3f}" for name, seconds in slowest))
+    _assert_gui_stays_responsive(app.slot_times)
+    if not torch_before:  # in a process without them (this test alone): no handler imported torch or MONAI
+        assert not {"torch", "monai"} & set(sys.modules), "a GUI callback imported torch/MONAI"
+
+
+#: Bound on any one GUI callback in these tests (s). The target in Slicer is 50 ms (issue 11); this
+#: machine is a loaded 2-core one, where the journey's handlers measured 10-140 ms, so the bound only
+#: catches real regressions such as torch being imported on the GUI thread (19-22 s, now in workers).
+GUI_CALL_BOUND_S = 0.5
+#: Documented exceptions (slot -> bound): the job timer's first loaded result imports
+#: ``MedSegNASLib.data`` (nibabel, and pydicom through it) in the GUI process once: 0.3-0.7 s here,
+#: about 20 ms of loading once imported (Slicer has pydicom loaded already); 3 s leaves room for load.
+GUI_CALL_EXCEPTIONS_S = {"QTimer.timeout(): MedSegNASWidget._pollJobs": 3.0}
+
+
+def _assert_gui_stays_responsive(slot_times: dict[str, float]) -> None:
+    slow = {
+        name: round(seconds, 3)
+        for name, seconds in slot_times.items()
+        if seconds > GUI_CALL_EXCEPTIONS_S.get(name, GUI_CALL_BOUND_S)
+    }
+    assert not slow, f"GUI callbacks over their bound (s): {slow}"
 
 
 def test_search_then_cancel_resume_and_cancel_from_runs(slicer_app, phantom_dataset, tmp_path: Path) -> None:
     app, w = slicer_app, open_panel(slicer_app, "MedSegNAS")
     ui = w.ui
+    app.slot_times.clear()
     ui.runsFolderPathLineEdit.currentPath = str(tmp_path / "runs")
     ui.datasetPathLineEdit.currentPath = str(phantom_dataset(cases=3, size=32, seed=0))  # a search needs 3
     ui.patchSizeSpinBox.value = 32  # the preset's 12 epochs: cancelled long before
@@ -230,6 +263,7 @@ def test_search_then_cancel_resume_and_cancel_from_runs(slicer_app, phantom_data
     app.wait_until(lambda: w._areas["train"].follower is None, 180, "the resumed search to stop")
     assert ui.searchButton.text == "Search" and ui.runsResumeButton.enabled
     assert app.dialogs == [] and app.slot_errors == []
+    _assert_gui_stays_responsive(app.slot_times)
 
 
 def test_models_section(slicer_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -310,3 +344,24 @@ def test_timer_errors_show_once_in_the_status_line(slicer_app, tmp_path: Path, c
     assert w.ui.phantomStatusLabel.text.startswith("Failed to load the job's result: ")
     assert app.dialogs == [] and app.slot_errors == []
     assert sum("Failed to load the job's result" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_search_refuses_epochs_within_the_warm_up(slicer_app, tmp_path: Path) -> None:
+    """Epochs at or below the preset's warm-up (tiny: 6) would fail in the worker: the click says
+    so at once, and makes no run."""
+    from MedSegNASLib.panels.panel_logic import check_epochs
+
+    app, w = slicer_app, open_panel(slicer_app, "MedSegNAS")
+    ui = w.ui
+    ui.runsFolderPathLineEdit.currentPath = str(tmp_path / "runs")
+    ui.datasetPathLineEdit.currentPath = str(tmp_path / "data")
+    ui.epochsSpinBox.value = 6
+    app.click(ui.searchButton)
+    assert len(app.dialogs) == 1 and "at least 7" in app.dialogs[0], app.dialogs
+    assert (ui.searchButton.text, ui.searchButton.enabled) == ("Search", True)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    # tryWithErrorDisplay shows the dialog, then re-raises (Slicer prints it to its console)
+    assert [type(error).__name__ for _slot, error in app.slot_errors] == ["MedSegNASError"]
+    check_epochs("search", "tiny", 7)  # one more is a valid search; 0 is the preset's; train has no warm-up
+    check_epochs("search", "tiny", 0)
+    check_epochs("train", "tiny", 1)

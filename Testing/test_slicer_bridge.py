@@ -508,3 +508,20 @@ def test_metrics_table_has_typed_columns(scene):
     assert replaced.GetColumnProperty("epoch", "type") == "int"
     assert replaced.GetColumnProperty("loss", "type") == "double"
     assert replaced.GetTable().GetValueByName(0, "loss").ToDouble() == pytest.approx(0.75)
+
+
+def test_present_labels_of_any_memory_layout() -> None:
+    """The labels found in a map, whichever axis order the reader's array has (a transposed view
+    is counted in memory order, without a copy: a result load stays fast on a large map)."""
+    labels = np.zeros((6, 5, 4), np.uint8)
+    labels[1, 2, 3], labels[5, 0, 0], labels[0, 4, 1] = 7, 2, 255
+    for array in (
+        labels,
+        labels.transpose(2, 1, 0),
+        np.asfortranarray(labels),
+        labels[::2],
+        labels.astype(np.int32),
+    ):
+        expected = sorted(int(v) for v in np.unique(array) if v)
+        assert bridge._present_values(array) == expected
+    assert bridge._present_values(np.zeros((0, 3, 3), np.uint8)) == []

@@ -791,6 +791,33 @@ def use_model(
     )
 
 
+def launch_use_model_job(
+    run_dir: str | os.PathLike[str] | RunDir,
+    runs_root: str | os.PathLike[str],
+    *,
+    home: str | os.PathLike[str] | None = None,
+) -> RunDir:
+    """:func:`use_model` as a short background job (``medsegnas models import BUNDLE --rename``,
+    kind ``model-import``): checking the bundle's weights imports torch, which must not happen on
+    Slicer's GUI thread. The ``done`` result holds ``model`` (the new registry id).
+
+    Raises:
+        JobError: the run has not finished, or exported no bundle.
+    """
+    from MedSegNASLib.panels.panel_logic import launch_model_import_job
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+    state = refresh_status(run).get("state")
+    if state != "done":
+        raise JobError(f"run {run.run_id} is {state}: only a finished fine-tuning has a model to use")
+    bundle = find_bundle(run)
+    if bundle is None:
+        raise JobError(
+            f"run {run.run_id} exported no MONAI bundle (no artifacts/model with configs/metadata.json)"
+        )
+    return launch_model_import_job(str(bundle), runs_root, home=home)
+
+
 # -- data -----------------------------------------------------------------------------------------
 
 

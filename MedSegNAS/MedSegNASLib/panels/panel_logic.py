@@ -581,6 +581,26 @@ def load_segment_result(
 # --------------------------------------------------------------------------- search and train
 
 
+def check_epochs(kind: str, preset: str, epochs: int | None) -> None:
+    """Refuse, before a run is made, an Epochs setting that the worker would reject: a search needs
+    more epochs than its preset's architecture warm-up (``tiny``: 6 of 12). 0 or None: the preset's.
+
+    Raises:
+        MedSegNASError: with the smallest valid value.
+    """
+    if not epochs or kind != SEARCH:
+        return
+    from ..nas.search import SEARCH_PRESETS
+
+    schedule = SEARCH_PRESETS.get(preset, {})
+    warmup = int(schedule.get("warmup_epochs", 0))
+    if int(epochs) <= warmup:
+        raise MedSegNASError(
+            f"Epochs {epochs} is too few for a search with the '{preset}' preset: its first {warmup} epochs "
+            f"are warm-up; set at least {warmup + 1}, or 0 for the preset's {schedule.get('epochs')}"
+        )
+
+
 def training_overrides(
     *,
     epochs: int | None = None,
@@ -856,6 +876,100 @@ def evaluate_segmentation_nodes(
     return metrics_to_table_node(rows, scene, name, replace_node=table_node)
 
 
+#: Folder (in an evaluate run's artifacts) holding the scene's segmentations as label maps.
+EVALUATE_INPUTS = "inputs/scene"
+
+
+def launch_evaluate_nodes_job(
+    segmentation_node: Any,
+    reference_node: Any,
+    runs_root: str | os.PathLike[str],
+    *,
+    tolerance_mm: float = 2.0,
+    python: str | None = None,
+) -> RunDir:
+    """Score a segmentation node against a reference one as a background job (kind ``evaluate``).
+
+    The GUI part is only what needs MRML: segments are matched (:func:`match_segments`) and both
+    segmentations exported on one grid as uncompressed NRRD label maps (a one-case dataset in
+    ``RUN/artifacts/inputs/scene``); the worker (``medsegnas evaluate --predictions``) imports
+    torch and MONAI and computes the metrics, so Slicer's GUI never does. Read the finished run
+    with :func:`evaluation_table_node`.
+
+    Raises:
+        MedSegNASError: the reference has no segments.
+    """
+    from ..data.io import write_volume
+    from .slicer_bridge import segments_to_labelmap
+
+    pairs = match_segments(segmentation_node, reference_node)
+    if not pairs:
+        raise MedSegNASError(f"reference segmentation '{reference_node.GetName()}' has no segments")
+    grid = _geometry_volume_node(reference_node, segmentation_node)
+    reference = segments_to_labelmap(
+        reference_node, grid, [(ref_id, number) for number, (ref_id, _, _) in enumerate(pairs, start=1)]
+    )
+    evaluated = segments_to_labelmap(
+        segmentation_node,
+        grid,
+        [(match, number) for number, (_, match, _) in enumerate(pairs, start=1) if match is not None],
+    )
+    root = Path(runs_root).expanduser().absolute()
+    run = RunDir.create(root, "evaluate")
+    folder = run.artifacts / EVALUATE_INPUTS
+    write_volume(reference, folder / "case.nrrd", compress=False)
+    write_volume(evaluated, folder / "predictions" / "case.nrrd", compress=False)
+    segmentation = segmentation_node.GetSegmentation()
+    write_json_atomic(
+        folder / "dataset.json",
+        {
+            "name": "scene",
+            "modality": {"0": "label"},
+            "labels": {"0": "background", **{str(n): name for n, (_, _, name) in enumerate(pairs, start=1)}},
+            "training": [{"image": "case.nrrd", "label": "case.nrrd"}],
+        },
+    )
+    write_json_atomic(
+        folder / "names.json",
+        {
+            "title": f"{segmentation_node.GetName()} vs {reference_node.GetName()}",
+            "matched": [segmentation.GetSegment(match).GetName() if match else "" for _, match, _ in pairs],
+        },
+    )
+    argv = [
+        "evaluate", "--predictions", folder / "predictions", "--dataset", folder / "dataset.json",
+        "--split", "all", "--tolerance", float(tolerance_mm),
+    ]  # fmt: skip
+    return launch_job(argv, run, kind="evaluate", python=python)
+
+
+def evaluation_table_node(
+    run_dir: str | os.PathLike[str] | RunDir, scene: Any, *, table_node: Any = None
+) -> Any:
+    """The table node of a finished :func:`launch_evaluate_nodes_job` run (columns as
+    :func:`evaluate_segmentation_nodes`'); reads two small JSON files, imports no torch."""
+    from ..evaluation.commands import JOB_REPORT_NAME
+    from .slicer_bridge import metrics_to_table_node
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    names = json.loads((run.artifacts / EVALUATE_INPUTS / "names.json").read_text(encoding="utf-8"))
+    report = json.loads((run.artifacts / JOB_REPORT_NAME).read_text(encoding="utf-8"))
+    rows = [
+        {
+            "segment": row["name"],
+            "matched": names["matched"][row["label"] - 1],
+            "dice": float(row["dice"]),
+            "hd95_mm": float(row["hd95_mm"]),
+            "nsd": float(row["nsd"]),
+            "voxels_reference": int(row["voxels_ref"]),
+            "voxels_segmentation": int(row["voxels_pred"]),
+            "status": row["status"],
+        }
+        for row in report["rows"]
+    ]
+    return metrics_to_table_node(rows, scene, names["title"], replace_node=table_node)
+
+
 # --------------------------------------------------------------------------- the panel's settings
 
 
@@ -914,6 +1028,7 @@ def launch_from_settings(
         arch = selected_run
     elif kind == TRAIN:
         network = s.network
+    check_epochs(kind, s.preset, s.epochs)
     from_scene = s.datasetSource == "scene"
     if from_scene and len(scene_pairs) < 2:
         raise MedSegNASError("check at least 2 scene cases (a volume with its segmentation) to train on")

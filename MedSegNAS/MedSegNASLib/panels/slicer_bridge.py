@@ -190,7 +190,8 @@ def _present_values(array: np.ndarray) -> list[int]:
     if array.size == 0:
         return []
     if array.dtype.kind == "u" and array.dtype.itemsize <= 2:
-        return [int(v) for v in np.flatnonzero(np.bincount(array.ravel())) if v > 0]
+        # memory order: no copy of a transposed (NIfTI/NRRD axis order) view; the order of the voxels is irrelevant
+        return [int(v) for v in np.flatnonzero(np.bincount(array.ravel(order="K"))) if v > 0]
     return [int(v) for v in np.unique(array) if v != 0]
 
 
