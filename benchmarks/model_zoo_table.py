@@ -39,7 +39,12 @@ def statuses() -> dict[str, tuple[str, str]]:
 
 
 def update_catalog(found: dict[str, tuple[str, str]]) -> list[str]:
-    """Write ``runs``/``runs_reason`` of each catalog bundle that has published configs here."""
+    """Write ``runs``/``runs_reason`` and ``needs_trust``/``trust_problems`` of each catalog bundle
+    that has published configs here."""
+    from MedSegNASLib.models.bundle import inference_path_problems, load_config_file
+    from MedSegNASLib.models.registry import SEGMENT_CONFIG_IDS
+    from zoo_fixtures import ZOO
+
     catalog = json.loads(CATALOG.read_text())
     changed = []
     for name, entry in catalog["models"].items():
@@ -48,6 +53,12 @@ def update_catalog(found: dict[str, tuple[str, str]]) -> list[str]:
             if (entry.get("runs"), entry.get("runs_reason")) != (status, reason):
                 changed.append(name)
             entry["runs"], entry["runs_reason"] = status, reason
+            # The label the registry shows ("safe" / "needs --trust") from the same published config.
+            root = ZOO / name
+            problems = inference_path_problems(root, load_config_file(next((root / "configs").glob("inference.*"))), SEGMENT_CONFIG_IDS)  # fmt: skip
+            if (entry.get("needs_trust"), entry.get("trust_problems")) != (bool(problems), problems):
+                changed.append(name)
+            entry["needs_trust"], entry["trust_problems"] = bool(problems), problems
     catalog["runs_note"] = (
         "runs: 'untrusted' (medsegnas segment runs it as published), 'trust' (only with --trust; "
         "runs_reason: the first check that refuses it) or 'no' (runs_reason: why not); from "

@@ -420,7 +420,9 @@ def check_config(
     selected = [k for k in resolved if k != META_KEY] if ids is None else _dependency_closure(parser, ids)
     for item_id in selected:
         problems.extend(_item_problems(parser[item_id], item_id, namespace, refused))
-    return list(dict.fromkeys(problems))
+    # The bundle's own code first: it is what --trust is really about, and an argument problem
+    # further on (e.g. the string "True" for a flag) would hide it in a one-line message.
+    return sorted(dict.fromkeys(problems), key=lambda problem: "bundle code" not in problem)
 
 
 def inference_path_problems(root: str | Path, config: Mapping[str, Any], ids: Iterable[str]) -> list[str]:
@@ -521,9 +523,6 @@ def safe_parse_bundle_config(
         return ConfigParser(config)
     problems = check_config(config, ids=ids, bundle_root=root)
     if problems:
-        # Name the bundle's own code first: it is what --trust is really about, and an argument
-        # problem further on (e.g. a string "True" for a flag) would hide it.
-        problems.sort(key=lambda problem: "bundle code" not in problem)
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UnsafeConfigError(f"{shown} is not safe to run: {problems[0]}{more}")
     return SafeConfigParser(config, bundle_root=root)
