@@ -754,3 +754,23 @@ def test_pickle_payload_helper_really_runs_with_a_plain_unpickler(tmp_path: Path
     marker = tmp_path / "ran"
     pickle.loads(pickle.dumps(_TouchPayload(marker)))  # noqa: S301 (the point of the control)
     assert marker.exists()
+
+
+def test_weights_named_in_large_files_are_found_and_a_missing_one_is_named(
+    home: Path, tmp_path: Path
+) -> None:
+    """Bundles that name their weights otherwise (pediatric: ``models/dynunet_FT.pt``, listed in
+    ``large_files.yaml``) import; without the file the error names the file the bundle lists."""
+    source = make_bundle(tmp_path / "src" / "renamed", name="renamed")
+    (source / "models" / "model.pt").rename(source / "models" / "dynunet_FT.pt")
+    (source / "large_files.yaml").write_text(
+        "large_files:\n  - path: models/dynunet_FT.pt\n    url: https://example.invalid/w.pt\n"
+    )
+    record = ModelRegistry().import_model(source)
+    assert record.id == "renamed" and record.trust_state == "safe"
+    assert (home / "models" / "renamed" / "models" / "dynunet_FT.pt").is_file()
+
+    (source / "models" / "dynunet_FT.pt").unlink()
+    with pytest.raises(ModelFileError, match=r"no weights file models/dynunet_FT\.pt .*large_files.yaml"):
+        ModelRegistry().import_model(source, model_id="renamed2")
+    assert registry_ids(home) == ["renamed"]

@@ -68,6 +68,8 @@ CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 INFERENCE_CONFIG_NAMES = tuple(f"inference{suffix}" for suffix in CONFIG_SUFFIXES)
 METADATA_NAME = "metadata.json"
 WEIGHTS_NAMES = ("model.pt", "model.pth")
+#: Where bundles list the files downloaded separately (weights among them).
+LARGE_FILES_NAMES = ("large_files.yml", "large_files.yaml", "large_files.json")
 META_KEY = ConfigParser.meta_key
 
 
@@ -601,6 +603,23 @@ def _int_or_none(value: Any, what: str, path: Path) -> int | None:
     return value
 
 
+def _listed_weights(root: Path) -> list[str]:
+    """The ``models/*.pt|pth`` files a bundle's ``large_files.yml|yaml|json`` lists (relative paths)."""
+    for name in LARGE_FILES_NAMES:
+        if (root / name).is_file():
+            try:
+                entries = load_config_file(root / name).get("large_files") or []
+            except Exception:  # an unreadable list only loses the hint
+                return []
+            paths = [str(e.get("path", "")) for e in entries if isinstance(e, dict)]
+            return [
+                p
+                for p in paths
+                if p.startswith("models/") and p.endswith((".pt", ".pth")) and "/" not in p[7:]
+            ]
+    return []
+
+
 def inspect_bundle(folder: str | Path, *, require_weights: bool = True) -> BundleInfo:
     """Read a bundle's metadata and locate its inference config and weights; runs nothing.
 
@@ -617,14 +636,16 @@ def inspect_bundle(folder: str | Path, *, require_weights: bool = True) -> Bundl
     metadata = load_config_file(metadata_path)
     inference_config = _find_inference_config(root)
 
-    weights = next((root / "models" / n for n in WEIGHTS_NAMES if (root / "models" / n).is_file()), None)
+    # models/model.pt by convention; some bundles name theirs otherwise and list it in
+    # large_files (pediatric_abdominal_ct_segmentation: models/dynunet_FT.pt).
+    expected = [f"models/{n}" for n in WEIGHTS_NAMES] + _listed_weights(root)
+    weights = next((root / p for p in expected if (root / p).is_file()), None)
     if weights is None and require_weights:
-        hint = (
-            " (the bundle lists it in large_files.yml: download it with python -m monai.bundle download)"
-            if (root / "large_files.yml").is_file() or (root / "large_files.yaml").is_file()
-            else ""
-        )
-        raise ModelFileError(f"bundle {root} has no weights file models/model.pt{hint}")
+        named = expected[len(WEIGHTS_NAMES)] if len(expected) > len(WEIGHTS_NAMES) else expected[0]
+        large = next((n for n in LARGE_FILES_NAMES if (root / n).is_file()), None)
+        hint = f" (the bundle lists its large files in {large}: python -m monai.bundle download fetches them)"
+        hint = hint if large else ""
+        raise ModelFileError(f"bundle {root} has no weights file {named}{hint}")
 
     data_format = metadata.get("network_data_format") or {}
     if not isinstance(data_format, dict):
