@@ -2,7 +2,7 @@
 
 Every bundle uses only what the old allow-lists admitted (MONAI components, ``$`` expressions) or
 plain bundle files (pickled weights, archives). Each must be refused by ``medsegnas segment`` and
-``medsegnas models import --strict`` with exit code 1 and one ``error:`` line naming the item and
+``medsegnas models import`` (refusing by default) with exit code 1 and one ``error:`` line naming the item and
 the rule, leave no file anywhere, send no request (a local HTTP server records any), stay within a
 memory and time bound, and never be labelled "safe" (``models import``, ``models info``, the panel's
 model list).
@@ -394,12 +394,12 @@ def test_hostile_corpus_is_refused_without_effect(
         line = _one_error_line(capsys.readouterr().err)
         assert code == 1 and case.item in line and case.rule in line, (name, line)
 
-        code = cli.main(["models", "import", str(source), "--strict", "--name", f"h{index}"])
+        code = cli.main(["models", "import", str(source), "--name", f"h{index}"])  # refused by default
         line = _one_error_line(capsys.readouterr().err)
         assert code == 1 and case.rule in line, (name, line)
 
-        # The default import keeps a bundle that needs code for review, never labelled "safe".
-        code = cli.main(["models", "import", str(source), "--name", f"h{index}"])
+        # --keep-untrusted keeps a bundle that needs code for review, never labelled "safe".
+        code = cli.main(["models", "import", str(source), "--name", f"h{index}", "--keep-untrusted"])
         out, err = capsys.readouterr()
         if case.zip_traversal:
             assert code == 1 and case.rule in err, (name, err)
@@ -473,7 +473,7 @@ def test_hostile_corpus_in_real_processes_within_memory_and_time(tmp_path: Path,
         output = tmp_path / "out" / f"{index}.nii.gz"
         segment = ["segment", str(image), "--model", str(source), "-o", str(output), "--device", "cpu"]
         jobs.append((name, case, segment))
-        jobs.append((name, case, ["models", "import", str(source), "--strict", "--name", f"h{index}"]))
+        jobs.append((name, case, ["models", "import", str(source), "--name", f"h{index}"]))
     before = _files(tmp_path)
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda job: _measured(job[2], env), jobs))

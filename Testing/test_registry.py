@@ -431,11 +431,13 @@ def test_bundles_that_need_code_are_imported_untrusted_with_their_problems_and_r
         },
         weights={"weight": torch.zeros(2), "payload": _TouchPayload(pickle_marker)},
     )
-    code, out, err = run_cli(capsys, "models", "import", str(bundle), "--strict")
-    assert code == 1 and "needs code to run" in err and "--strict" in err
-    assert ModelRegistry().list() == [] and leftovers(home) == []
+    for refusing in ([], ["--strict"]):  # refused by default, as with --strict
+        code, out, err = run_cli(capsys, "models", "import", str(bundle), *refusing)
+        assert code == 1 and "needs code to run" in err and "--keep-untrusted" in err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "pwn: " in err
+        assert ModelRegistry().list() == [] and leftovers(home) == []
 
-    code, out, err = run_cli(capsys, "models", "import", str(bundle))
+    code, out, err = run_cli(capsys, "models", "import", str(bundle), "--keep-untrusted")
     assert code == 0 and "imported 'evil_bundle'" in out
     assert "needs code to run" in err and "medsegnas models trust evil_bundle" in err
     assert "pwn" in err and "weights file" in err

@@ -251,7 +251,7 @@ def test_the_trust_stored_in_the_registry_applies_to_segment(unet, images, tmp_p
     config = json.loads(config_path.read_text())
     config["network_def"]["channels"] = f"$__import__('os').system('touch {marker}') or [8, 16, 32]"
     config_path.write_text(json.dumps(config))
-    assert medsegnas_main(["models", "import", str(bundle), "--name", "needs-code"]) == 0
+    assert medsegnas_main(["models", "import", str(bundle), "--name", "needs-code", "--keep-untrusted"]) == 0
     capsys.readouterr()
     out = tmp_path / "out.nii.gz"
     assert segment(images["oblique"], "--model", "needs-code", "-o", out) == 1

@@ -60,8 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="import a bundle folder, archive (.zip, .tar.gz) or http(s) URL",
         description="Copy, unpack or download a MONAI bundle into the registry. It is checked without "
         "running anything from it: archive paths and size, weights (weights-only loading), inference "
-        "config ($ expressions, _target_ components). A bundle that needs code to run is imported, "
-        "with its problems listed, and marked 'needs --trust' (--strict refuses it instead).",
+        "config ($ expressions, _target_ components). A bundle whose inference path needs code "
+        "to run (or anything outside the allow-list) is refused, naming the item and the rule "
+        "(exit 1), unless you pass --trust, or --keep-untrusted to keep it marked 'needs --trust' "
+        "(it runs nothing until 'medsegnas models trust ID').",
     )
     importing.add_argument("source", metavar="SRC", help="bundle folder, archive file or http(s) URL")
     importing.add_argument("--name", metavar="ID", help="registry id (default: the bundle's name)")
@@ -82,9 +84,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="expected checksum with its algorithm (md5, sha1, sha256, sha512), e.g. sha1:9f3c...",
     )
     importing.add_argument("--force", action="store_true", help="replace a model with the same id")
-    importing.add_argument(
-        "--strict", action="store_true", help="refuse a bundle that needs code to run (unless --trust)"
+    untrusted = importing.add_mutually_exclusive_group()
+    untrusted.add_argument(
+        "--keep-untrusted",
+        dest="strict",
+        action="store_false",
+        help="import a bundle that needs code to run anyway, marked 'needs --trust' (it runs nothing)",
     )
+    untrusted.add_argument(
+        "--strict", dest="strict", action="store_true", help="refuse a bundle that needs code (the default)"
+    )
+    importing.set_defaults(strict=True)
     importing.add_argument(
         "--rename", action="store_true", help="on an id clash import under a new id (ID-2, ID-3...)"
     )

@@ -20,7 +20,8 @@ expression outside the safe subset, a ``scripts.*`` component, a pickled functio
 imported, because the user may well trust it, but its record lists every problem, the import
 prints them, and it is marked "needs --trust": :func:`resolve_model` reports it untrusted and the
 segmentation engine refuses it until ``medsegnas models trust ID`` (or an import with
-``--trust``). ``--strict`` refuses such a bundle at import instead. A corrupt bundle (no
+``--trust``). ``strict=True`` refuses such a bundle at import instead (the default of
+``medsegnas models import``; ``--keep-untrusted`` keeps it). A corrupt bundle (no
 metadata, no inference config, unreadable weights) is always refused.
 
 Typical use::
@@ -876,7 +877,8 @@ class ModelRegistry:
                 raise RegistryError(
                     f"{source} needs code to run ({record.problems[0]}"
                     + (f" and {len(record.problems) - 1} more" if len(record.problems) > 1 else "")
-                    + "); not imported (--strict). Import it with --trust only if you trust its source"
+                    + "); not imported. Import it with --trust only if you trust its source "
+                    "(or --keep-untrusted to keep it marked 'needs --trust')"
                 )
             return self._install(bundle_dir, record, policy)
         finally:
