@@ -247,6 +247,19 @@ def test_tune_argv_is_what_medsegnas_tune_parses(tmp_path: Path) -> None:
         panel_logic.launch_training_job("tune", dataset, tmp_path / "runs")
     with pytest.raises(MedSegNASError, match="at least 1 trial"):
         panel_logic.launch_training_job("tune", dataset, tmp_path / "runs", network="unet", trials=0)
+    # from the panel's settings: the searched network needs a selected search run; Epochs is the budget's
+    from types import SimpleNamespace
+
+    settings = SimpleNamespace(
+        runsFolder=tmp_path / "runs", datasetSource="folder", datasetPath=dataset, preset="tiny",
+        network="searched", epochs=0, patchSize=0, memoryBudget=0, gpus=1, device="cpu",
+        sceneModality="CT", tuneTrials=2, tuneBudgetSteps=5,
+    )  # fmt: skip
+    with pytest.raises(MedSegNASError, match="select a finished search run under Runs, .* network to tune"):
+        panel_logic.launch_from_settings("tune", settings)
+    settings.network, settings.epochs = "unet", 3
+    with pytest.raises(MedSegNASError, match="Epochs does not apply to Tune"):
+        panel_logic.launch_from_settings("tune", settings)
     assert not (tmp_path / "runs").exists(), "refused settings leave no run folder"
 
 
