@@ -99,7 +99,8 @@ class MedSegNASParameterNode:
 
     extraChannelVolume: a second model channel. datasetSource ``scene``: the checked scene cases,
     exported with sceneModality. network ``searched``: the architecture of the run selected in Runs.
-    epochs, patchSize, memoryBudget 0: the preset's. gpus: processes, one per GPU. segmentRun,
+    epochs, patchSize, memoryBudget 0: the preset's. gpus: processes, one per GPU. tuneTrials,
+    tuneBudgetSteps: Tune's trials and optimisation steps per trial. segmentRun,
     trainRun, phantomRun: the run folders followed, re-attached after the module is reloaded.
     """
 
@@ -122,6 +123,8 @@ class MedSegNASParameterNode:
     patchSize: Annotated[int, WithinRange(0, 512)] = 0
     memoryBudget: Annotated[int, WithinRange(0, 1000000)] = 0
     gpus: Annotated[int, WithinRange(1, 64)] = 1
+    tuneTrials: Annotated[int, WithinRange(1, 500)] = 8
+    tuneBudgetSteps: Annotated[int, WithinRange(5, 100000)] = 40
     evaluateSegmentation: slicer.vtkMRMLSegmentationNode
     evaluateReference: slicer.vtkMRMLSegmentationNode
     phantomFolder: Path = Path.home() / "MedSegNAS" / "phantom"
@@ -182,8 +185,8 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._areas = {
             "segment": _JobArea({pl.SEGMENT: ui.segmentButton}, ui.segmentProgressBar, ui.segmentStatusLabel,
                                 "segmentRun", self._onSegmentDone),
-            "train": _JobArea({pl.SEARCH: ui.searchButton, pl.TRAIN: ui.trainButton}, ui.trainProgressBar,
-                              ui.trainStatusLabel, "trainRun", self._onTrainingDone),
+            "train": _JobArea({pl.SEARCH: ui.searchButton, pl.TRAIN: ui.trainButton, pl.TUNE: ui.tuneButton},
+                              ui.trainProgressBar, ui.trainStatusLabel, "trainRun", self._onTrainingDone),
             "phantom": _JobArea({pl.PHANTOM: ui.phantomButton}, ui.phantomProgressBar, ui.phantomStatusLabel,
                                 "phantomRun", self._onPhantomDone),
         }  # fmt: skip
@@ -323,7 +326,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             selected, cases = self._selectedRunPath(), self._checkedSceneCases()
             job = pl.launch_from_settings(kind, self._parameterNode, selected_run=selected, scene_pairs=cases)
-            if kind in (pl.SEARCH, pl.TRAIN):
+            if kind in pl.TRAINING_KINDS:
                 self._curvesRun = str(job.path)
             self._follow(area, job, kind)
             self.refreshRuns()
@@ -399,7 +402,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentStatusLabel.text = _("Done: {name}").format(name=segmentation.GetName())
 
     def _onTrainingDone(self, path) -> None:
-        self.refreshModels()  # train registers its model
+        self.refreshModels()  # train and tune register their model
         self._showCurves(path)
 
     def _onPhantomDone(self, path) -> None:

@@ -211,6 +211,58 @@ def test_segment_argv_carries_every_option(bundle: Path) -> None:
     assert parsed.postprocess == PostprocessSpec(fill_holes=True)
 
 
+def test_tune_argv_is_what_medsegnas_tune_parses(tmp_path: Path) -> None:
+    """The panel's Tune: ``medsegnas tune`` with the preset, network or searched architecture, trials
+    and budget; without a network or architecture it is refused before any run folder exists."""
+    from MedSegNASLib.cli import build_parser
+    from MedSegNASLib.errors import MedSegNASError
+
+    dataset = tmp_path / "dataset.json"
+    dataset.write_text("{}")
+    argv = panel_logic.training_argv(
+        "tune", dataset, preset="small", network="unet", device="cpu", trials=3, budget_steps=25
+    )
+    assert argv == [
+        "tune", "--dataset", str(dataset.absolute()), "--preset", "small", "--device", "cpu",
+        "--network", "unet", "--trials", "3", "--budget-steps", "25",
+    ]  # fmt: skip
+    parsed = build_parser().parse_args([*argv, "--run-dir", str(tmp_path / "run")])
+    assert (parsed.command, parsed.network, parsed.trials, parsed.budget_steps) == ("tune", "unet", 3, 25)
+    search_run = tmp_path / "search-1"
+    (search_run / "artifacts").mkdir(parents=True)
+    argv = panel_logic.training_argv("tune", dataset, arch=search_run, config=tmp_path / "c.json")
+    assert argv[argv.index("--arch") + 1] == str(search_run / "artifacts" / "arch.json")
+    assert argv[argv.index("--trials") + 1 :] == [
+        "8",
+        "--budget-steps",
+        "40",
+        "--config",
+        str(tmp_path / "c.json"),
+    ]
+    for kind in ("train", "search"):  # the other kinds take no tune options
+        assert "--trials" not in panel_logic.training_argv(
+            kind, dataset, network="unet" if kind == "train" else None
+        )
+    with pytest.raises(MedSegNASError, match="^tune needs either a searched architecture"):
+        panel_logic.launch_training_job("tune", dataset, tmp_path / "runs")
+    with pytest.raises(MedSegNASError, match="at least 1 trial"):
+        panel_logic.launch_training_job("tune", dataset, tmp_path / "runs", network="unet", trials=0)
+    # from the panel's settings: the searched network needs a selected search run; Epochs is the budget's
+    from types import SimpleNamespace
+
+    settings = SimpleNamespace(
+        runsFolder=tmp_path / "runs", datasetSource="folder", datasetPath=dataset, preset="tiny",
+        network="searched", epochs=0, patchSize=0, memoryBudget=0, gpus=1, device="cpu",
+        sceneModality="CT", tuneTrials=2, tuneBudgetSteps=5,
+    )  # fmt: skip
+    with pytest.raises(MedSegNASError, match="select a finished search run under Runs, .* network to tune"):
+        panel_logic.launch_from_settings("tune", settings)
+    settings.network, settings.epochs = "unet", 3
+    with pytest.raises(MedSegNASError, match="Epochs does not apply to Tune"):
+        panel_logic.launch_from_settings("tune", settings)
+    assert not (tmp_path / "runs").exists(), "refused settings leave no run folder"
+
+
 # ------------------------------------------------------------------------------------- models
 
 

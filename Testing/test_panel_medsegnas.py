@@ -12,7 +12,9 @@ Handlers covered (test in brackets):
   (scene closed while the module is hidden) [test_user_journey]; ``cleanup`` [fixture teardown].
 * Jobs: ``onJobButton`` start and cancel for Generate phantom, Search, Train, Segment; ``_follow``,
   ``_pollJobs`` (timer), ``_stopFollowing``, ``_onPhantomDone``, ``_onTrainingDone``,
-  ``_onSegmentDone`` [test_user_journey, test_search_then_cancel_resume_and_cancel_from_runs].
+  ``_onSegmentDone`` [test_user_journey, test_search_then_cancel_resume_and_cancel_from_runs];
+  ``onJobButton`` start for Tune (Trials, Budget), ``_onTrainingDone`` of a tune run
+  [test_tune_runs_in_the_train_area_and_lists_its_model].
 * Runs: ``refreshRuns`` (button, timer), ``_onRunSelected``, Show folder, Cancel, Resume, Curves
   (``_showCurves``), Load predictions, Use this model (a model-import job: ``_startTask``,
   ``_pollTask``) [test_user_journey,
@@ -263,6 +265,58 @@ def test_search_then_cancel_resume_and_cancel_from_runs(slicer_app, phantom_data
     app.wait_until(lambda: w._areas["train"].follower is None, 180, "the resumed search to stop")
     assert ui.searchButton.text == "Search" and ui.runsResumeButton.enabled
     assert app.dialogs == [] and app.slot_errors == []
+    _assert_gui_stays_responsive(app.slot_times)
+
+
+def test_tune_runs_in_the_train_area_and_lists_its_model(slicer_app, phantom_dataset, tmp_path: Path) -> None:
+    """Tune (2 trials of 5 steps, the Budget's minimum, of a UNet on a 2-case 32^3 phantom, ~25 s on the loaded 2-core
+    machine): Cancel while it runs, the other buttons disabled, progress shown, then the tune run
+    under Runs with its model (the final retrain), registered and listed in Models."""
+    app, w = slicer_app, open_panel(slicer_app, "MedSegNAS")
+    ui = w.ui
+    app.slot_times.clear()
+    assert (ui.tuneButton.text, ui.tuneButton.enabled) == ("Tune", True)
+    assert (ui.tuneTrialsSpinBox.value, ui.tuneBudgetStepsSpinBox.value) == (8, 40)  # the defaults
+    ui.runsFolderPathLineEdit.currentPath = str(tmp_path / "runs")
+    ui.datasetPathLineEdit.currentPath = str(phantom_dataset(cases=2, size=32, seed=0))
+    ui.networkComboBox.currentIndex = ui.networkComboBox.findText("unet")
+    ui.tuneTrialsSpinBox.value, ui.tuneBudgetStepsSpinBox.value = 2, 4
+    assert (w._parameterNode.tuneTrials, w._parameterNode.tuneBudgetSteps) == (2, 5)  # 5: the least budget
+    app.click(ui.tuneButton)
+    assert (ui.tuneButton.text, ui.tuneButton.enabled) == ("Cancel", True), (app.dialogs, app.slot_errors)
+    assert [(b.text, b.enabled) for b in (ui.searchButton, ui.trainButton)] == [
+        ("Search", False),
+        ("Train", False),
+    ]
+    run = w._areas["train"].follower.run
+    assert run.path.name.startswith("tune-")
+    seen = set()  # status lines and progress values shown while the tune runs
+
+    def finished() -> bool:
+        seen.add((ui.trainStatusLabel.text, ui.trainProgressBar.value))
+        return w._areas["train"].follower is None
+
+    app.wait_until(finished, 240, "the tune job")
+    assert app.dialogs == [] and app.slot_errors == []
+    assert ui.trainStatusLabel.text.startswith("Done"), ui.trainStatusLabel.text
+    assert any(value > 0 for _text, value in seen) and len({text for text, _value in seen}) > 2, seen
+    assert [(b.text, b.enabled) for b in (ui.searchButton, ui.trainButton, ui.tuneButton)] == [
+        ("Search", True),
+        ("Train", True),
+        ("Tune", True),
+    ]
+    job = run.read_job()
+    assert job["kind"] == "tune"
+    assert job["argv"][job["argv"].index("--trials") :][:4] == ["--trials", "2", "--budget-steps", "5"]
+    assert (job["config"]["tune"]["trials"], job["config"]["tune"]["budget_steps"]) == (2, 5)
+    assert ui.modelComboBox.count == 1  # the final retrain is registered
+    assert _layout_has_plot(app)  # its curves are shown, as for a train run
+    assert _select_run(app, w, "tune") == str(run.path)
+    assert ui.runsUseModelButton.enabled and ui.runsLoadPredictionsButton.enabled
+    assert "Tune: 2 trial(s), best trial" in ui.runDetailsLabel.text, ui.runDetailsLabel.text
+    assert (run.path / "artifacts" / "model").is_dir() and (
+        run.path / "artifacts" / "best_config.yaml"
+    ).is_file()
     _assert_gui_stays_responsive(app.slot_times)
 
 

@@ -112,8 +112,10 @@ SEGMENT_INPUTS = Path("artifacts") / "inputs"
 SEGMENT_OUTPUT = Path("artifacts") / "segmentation.seg.nrrd"
 SCENE_INFO = "scene.json"
 #: Job kinds the panel launches and follows.
-SEGMENT, SEARCH, TRAIN, PHANTOM = "segment", "search", "train", "phantom"
-JOB_KINDS: tuple[str, ...] = (SEGMENT, SEARCH, TRAIN, PHANTOM)
+SEGMENT, SEARCH, TRAIN, TUNE, PHANTOM = "segment", "search", "train", "tune", "phantom"
+JOB_KINDS: tuple[str, ...] = (SEGMENT, SEARCH, TRAIN, TUNE, PHANTOM)
+#: The kinds that train on a dataset (the panel's Search / Train / Tune buttons).
+TRAINING_KINDS: tuple[str, ...] = (SEARCH, TRAIN, TUNE)
 #: Python packages the panel's jobs need (import name -> pip requirement), from the one list in
 #: :mod:`.dependencies`: every feature; torch comes from the PyTorch extension.
 REQUIRED_PACKAGES: dict[str, str] = packages_for()
@@ -628,28 +630,39 @@ def training_argv(
     network: str | None = None,
     device: str = "auto",
     config: str | os.PathLike[str] | None = None,
+    trials: int = 8,
+    budget_steps: int = 40,
 ) -> list[str]:
-    """The ``medsegnas search`` / ``medsegnas train`` command line (after the entry point, before
+    """The ``medsegnas search`` / ``train`` / ``tune`` command line (after the entry point, before
     ``--run-dir``), the same for one process and for every rank under torchrun.
 
+    ``trials`` and ``budget_steps`` (optimisation steps per trial) are ``tune``'s
+    ``--trials`` / ``--budget-steps``; the other kinds ignore them.
+
     Raises:
-        MedSegNASError: unknown kind, missing dataset, or ``train`` without exactly one of
-            ``arch`` and ``network``.
+        MedSegNASError: unknown kind, missing dataset, ``train`` or ``tune`` without exactly one
+            of ``arch`` and ``network``, or ``tune`` with fewer than 1 trial or step.
     """
-    if kind not in (SEARCH, TRAIN):
-        raise MedSegNASError(f"unknown job kind {kind!r}: the panel launches '{SEARCH}' or '{TRAIN}'")
+    if kind not in TRAINING_KINDS:
+        raise MedSegNASError(f"unknown job kind {kind!r}: the panel launches {', '.join(TRAINING_KINDS)}")
     dataset = Path(dataset).expanduser().absolute()
     if not dataset.exists():
         raise MedSegNASError(f"dataset {dataset} does not exist; choose a dataset.json or its folder")
     argv: list[Any] = [kind, "--dataset", dataset, "--preset", preset, "--device", device]
-    if kind == TRAIN:
+    if kind in (TRAIN, TUNE):
         if (arch is None) == (network is None):
-            raise MedSegNASError("train needs either a searched architecture (arch) or a baseline network")
+            raise MedSegNASError(f"{kind} needs either a searched architecture (arch) or a baseline network")
         if arch is not None:
             arch = Path(arch).expanduser().absolute()
             argv += ["--arch", arch / "artifacts" / "arch.json" if arch.is_dir() else arch]
         else:
             argv += ["--network", network]
+    if kind == TUNE:
+        if int(trials) < 1 or int(budget_steps) < 1:
+            raise MedSegNASError(
+                f"tune needs at least 1 trial of at least 1 step, not {trials} of {budget_steps}"
+            )
+        argv += ["--trials", int(trials), "--budget-steps", int(budget_steps)]
     if config is not None:
         argv += ["--config", Path(config).absolute()]
     return [str(token) for token in argv]
@@ -685,17 +698,19 @@ def launch_training_job(
     dataset_modality: str = "CT",
     python: str | None = None,
     env: Mapping[str, str] | None = None,
+    trials: int = 8,
+    budget_steps: int = 40,
 ) -> RunDir:
-    """Start ``medsegnas search`` or ``medsegnas train`` on a dataset in a new run folder.
+    """Start ``medsegnas search``, ``train`` or ``tune`` on a dataset in a new run folder.
 
     Args:
-        kind: ``"search"`` or ``"train"``.
+        kind: ``"search"``, ``"train"`` or ``"tune"``.
         dataset: ``dataset.json`` or its folder (MSD layout); ``None`` with ``scene_pairs``.
         runs_root: where the run folder is made.
         preset: ``tiny``, ``small`` or ``full``.
         overrides: epochs, patch_size, memory_budget_mb, any search/train setting; written to
             ``RUN/artifacts/inputs/config.json`` and passed as ``--config``.
-        arch, network: for ``train``: the searched ``arch`` (``arch.json`` or its search run
+        arch, network: for ``train`` and ``tune``: the searched ``arch`` (``arch.json`` or its search run
             folder) or a baseline ``network`` (unet, segresnet, swinunetr).
         device: ``auto``, ``cuda`` or ``cpu``.
         gpus: processes, one per GPU (``torch.distributed.run``; rank 0 writes the run folder).
@@ -704,6 +719,7 @@ def launch_training_job(
             dataset into ``RUN/artifacts/inputs/dataset`` (see
             :func:`.panel_dataset.export_scene_dataset`) and trained on.
         dataset_name, dataset_modality: the exported dataset's name and modality.
+        trials, budget_steps: for ``tune``: Optuna trials and optimisation steps per trial.
 
     Resume a stopped run with :func:`resume_job` (same dataset, settings and number of processes).
 
@@ -715,9 +731,10 @@ def launch_training_job(
     if dataset is None and not scene_pairs:
         raise MedSegNASError("choose a dataset folder, or volumes and segmentations of the scene")
     if dataset is not None:  # refuse bad settings before a run folder exists
-        training_argv(kind, dataset, preset=preset, arch=arch, network=network, device=device)
-    elif kind not in (SEARCH, TRAIN):
-        raise MedSegNASError(f"unknown job kind {kind!r}: the panel launches '{SEARCH}' or '{TRAIN}'")
+        training_argv(kind, dataset, preset=preset, arch=arch, network=network, device=device,
+                      trials=trials, budget_steps=budget_steps)  # fmt: skip
+    elif kind not in TRAINING_KINDS:
+        raise MedSegNASError(f"unknown job kind {kind!r}: the panel launches {', '.join(TRAINING_KINDS)}")
     run = RunDir.create(Path(runs_root).expanduser().absolute(), kind)
     try:
         if scene_pairs:
@@ -734,8 +751,9 @@ def launch_training_job(
             (run.path / SEGMENT_INPUTS).mkdir(parents=True, exist_ok=True)
             config = write_json_atomic(run.path / SEGMENT_INPUTS / "config.json", dict(overrides))
         argv = training_argv(
-            kind, dataset, preset=preset, arch=arch, network=network, device=device, config=config
-        )
+            kind, dataset, preset=preset, arch=arch, network=network, device=device, config=config,
+            trials=trials, budget_steps=budget_steps,
+        )  # fmt: skip
     except BaseException:
         shutil.rmtree(run.path, ignore_errors=True)
         raise
@@ -997,11 +1015,11 @@ def launch_from_settings(
     """Start the job of a panel button with the panel's settings (its parameter node).
 
     Args:
-        kind: ``segment``, ``search``, ``train`` or ``phantom``.
+        kind: ``segment``, ``search``, ``train``, ``tune`` or ``phantom``.
         settings: the parameter node (``runsFolder``, ``inputVolume``, ``model``, ``datasetSource``,
             ``datasetPath``, ``sceneModality``, ``preset``, ``network``, ``epochs``, ``patchSize``,
-            ``memoryBudget``, ``gpus``, ``device``, ``phantom*``...).
-        selected_run: the search run selected under Runs (``train`` with network ``searched``).
+            ``memoryBudget``, ``gpus``, ``device``, ``tuneTrials``, ``tuneBudgetSteps``, ``phantom*``...).
+        selected_run: the search run selected under Runs (``train``/``tune`` with network ``searched``).
         scene_pairs: checked ``(volume, segmentation)`` cases (dataset source ``scene``).
     """
     s, runs = settings, Path(settings.runsFolder).expanduser()
@@ -1020,15 +1038,20 @@ def launch_from_settings(
             python=python,
         )
     arch = network = None
-    if kind == TRAIN and s.network == "searched":
+    if kind in (TRAIN, TUNE) and s.network == "searched":
         if not selected_run:
             raise MedSegNASError(
-                "select a finished search run under Runs, or choose a baseline network to train"
+                f"select a finished search run under Runs, or choose a baseline network to {kind}"
             )
         arch = selected_run
-    elif kind == TRAIN:
+    elif kind in (TRAIN, TUNE):
         network = s.network
     check_epochs(kind, s.preset, s.epochs)
+    if kind == TUNE and s.epochs:  # tune refuses epochs in --config: the budget sets them
+        raise MedSegNASError(
+            "Epochs does not apply to Tune: each trial trains Budget steps and the best configuration is "
+            "retrained with the preset's schedule; set Epochs to 0 (preset)"
+        )
     from_scene = s.datasetSource == "scene"
     if from_scene and len(scene_pairs) < 2:
         raise MedSegNASError("check at least 2 scene cases (a volume with its segmentation) to train on")
@@ -1047,6 +1070,8 @@ def launch_from_settings(
         scene_pairs=scene_pairs if from_scene else (),
         dataset_modality=(s.sceneModality or "CT").strip(),
         python=python,
+        trials=s.tuneTrials if kind == TUNE else 8,
+        budget_steps=s.tuneBudgetSteps if kind == TUNE else 40,
     )
 
 
