@@ -391,7 +391,7 @@ def medsegnas_session(
     session.progress["trainProgressBar"] = _percent(event)
     session.texts["trainStatusLabel"] = progress_text(event)
     session.texts["searchButton"] = "Cancel"  # the running job's button turns into Cancel
-    session.disabled.add("trainButton")
+    session.disabled.update({"trainButton", "tuneButton"})
     if dataset is not None:
         session.texts["datasetPathLineEdit"] = str(dataset)
     session.tables["sceneCasesTableWidget"] = TableContent(
