@@ -43,6 +43,25 @@ def _overlap(text: str) -> float:
     return value
 
 
+def _six_numbers(text: str, kind: type) -> tuple:
+    parts = text.replace(" ", "").split(",")
+    try:
+        if len(parts) != 6:
+            raise ValueError
+        return tuple(kind(p) for p in parts)
+    except ValueError:
+        name = "numbers" if kind is float else "whole numbers"
+        raise argparse.ArgumentTypeError(f"expected six comma-separated {name}, got {text!r}") from None
+
+
+def _box(text: str) -> tuple[float, ...]:
+    return _six_numbers(text, float)
+
+
+def _box_voxels(text: str) -> tuple[int, ...]:
+    return _six_numbers(text, int)
+
+
 def _postprocess(text: str):
     from .postprocess import PostprocessSpec
 
@@ -157,6 +176,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the bundle's code and pickles (only for bundles from a source you trust; a registered "
         "model trusted with 'medsegnas models trust ID' needs no --trust)",
     )
+    region = parser.add_mutually_exclusive_group()
+    region.add_argument(
+        "--box",
+        type=_box,
+        default=None,
+        metavar="X0,Y0,Z0,X1,Y1,Z1",
+        help="segment only inside this box: two opposite corners in RAS millimetres (Slicer's world "
+        "coordinates; from a markups ROI's GetBounds(b): b[0],b[2],b[4],b[1],b[3],b[5]). The label map "
+        "keeps the whole input grid, zeros outside; inside it is the whole image's label map",
+    )
+    region.add_argument(
+        "--box-voxels",
+        type=_box_voxels,
+        default=None,
+        metavar="I0,J0,K0,I1,J1,K1",
+        help="the same as input voxel indices, half-open (I0 <= i < I1, ...)",
+    )
     add_job_arguments(parser)
     parser.set_defaults(func=segment_command)
 
@@ -202,6 +238,8 @@ def segment_command(args: argparse.Namespace) -> int:
         crop=args.crop,
         amp=args.amp,
         threads=args.threads,
+        box=args.box,
+        box_voxels=args.box_voxels,
     )
     config: dict[str, Any] = {
         "model": model_spec,
@@ -216,6 +254,8 @@ def segment_command(args: argparse.Namespace) -> int:
         "crop": args.crop,
         "amp": args.amp,
         "trust": args.trust,
+        "box": list(args.box) if args.box else None,
+        "box_voxels": list(args.box_voxels) if args.box_voxels else None,
     }
 
     def body(ctx) -> dict[str, Any]:
