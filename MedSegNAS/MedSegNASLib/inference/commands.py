@@ -219,8 +219,52 @@ def check_output_path(path: Path) -> Path:
     return path
 
 
+#: Packages that ``import monai`` loads when installed but segmentation never uses: pytorch-ignite
+#: (MONAI's training engines; with torch.distributed and sympy about 1.4 s of a 7 s tiny run on a
+#: loaded 2-core machine) and matplotlib (MONAI's Jupyter helpers, 0.35 s).
+UNUSED_BY_SEGMENT = ("ignite", "matplotlib")
+
+
+class _Unavailable:
+    """An import hook that makes the named top-level packages look absent."""
+
+    def __init__(self, packages: tuple[str, ...]) -> None:
+        self.packages = packages
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name.partition(".")[0] in self.packages:
+            raise ImportError(f"{name} is not needed to segment")
+        return None
+
+
+def import_monai_for_segmentation() -> None:
+    """Import MONAI without :data:`UNUSED_BY_SEGMENT`, in a process of its own only.
+
+    MONAI imports every sub-package on ``import monai``; its ``optional_import`` of ignite and
+    matplotlib then falls back to placeholders, which no code of the segmentation path touches.
+    Only done when this process is ``medsegnas`` itself (``python -m MedSegNASLib.cli`` as the
+    panels and jobs start it, or the console script) and MONAI is not imported yet: a program
+    that calls :func:`~MedSegNASLib.cli.main` (tests, Slicer) keeps MONAI whole. Afterwards the
+    packages import normally again (bundle code run with ``--trust`` may use them).
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    own_process = getattr(spec, "name", None) == "MedSegNASLib.cli" or Path(sys.argv[0]).name == "medsegnas"
+    if not own_process or "monai" in sys.modules or any(p in sys.modules for p in UNUSED_BY_SEGMENT):
+        return
+    hook = _Unavailable(UNUSED_BY_SEGMENT)
+    sys.meta_path.insert(0, hook)
+    try:
+        import monai.bundle  # noqa: F401
+    finally:
+        sys.meta_path.remove(hook)
+
+
 def segment_command(args: argparse.Namespace) -> int:
     """Run ``segment`` as the job kind ``segment``."""
+    if not getattr(args, "detach", False):  # a detaching parent only starts the worker
+        import_monai_for_segmentation()
+
     from ..jobs.runner import run_job_command
     from .engine import SegmentOptions
 
