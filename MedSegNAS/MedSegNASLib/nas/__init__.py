@@ -24,15 +24,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# Imported now: the function ``decode`` must shadow its module ``nas.decode`` (numpy only, cheap).
+from .decode import ArchCode, decode, load_arch_json, path_probabilities, save_arch_json
+from .search_space import SearchSpace
+
 _EXPORTS = {
-    "decode": ("ArchCode", "decode", "load_arch_json", "path_probabilities", "save_arch_json"),
-    "search_space": ("SearchSpace",),
     "topology_plot": ("plot_path_probabilities", "plot_topology"),
     "train": ("NETWORKS", "TRAIN_PRESETS", "build_network", "resolve_train_config", "run_train"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = sorted(_MODULE_OF)
+__all__ = ["ArchCode", "SearchSpace", "decode", "load_arch_json", "path_probabilities", "save_arch_json"]
+__all__ += sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:
