@@ -43,6 +43,25 @@ def _overlap(text: str) -> float:
     return value
 
 
+def _six_numbers(text: str, kind: type) -> tuple:
+    parts = text.replace(" ", "").split(",")
+    try:
+        if len(parts) != 6:
+            raise ValueError
+        return tuple(kind(p) for p in parts)
+    except ValueError:
+        name = "numbers" if kind is float else "whole numbers"
+        raise argparse.ArgumentTypeError(f"expected six comma-separated {name}, got {text!r}") from None
+
+
+def _box(text: str) -> tuple[float, ...]:
+    return _six_numbers(text, float)
+
+
+def _box_voxels(text: str) -> tuple[int, ...]:
+    return _six_numbers(text, int)
+
+
 def _postprocess(text: str):
     from .postprocess import PostprocessSpec
 
@@ -157,6 +176,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the bundle's code and pickles (only for bundles from a source you trust; a registered "
         "model trusted with 'medsegnas models trust ID' needs no --trust)",
     )
+    region = parser.add_mutually_exclusive_group()
+    region.add_argument(
+        "--box",
+        type=_box,
+        default=None,
+        metavar="X0,Y0,Z0,X1,Y1,Z1",
+        help="segment only inside this box: two opposite corners in RAS millimetres (Slicer's world "
+        "coordinates; from a markups ROI's GetBounds(b): b[0],b[2],b[4],b[1],b[3],b[5]). The label map "
+        "keeps the whole input grid, zeros outside; inside it is the whole image's label map",
+    )
+    region.add_argument(
+        "--box-voxels",
+        type=_box_voxels,
+        default=None,
+        metavar="I0,J0,K0,I1,J1,K1",
+        help="the same as input voxel indices, half-open (I0 <= i < I1, ...)",
+    )
     add_job_arguments(parser)
     parser.set_defaults(func=segment_command)
 
@@ -183,8 +219,52 @@ def check_output_path(path: Path) -> Path:
     return path
 
 
+#: Packages that ``import monai`` loads when installed but segmentation never uses: pytorch-ignite
+#: (MONAI's training engines; with torch.distributed and sympy about 1.4 s of a 7 s tiny run on a
+#: loaded 2-core machine) and matplotlib (MONAI's Jupyter helpers, 0.35 s).
+UNUSED_BY_SEGMENT = ("ignite", "matplotlib")
+
+
+class _Unavailable:
+    """An import hook that makes the named top-level packages look absent."""
+
+    def __init__(self, packages: tuple[str, ...]) -> None:
+        self.packages = packages
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name.partition(".")[0] in self.packages:
+            raise ImportError(f"{name} is not needed to segment")
+        return None
+
+
+def import_monai_for_segmentation() -> None:
+    """Import MONAI without :data:`UNUSED_BY_SEGMENT`, in a process of its own only.
+
+    MONAI imports every sub-package on ``import monai``; its ``optional_import`` of ignite and
+    matplotlib then falls back to placeholders, which no code of the segmentation path touches.
+    Only done when this process is ``medsegnas`` itself (``python -m MedSegNASLib.cli`` as the
+    panels and jobs start it, or the console script) and MONAI is not imported yet: a program
+    that calls :func:`~MedSegNASLib.cli.main` (tests, Slicer) keeps MONAI whole. Afterwards the
+    packages import normally again (bundle code run with ``--trust`` may use them).
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    own_process = getattr(spec, "name", None) == "MedSegNASLib.cli" or Path(sys.argv[0]).name == "medsegnas"
+    if not own_process or "monai" in sys.modules or any(p in sys.modules for p in UNUSED_BY_SEGMENT):
+        return
+    hook = _Unavailable(UNUSED_BY_SEGMENT)
+    sys.meta_path.insert(0, hook)
+    try:
+        import monai.bundle  # noqa: F401
+    finally:
+        sys.meta_path.remove(hook)
+
+
 def segment_command(args: argparse.Namespace) -> int:
     """Run ``segment`` as the job kind ``segment``."""
+    if not getattr(args, "detach", False):  # a detaching parent only starts the worker
+        import_monai_for_segmentation()
+
     from ..jobs.runner import run_job_command
     from .engine import SegmentOptions
 
@@ -202,6 +282,8 @@ def segment_command(args: argparse.Namespace) -> int:
         crop=args.crop,
         amp=args.amp,
         threads=args.threads,
+        box=args.box,
+        box_voxels=args.box_voxels,
     )
     config: dict[str, Any] = {
         "model": model_spec,
@@ -216,6 +298,8 @@ def segment_command(args: argparse.Namespace) -> int:
         "crop": args.crop,
         "amp": args.amp,
         "trust": args.trust,
+        "box": list(args.box) if args.box else None,
+        "box_voxels": list(args.box_voxels) if args.box_voxels else None,
     }
 
     def body(ctx) -> dict[str, Any]:

@@ -109,6 +109,12 @@ class SegmentOptions:
             True: also bfloat16 on CPUs with Intel AMX (about 3x faster there; label maps then
             differ from MONAI's at a few boundary voxels). False: float32 everywhere.
         threads: CPU threads for torch (default: torch's choice).
+        box: segment only inside this box, ``(x0, y0, z0, x1, y1, z1)``: two opposite corners in
+            RAS millimetres (any order; the world coordinates Slicer shows). The voxels whose
+            centres lie in it are segmented; the label map keeps the full input grid, zeros
+            outside. See :func:`box_to_voxels`.
+        box_voxels: the same as a voxel box ``(i0, j0, k0, i1, j1, k1)`` of the input, half-open
+            (``i0 <= i < i1``, as Python slices).
     """
 
     device: str = "auto"
@@ -121,6 +127,8 @@ class SegmentOptions:
     crop: bool = True
     amp: bool | None = None
     threads: int | None = None
+    box: tuple[float, float, float, float, float, float] | None = None
+    box_voxels: tuple[int, int, int, int, int, int] | None = None
 
 
 @dataclass
@@ -267,6 +275,84 @@ def _foreground_mask(volume: Volume, model: SegmentationModel) -> tuple[np.ndarr
     return channel > threshold, f"intensity > {threshold:.4g} (5% of the 1-99% range)"
 
 
+def box_to_voxels(
+    grid: Grid,
+    box: Sequence[float] | None = None,
+    box_voxels: Sequence[int] | None = None,
+) -> tuple[tuple[int, int], ...]:
+    """The half-open voxel box ``((i0, i1), (j0, j1), (k0, k1))`` of ``grid`` to segment.
+
+    Args:
+        grid: the input image's grid (IJK -> RAS affine, mm).
+        box: two opposite corners in RAS mm, ``(x0, y0, z0, x1, y1, z1)``, in any order: the
+            voxels whose centres lie in it (for an oblique grid, the smallest voxel box holding
+            those voxels).
+        box_voxels: ``(i0, j0, k0, i1, j1, k1)`` directly, half-open (clipped to the image).
+
+    Raises:
+        ImageFormatError: the box is empty, or holds no voxel centre of the image.
+    """
+    shape = np.array(grid.shape)
+    if box_voxels is not None:
+        lo = np.asarray(box_voxels[:3], dtype=int)
+        hi = np.asarray(box_voxels[3:], dtype=int)
+        if np.any(hi <= lo):
+            raise ImageFormatError(
+                f"--box-voxels {','.join(map(str, box_voxels))} is empty: each end must exceed its start (i0 < i1, ...)"
+            )
+        what = f"--box-voxels {','.join(map(str, box_voxels))}"
+    else:
+        assert box is not None
+        corners_ras = np.asarray(box, dtype=np.float64).reshape(2, 3)
+        low, high = corners_ras.min(axis=0), corners_ras.max(axis=0)
+        what = f"--box {','.join(f'{v:g}' for v in box)}"
+        if np.any(high <= low):
+            axis = "xyz"[int(np.argmax(high <= low))]
+            raise ImageFormatError(f"{what} is empty along {axis}: give two opposite corners of a box")
+        corners = np.array(list(itertools.product(*zip(low, high, strict=True))))  # (8, 3) RAS
+        ijk = (np.linalg.inv(grid.affine) @ np.c_[corners, np.ones(8)].T)[:3].T
+        eps = 1e-6  # a corner on a voxel centre includes it
+        lo = np.ceil(ijk.min(axis=0) - eps).astype(int)
+        hi = np.floor(ijk.max(axis=0) + eps).astype(int) + 1
+    lo_clip, hi_clip = np.clip(lo, 0, shape), np.clip(hi, 0, shape)
+    if np.any(hi_clip <= lo_clip):
+        ends = grid.affine[:3, :3] @ (np.array(list(itertools.product(*[(0, n - 1) for n in shape]))).T)
+        ends = ends + grid.affine[:3, 3:4]
+        span = ", ".join(
+            f"{axis} {a:.1f} to {b:.1f}"
+            for axis, a, b in zip("xyz", ends.min(axis=1), ends.max(axis=1), strict=True)
+        )
+        raise ImageFormatError(
+            f"{what} holds no voxel of the image ({' x '.join(map(str, shape))} voxels; its voxel centres span "
+            f"RAS {span} mm)"
+        )
+    return tuple((int(a), int(b)) for a, b in zip(lo_clip, hi_clip, strict=True))
+
+
+def _restrict_plan(plan: _Plan, m_grid: Grid, in_grid: Grid, box: Sequence[tuple[int, int]]) -> _Plan:
+    """Keep only the windows of ``plan`` that reach the input voxel ``box``: every window that
+    covers a voxel of the box still runs (and no other), so the labels inside it are the ones a
+    run over the whole image gives."""
+    box_mask = np.zeros(in_grid.shape, dtype=bool)
+    box_mask[_box_slices(box)] = True
+    reaching = _plan_windows(m_grid, in_grid, plan.roi, plan.overlap, box_mask)
+    keep = plan.keep & reaching.keep
+    return _Plan(plan.roi, plan.overlap, plan.starts, keep, _kept_box(keep, plan.roi, m_grid.shape))
+
+
+def _kept_box(
+    keep: set[tuple[int, ...]], roi: Sequence[int], m_shape: Sequence[int]
+) -> tuple[tuple[int, int], ...]:
+    """The model-grid box covered by the ``keep`` windows (empty boxes when none)."""
+    shape = np.array(m_shape)
+    if not keep:
+        return tuple((0, 0) for _ in shape)
+    kept = np.array(sorted(keep)) - np.array(window_padding(tuple(m_shape), tuple(roi)))
+    lo = np.clip(kept.min(axis=0), 0, shape)
+    hi = np.clip(kept.max(axis=0) + np.array(roi), 0, shape)
+    return tuple((int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
 @dataclass
 class _Plan:
     """The windows of one run: which run, and the box of the model grid they cover."""
@@ -303,14 +389,7 @@ def _plan_windows(
             b = np.clip(np.ceil(reach[:, 1]).astype(int) + 1, a + 1, in_shape)
             if mask[a[0] : b[0], a[1] : b[1], a[2] : b[2]].any():
                 keep.add(start)
-    if keep:
-        kept = np.array(sorted(keep)) - np.array(pad)
-        lo = np.clip(kept.min(axis=0), 0, shape)
-        hi = np.clip(kept.max(axis=0) + np.array(roi), 0, shape)
-        box = tuple((int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    else:
-        box = tuple((0, 0) for _ in shape)
-    return _Plan(roi, overlap, starts, keep, box)
+    return _Plan(roi, overlap, starts, keep, _kept_box(keep, roi, m_grid.shape))
 
 
 def _box_slices(box: Sequence[tuple[int, int]]) -> tuple[slice, ...]:
@@ -598,6 +677,9 @@ def segment_volume(
         torch.set_num_threads(int(options.threads))
 
     in_grid = Grid(volume.spatial_shape, volume.affine)
+    region: tuple[tuple[int, int], ...] | None = None
+    if options.box is not None or options.box_voxels is not None:
+        region = box_to_voxels(in_grid, options.box, options.box_voxels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         geometry = _fast_geometry(model, in_grid) if options.fast else model.geometry
@@ -631,6 +713,13 @@ def segment_volume(
             )
         else:
             progress.log(f"{total} windows of {' x '.join(map(str, plan.roi))}")
+        if region is not None:
+            plan = _restrict_plan(plan, m_grid, in_grid, region)
+            progress.log(
+                "box: input voxels "
+                + " x ".join(f"{a}:{b}" for a, b in region)
+                + f"; {len(plan.keep)} of {total} windows reach it"
+            )
     timings["plan"] = time.perf_counter() - clock
 
     sw_batch_size = options.sw_batch_size or model.sw_batch_size
@@ -679,6 +768,11 @@ def segment_volume(
         finally:
             model.network.to("cpu", memory_format=torch.contiguous_format)
     device_used = run_device
+    if region is not None:
+        # Only the box was asked for: the windows run reach beyond it, their labels there are dropped.
+        inside = np.zeros(labels.shape, dtype=bool)
+        inside[_box_slices(region)] = True
+        labels[~inside] = 0
 
     clock = time.perf_counter()
     if options.postprocess is not None and options.postprocess.active:
@@ -698,6 +792,7 @@ def segment_volume(
         "model_spacing": [round(float(s), 4) for s in m_grid.spacing],
         "windows": len(plan.starts) if plan else 1,
         "windows_run": len(plan.keep) if plan else 1,
+        "box_voxels": [list(b) for b in region] if region is not None else None,
         "seconds": {k: round(v, 3) for k, v in timings.items()},
         "voxels": {lb.name: int(np.count_nonzero(labels == lb.value)) for lb in table if lb.value != 0},
     }
