@@ -80,89 +80,32 @@ PIP_PACKAGES = OrderedDict(
     ]
 )
 
+#: What every job needs: run-directory lock (filelock), cancel and liveness of the process tree.
+_JOB = ("filelock", "psutil")
+#: Reading and writing volumes (SimpleITK for geometry and DICOM, nibabel for NIfTI voxels).
+_VOLUMES = ("numpy", "scipy", "SimpleITK", "nibabel")
+#: Training with MONAI: Swin UNETR needs einops; TensorBoard logs; curves and pictures (matplotlib).
+_TRAINING = (*_JOB, *_VOLUMES, "torch", "monai", "einops", "tensorboard", "matplotlib", "yaml")
+
 #: Every feature and the import names its workers and buttons need (what each is for, below).
 FEATURES = OrderedDict(
     [
-        # every job: run-directory lock (filelock), cancel and liveness of the process tree (psutil),
-        # progress bar when a job runs in a terminal (tqdm)
-        ("jobs", ("filelock", "psutil", "tqdm")),
+        # every job, and the progress bar when a job runs in a terminal (tqdm)
+        ("jobs", (*_JOB, "tqdm")),
         # medsegnas phantom: SimpleITK/nibabel write volumes, torch saves the checkpoint
-        ("phantom", ("filelock", "psutil", "numpy", "scipy", "SimpleITK", "nibabel", "torch")),
+        ("phantom", (*_JOB, *_VOLUMES, "torch")),
         # models import/download (bundle checks load weights with torch, read YAML configs)
-        ("models", ("filelock", "psutil", "torch", "monai", "yaml")),
+        ("models", (*_JOB, "torch", "monai", "yaml")),
         # medsegnas segment (MONAI bundles; Swin UNETR bundles need einops)
-        (
-            "segment",
-            (
-                "filelock",
-                "psutil",
-                "numpy",
-                "scipy",
-                "SimpleITK",
-                "nibabel",
-                "torch",
-                "monai",
-                "yaml",
-                "einops",
-            ),
-        ),
+        ("segment", (*_JOB, *_VOLUMES, "torch", "monai", "yaml", "einops")),
         # medsegnas search and train: TensorBoard logs, topology picture and curves (matplotlib)
-        (
-            "search/train",
-            (
-                "filelock",
-                "psutil",
-                "numpy",
-                "scipy",
-                "SimpleITK",
-                "nibabel",
-                "torch",
-                "monai",
-                "einops",
-                "tensorboard",
-                "matplotlib",
-                "yaml",
-            ),
-        ),  # fmt: skip
+        ("search/train", _TRAINING),
         # medsegnas tune: the trainer's packages plus Optuna (study, sampler, pruner, importances)
-        (
-            "tune",
-            (
-                "filelock",
-                "psutil",
-                "numpy",
-                "scipy",
-                "SimpleITK",
-                "nibabel",
-                "torch",
-                "monai",
-                "einops",
-                "tensorboard",
-                "matplotlib",
-                "yaml",
-                "optuna",
-            ),
-        ),  # fmt: skip
+        ("tune", (*_TRAINING, "optuna")),
         # medsegnas evaluate and the panel's Evaluate (metrics from MONAI)
-        ("evaluate", ("filelock", "psutil", "numpy", "scipy", "SimpleITK", "nibabel", "torch", "monai")),
+        ("evaluate", (*_JOB, *_VOLUMES, "torch", "monai")),
         # sslpretrain pretrain, finetune, fewshot (Swin UNETR: einops; few-shot plot: matplotlib)
-        (
-            "ssl",
-            (
-                "filelock",
-                "psutil",
-                "numpy",
-                "scipy",
-                "SimpleITK",
-                "nibabel",
-                "torch",
-                "monai",
-                "einops",
-                "tensorboard",
-                "matplotlib",
-                "yaml",
-            ),
-        ),  # fmt: skip
+        ("ssl", _TRAINING),
         # pictures: dataset previews, topology pictures, few-shot plots
         ("pictures", ("matplotlib",)),
     ]
