@@ -262,7 +262,9 @@ def import_monai_for_segmentation() -> None:
 
 def segment_command(args: argparse.Namespace) -> int:
     """Run ``segment`` as the job kind ``segment``."""
-    if not getattr(args, "detach", False):  # a detaching parent only starts the worker
+    # A detaching parent only starts the worker; a trusted bundle's own code may use MONAI's
+    # ignite-based parts, which must then be real, not placeholders.
+    if not getattr(args, "detach", False) and not getattr(args, "trust", False):
         import_monai_for_segmentation()
 
     from ..jobs.runner import run_job_command
