@@ -761,6 +761,24 @@ def find_bundle(run_dir: str | os.PathLike[str] | RunDir) -> Path | None:
     return None
 
 
+def _finished_bundle(run_dir: str | os.PathLike[str] | RunDir) -> tuple[RunDir, Path]:
+    """A finished fine-tuning run and its exported bundle folder.
+
+    Raises:
+        JobError: the run has not finished, or exported no bundle.
+    """
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+    state = refresh_status(run).get("state")
+    if state != "done":
+        raise JobError(f"run {run.run_id} is {state}: only a finished fine-tuning has a model to use")
+    bundle = find_bundle(run)
+    if bundle is None:
+        raise JobError(
+            f"run {run.run_id} exported no MONAI bundle (no artifacts/model with configs/metadata.json)"
+        )
+    return run, bundle
+
+
 def use_model(
     run_dir: str | os.PathLike[str] | RunDir,
     *,
@@ -777,15 +795,7 @@ def use_model(
     """
     from MedSegNASLib.models.registry import register_model
 
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
-    state = refresh_status(run).get("state")
-    if state != "done":
-        raise JobError(f"run {run.run_id} is {state}: only a finished fine-tuning has a model to use")
-    bundle = find_bundle(run)
-    if bundle is None:
-        raise JobError(
-            f"run {run.run_id} exported no MONAI bundle (no artifacts/model with configs/metadata.json)"
-        )
+    run, bundle = _finished_bundle(run_dir)
     return register_model(
         bundle, source=f"{run.read_job().get('kind', 'finetune')} run {run.path}", name=name, home=home
     )
@@ -806,15 +816,7 @@ def launch_use_model_job(
     """
     from MedSegNASLib.panels.panel_logic import launch_model_import_job
 
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
-    state = refresh_status(run).get("state")
-    if state != "done":
-        raise JobError(f"run {run.run_id} is {state}: only a finished fine-tuning has a model to use")
-    bundle = find_bundle(run)
-    if bundle is None:
-        raise JobError(
-            f"run {run.run_id} exported no MONAI bundle (no artifacts/model with configs/metadata.json)"
-        )
+    run, bundle = _finished_bundle(run_dir)
     return launch_model_import_job(str(bundle), runs_root, home=home)
 
 

@@ -858,20 +858,9 @@ def evaluate_segmentation_nodes(
     """
     from ..data.volume import LabelInfo
     from ..evaluation.metrics import label_metrics
-    from .slicer_bridge import metrics_to_table_node, segments_to_labelmap
+    from .slicer_bridge import metrics_to_table_node
 
-    pairs = match_segments(segmentation_node, reference_node)
-    if not pairs:
-        raise MedSegNASError(f"reference segmentation '{reference_node.GetName()}' has no segments")
-    grid = _geometry_volume_node(reference_node, segmentation_node)
-    reference = segments_to_labelmap(
-        reference_node, grid, [(ref_id, number) for number, (ref_id, _, _) in enumerate(pairs, start=1)]
-    )
-    evaluated = segments_to_labelmap(
-        segmentation_node,
-        grid,
-        [(match, number) for number, (_, match, _) in enumerate(pairs, start=1) if match is not None],
-    )
+    pairs, reference, evaluated = _paired_labelmaps(segmentation_node, reference_node)
     labels = [LabelInfo(number, name, (0.0, 0.0, 0.0)) for number, (_, _, name) in enumerate(pairs, start=1)]
     scores = label_metrics(
         evaluated.array[0], reference.array[0], labels, reference.spacing, tolerance_mm=tolerance_mm
@@ -892,6 +881,30 @@ def evaluate_segmentation_nodes(
     ]
     name = f"{segmentation_node.GetName()} vs {reference_node.GetName()}"
     return metrics_to_table_node(rows, scene, name, replace_node=table_node)
+
+
+def _paired_labelmaps(segmentation_node: Any, reference_node: Any) -> tuple[list, Any, Any]:
+    """Matched segment pairs (:func:`match_segments`) and both segmentations as label maps on one
+    grid, the pair number as label value: ``(pairs, reference, evaluated)``.
+
+    Raises:
+        MedSegNASError: the reference has no segments.
+    """
+    from .slicer_bridge import segments_to_labelmap
+
+    pairs = match_segments(segmentation_node, reference_node)
+    if not pairs:
+        raise MedSegNASError(f"reference segmentation '{reference_node.GetName()}' has no segments")
+    grid = _geometry_volume_node(reference_node, segmentation_node)
+    reference = segments_to_labelmap(
+        reference_node, grid, [(ref_id, number) for number, (ref_id, _, _) in enumerate(pairs, start=1)]
+    )
+    evaluated = segments_to_labelmap(
+        segmentation_node,
+        grid,
+        [(match, number) for number, (_, match, _) in enumerate(pairs, start=1) if match is not None],
+    )
+    return pairs, reference, evaluated
 
 
 #: Folder (in an evaluate run's artifacts) holding the scene's segmentations as label maps.
@@ -918,20 +931,8 @@ def launch_evaluate_nodes_job(
         MedSegNASError: the reference has no segments.
     """
     from ..data.io import write_volume
-    from .slicer_bridge import segments_to_labelmap
 
-    pairs = match_segments(segmentation_node, reference_node)
-    if not pairs:
-        raise MedSegNASError(f"reference segmentation '{reference_node.GetName()}' has no segments")
-    grid = _geometry_volume_node(reference_node, segmentation_node)
-    reference = segments_to_labelmap(
-        reference_node, grid, [(ref_id, number) for number, (ref_id, _, _) in enumerate(pairs, start=1)]
-    )
-    evaluated = segments_to_labelmap(
-        segmentation_node,
-        grid,
-        [(match, number) for number, (_, match, _) in enumerate(pairs, start=1) if match is not None],
-    )
+    pairs, reference, evaluated = _paired_labelmaps(segmentation_node, reference_node)
     root = Path(runs_root).expanduser().absolute()
     run = RunDir.create(root, "evaluate")
     folder = run.artifacts / EVALUATE_INPUTS
