@@ -21,8 +21,7 @@ Retraining (nas/train.py; ``medsegnas train``)::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 # Imported now: the function ``decode`` must shadow its module ``nas.decode`` (numpy only, cheap).
 from .decode import ArchCode, decode, load_arch_json, path_probabilities, save_arch_json
@@ -32,21 +31,7 @@ _EXPORTS = {
     "topology_plot": ("plot_path_probabilities", "plot_topology"),
     "train": ("NETWORKS", "TRAIN_PRESETS", "build_network", "resolve_train_config", "run_train"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = ["ArchCode", "SearchSpace", "decode", "load_arch_json", "path_probabilities", "save_arch_json"]
-__all__ += sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    # PEP 562: a name imports its module on first use, so that importing a sub-module (a command's
-    # registration, say) does not pay for nibabel/SimpleITK/matplotlib it does not use.
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, _LAZY_NAMES = lazy_exports(__name__, globals(), _EXPORTS)
+__all__ += _LAZY_NAMES
