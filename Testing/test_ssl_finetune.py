@@ -38,7 +38,15 @@ from SSLPretrainLib.encoder import (
     load_pretrained_encoder,
     read_pretrained_encoder,
 )
-from SSLPretrainLib.fewshot import FewShotResult, fewshot_csv, fewshot_markdown, plan_fewshot
+from SSLPretrainLib.fewshot import (
+    FewShotResult,
+    fewshot_csv,
+    fewshot_markdown,
+    plan_fewshot,
+    read_fewshot_csv,
+    seeds_markdown,
+    summarize_seeds,
+)
 from SSLPretrainLib.finetune import (
     encoder_initialiser,
     pretrained_facts,
@@ -354,6 +362,78 @@ def test_fewshot_table_pairs_the_two_initialisations() -> None:
     markdown = fewshot_markdown(results, evaluation=["a", "b", "c"], steps=40, seed=0)
     assert "| 2 | 45.00 | 60.00 | +15.00 |" in markdown
     assert "| 4 | 80.00 | – | – |" in markdown  # the pretrained run of 4 cases is missing
+
+
+def test_fewshot_seeds_pair_the_initialisations_and_report_the_spread() -> None:
+    def seed_rows(random_liver: float, pretrained_liver: float | None) -> list[FewShotResult]:
+        rows = [FewShotResult(2, "random", {"liver": random_liver, "spleen": 0.2}, "r", 40)]
+        if pretrained_liver is not None:
+            rows.append(
+                FewShotResult(
+                    2, "pretrained", {"liver": pretrained_liver, "spleen": 0.2}, "p", 40, loaded=118
+                )
+            )
+        return rows
+
+    # Seeds 0-2 as written by fewshot.csv and read back; seed 3 lacks its pretrained run.
+    per_seed = {
+        seed: read_fewshot_csv(fewshot_csv(rows, seed=seed, eval_cases=4))
+        for seed, rows in enumerate(
+            [seed_rows(0.6, 0.8), seed_rows(0.4, 0.5), seed_rows(0.5, 0.4), seed_rows(0.9, None)]
+        )
+    }
+    assert per_seed[0][1].loaded == 118 and per_seed[0][1].dice == pytest.approx(
+        {"liver": 0.8, "spleen": 0.2}
+    )
+    (summary,) = summarize_seeds(per_seed)
+    assert summary.seeds == (0, 1, 2)  # seed 3 has no pair and does not count
+    data = summary.to_dict()
+    random_means = np.array([0.4, 0.3, 0.35])  # (liver + spleen) / 2 per seed
+    pretrained_means = np.array([0.5, 0.35, 0.3])
+    assert data["random"]["mean"] == pytest.approx(random_means.mean())
+    assert data["random"]["sd"] == pytest.approx(random_means.std(ddof=1))
+    assert data["difference"]["per_seed"] == pytest.approx(list(pretrained_means - random_means))
+    assert data["difference"]["sd"] == pytest.approx((pretrained_means - random_means).std(ddof=1))
+    assert data["pretrained_ahead"] == 2
+    row = seeds_markdown([summary]).splitlines()[2]
+    assert row == "| 2 | 3 | 35.0 ± 5.0 | 38.3 ± 10.4 | +3.3 ± 7.6 | 2 of 3 |"
+    with pytest.raises(MedSegNASError, match="not a few-shot table"):
+        read_fewshot_csv("a,b\n1,2\n")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # four one-step fine-tunings in their own processes, each scored
+def test_fewshot_seeds_benchmark_runs_every_seed_and_writes_the_table(
+    tmp_path: Path, pretrain_run: Path
+) -> None:
+    data = tmp_path / "data"
+    write_phantom_dataset(data, cases=3, size=64, seed=9, unlabeled=0, test_cases=0)
+    settings = tmp_path / "spacing.json"
+    settings.write_text(json.dumps({"spacing": FINETUNE_SETTINGS["spacing"]}))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fewshot_seeds.py"
+    argv = [sys.executable, str(script), "--out", str(tmp_path / "out"), "--dataset", str(data), "--pretrained",
+            str(pretrain_run), "--seeds", "0,1", "--shots", "2", "--budget", "1", "--eval-cases", "1",
+            "--config", str(settings)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "fewshot_seeds.json").read_text())
+    (summary,) = report["summaries"]
+    assert summary["labelled_cases"] == 2 and summary["seeds"] == [0, 1]
+    for seed in ("0", "1"):
+        assert [r["init"] for r in report["per_seed"][seed]] == ["random", "pretrained"]
+        assert (tmp_path / "out" / f"fewshot-seed{seed}" / "runs" / "n002-pretrained").is_dir()
+    # The two seeds hold out different cases, so their runs are not copies of each other.
+    plans = [
+        json.loads((tmp_path / "out" / f"fewshot-seed{seed}" / "job.json").read_text())["config"]["plan"]
+        for seed in (0, 1)
+    ]
+    assert plans[0]["seed"] == 0 and plans[1]["seed"] == 1
+    assert "| 2 | 2 |" in (tmp_path / "out" / "fewshot_seeds.md").read_text()
+    assert (tmp_path / "out" / "fewshot_seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A second call reuses the finished runs.
+    events = (tmp_path / "out" / "fewshot-seed0" / "events.jsonl").read_bytes()
+    assert subprocess.run(argv, capture_output=True, timeout=600).returncode == 0
+    assert (tmp_path / "out" / "fewshot-seed0" / "events.jsonl").read_bytes() == events
 
 
 @pytest.mark.slow

@@ -393,6 +393,118 @@ def write_fewshot_report(
     return paths
 
 
+def read_fewshot_csv(text: str) -> list[FewShotResult]:
+    """The rows of a ``fewshot.csv`` (as :func:`fewshot_csv` writes it) back as results.
+
+    Raises:
+        MedSegNASError: the text is not a few-shot CSV (a missing column, a non-number).
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    needed = {"labelled_cases", "init", "mean_dice"}
+    if reader.fieldnames is None or not needed <= set(reader.fieldnames):
+        raise MedSegNASError(f"not a few-shot table: its columns must include {', '.join(sorted(needed))}")
+    labels = [name[len("dice_") :] for name in reader.fieldnames if name.startswith("dice_")]
+    results = []
+    for row in reader:
+        try:
+            dice = {
+                name: float(row[f"dice_{name}"]) if row[f"dice_{name}"] else float("nan") for name in labels
+            }
+            results.append(
+                FewShotResult(
+                    int(row["labelled_cases"]),
+                    row["init"],
+                    dice,
+                    row.get("run", ""),
+                    int(row["steps"]) if row.get("steps") else None,
+                    float(row["seconds"]) if row.get("seconds") else None,
+                    int(row["encoder_tensors_loaded"]) if row.get("encoder_tensors_loaded") else None,
+                )
+            )
+        except (KeyError, ValueError) as exc:
+            raise MedSegNASError(f"not a few-shot table: row {reader.line_num}: {exc}") from None
+    return results
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """Mean Dice of one (labelled cases, initialisation) over seeds, and of the paired difference.
+
+    Attributes:
+        shots: labelled training cases.
+        random, pretrained: mean Dice (0..1) of each initialisation, one value per seed (seed order).
+        seeds: the seeds that have both runs.
+    """
+
+    shots: int
+    seeds: tuple[int, ...]
+    random: tuple[float, ...]
+    pretrained: tuple[float, ...]
+
+    @staticmethod
+    def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+        array = np.asarray(values, dtype=float)
+        # Sample standard deviation (ddof=1): the spread another seed would show; 0 for one seed.
+        return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+    @property
+    def differences(self) -> tuple[float, ...]:
+        """pretrained - random, per seed (paired: same cases, same seed)."""
+        return tuple(p - r for p, r in zip(self.pretrained, self.random, strict=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"labelled_cases": self.shots, "seeds": list(self.seeds)}
+        for name, values in (
+            ("random", self.random),
+            ("pretrained", self.pretrained),
+            ("difference", self.differences),
+        ):
+            mean, sd = self._mean_sd(values)
+            out[name] = {"per_seed": list(values), "mean": mean, "sd": sd}
+        out["pretrained_ahead"] = sum(d > 0 for d in self.differences)
+        return out
+
+
+def summarize_seeds(results_by_seed: Mapping[int, Sequence[FewShotResult]]) -> list[SeedSummary]:
+    """Pair the two initialisations per seed and number of labelled cases, across seeds.
+
+    A seed counts for a number of labelled cases only when both of its runs finished with a
+    finite Dice, so every difference is paired.
+    """
+    shots = sorted({r.shots for rows in results_by_seed.values() for r in rows})
+    summaries = []
+    for n in shots:
+        seeds, random_dice, pretrained_dice = [], [], []
+        for seed in sorted(results_by_seed):
+            by_init = {r.init: r.mean_dice for r in results_by_seed[seed] if r.shots == n}
+            pair = by_init.get("random"), by_init.get("pretrained")
+            if all(v is not None and math.isfinite(v) for v in pair):
+                seeds.append(int(seed))
+                random_dice.append(float(pair[0]))
+                pretrained_dice.append(float(pair[1]))
+        if seeds:
+            summaries.append(SeedSummary(n, tuple(seeds), tuple(random_dice), tuple(pretrained_dice)))
+    return summaries
+
+
+def seeds_markdown(summaries: Sequence[SeedSummary]) -> str:
+    """The few-shot table over seeds: Dice (%) mean ± sd per initialisation and of the difference."""
+    lines = [
+        "| labelled cases | seeds | random init Dice | pretrained Dice | difference | pretrained ahead |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for summary in summaries:
+        data = summary.to_dict()
+        cells = [f"{100 * data[k]['mean']:.1f} ± {100 * data[k]['sd']:.1f}" for k in ("random", "pretrained")]
+        diff = data["difference"]
+        lines.append(
+            f"| {summary.shots} | {len(summary.seeds)} | {cells[0]} | {cells[1]} | "
+            f"{100 * diff['mean']:+.1f} ± {100 * diff['sd']:.1f} | "
+            f"{data['pretrained_ahead']} of {len(summary.seeds)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------
 # The job
 # --------------------------------------------------------------------------------------------
