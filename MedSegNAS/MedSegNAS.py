@@ -91,6 +91,18 @@ synthetic CT dataset to try them. See the <a href="https://github.com/medsegnas/
             """MedSegNAS is built on <a href="https://monai.io">MONAI</a> and <a href="https://pytorch.org">PyTorch</a>;
 its architecture search follows DiNTS (He et al., CVPR 2021). Apache License 2.0."""
         )
+        slicer.app.connect("startupCompleted()", self.registerEditorEffect)
+
+    def registerEditorEffect(self) -> None:
+        """Add the "MedSegNAS" effect (Auto, click Refine) to the Segment Editor, as Slicer's extensions do."""
+        if unsupported_slicer_message(slicer.app.applicationVersion):
+            return
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        effect = effects.qSlicerSegmentEditorScriptedEffect(None)
+        source = Path(__file__).parent / "SegmentEditorMedSegNASLib" / "SegmentEditorEffect.py"
+        effect.setPythonSource(source.as_posix())
+        effect.self().register()
 
 
 @parameterNodeWrapper
