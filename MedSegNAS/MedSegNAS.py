@@ -111,6 +111,7 @@ class MedSegNASParameterNode:
 
     extraChannelVolume: a second model channel. datasetSource ``scene``: the checked scene cases,
     exported with sceneModality. network ``searched``: the architecture of the run selected in Runs.
+    interactive: Train trains an interactive (click) model (``medsegnas train --interactive``).
     epochs, patchSize, memoryBudget 0: the preset's. gpus: processes, one per GPU. tuneTrials,
     tuneBudgetSteps: Tune's trials and optimisation steps per trial. segmentRun,
     trainRun, phantomRun: the run folders followed, re-attached after the module is reloaded.
@@ -131,6 +132,7 @@ class MedSegNASParameterNode:
     sceneModality: str = "CT"
     preset: Annotated[str, Choice(["tiny", "small", "full"])] = "tiny"
     network: Annotated[str, Choice(["searched", "unet", "segresnet", "swinunetr"])] = "searched"
+    interactive: bool = False
     epochs: Annotated[int, WithinRange(0, 100000)] = 0
     patchSize: Annotated[int, WithinRange(0, 512)] = 0
     memoryBudget: Annotated[int, WithinRange(0, 1000000)] = 0

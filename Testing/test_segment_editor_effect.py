@@ -257,3 +257,33 @@ def test_refine_without_an_interactive_model_says_what_is_missing(slicer_app, tm
     assert effect.session is None and not effect.autoButton.enabled
     editor.setActiveEffectByName("")
     assert app.slot_errors == []
+
+
+def test_effect_picture_shows_the_view_with_clicks_and_the_options(tmp_path: Path) -> None:
+    """``tools/render_effect.py`` (the README picture) as a user runs it: a slice view with the green
+    and red click markers beside the effect's options, on a white page."""
+    import os
+    import subprocess
+
+    from PIL import Image
+
+    out = tmp_path / "effect.png"
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "render_effect.py"), "--out", str(out), "--view-size", "240"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    if "cannot render offscreen" in result.stderr:
+        pytest.skip(result.stderr.strip())
+    assert result.returncode == 0, result.stderr[-2000:]
+    pixels = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert pixels.shape[1] > 240 + 300 and pixels.shape[0] >= 240
+    view, options = pixels[:240, :240], pixels[:, 250:]
+    green = (view[..., 1] > 140) & (view[..., 0] < 80) & (view[..., 2] < 90)
+    red = (view[..., 0] > 190) & (view[..., 1] < 70) & (view[..., 2] < 70)
+    assert green.sum() > 20 and red.sum() > 20  # the two click markers
+    assert (np.abs(view[..., 0] - view[..., 2]) < 4).mean() > 0.5  # mostly the grey CT (and black)
+    assert (options == 255).all(axis=-1).mean() > 0.5 and (options < 100).all(axis=-1).sum() > 500  # text
