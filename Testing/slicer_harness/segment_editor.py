@@ -60,10 +60,14 @@ class qSlicerSegmentEditorEffectFactory:  # noqa: N801 - Slicer's name
         return list(_FACTORY_EFFECTS)
 
 
-class qSlicerSegmentEditorScriptedEffect:  # noqa: N801
-    """The C++ adaptor of a Python effect (what ``self.scriptedEffect`` is in the effect)."""
+class qSlicerSegmentEditorAbstractEffect:  # noqa: N801
+    """``slicer.qSlicerSegmentEditorAbstractEffect``: the ``ModificationMode`` enum effects pass."""
 
     ModificationModeSet, ModificationModeAdd, ModificationModeRemove, ModificationModeRemoveAll = 0, 1, 2, 3
+
+
+class qSlicerSegmentEditorScriptedEffect(qSlicerSegmentEditorAbstractEffect):  # noqa: N801
+    """The C++ adaptor of a Python effect (what ``self.scriptedEffect`` is in the effect)."""
 
     def __init__(self, parent: Any = None) -> None:
         import qt
@@ -368,6 +372,7 @@ def install() -> None:
     adaptors.qSlicerSegmentEditorScriptedEffect = qSlicerSegmentEditorScriptedEffect
     adaptors.qSlicerSegmentEditorEffectFactory = qSlicerSegmentEditorEffectFactory
     sys.modules["qSlicerSegmentationsEditorEffectsPythonQt"] = adaptors
+    slicer.qSlicerSegmentEditorAbstractEffect = qSlicerSegmentEditorAbstractEffect
 
 
 def reset() -> None:

@@ -122,10 +122,13 @@ class EffectEditor:
     """
 
     def __init__(self, scripted_effect: Any) -> None:
+        import slicer
+
         self.effect = scripted_effect
-        self.ModificationModeSet = scripted_effect.ModificationModeSet
-        self.ModificationModeAdd = scripted_effect.ModificationModeAdd
-        self.ModificationModeRemove = scripted_effect.ModificationModeRemove
+        modes = slicer.qSlicerSegmentEditorAbstractEffect  # the enum Slicer's own effects pass
+        self.ModificationModeSet = modes.ModificationModeSet
+        self.ModificationModeAdd = modes.ModificationModeAdd
+        self.ModificationModeRemove = modes.ModificationModeRemove
 
     def GetSegmentationNode(self) -> Any:  # noqa: N802 - the logic's name
         return self.effect.parameterSetNode().GetSegmentationNode()
@@ -219,10 +222,16 @@ def _worker_environment() -> Iterator[None]:
 
 
 def stop_worker(worker: Any) -> None:
-    """Ask a worker to stop, without waiting; :func:`reap_workers` (the effect's timer) finishes it."""
+    """Ask a worker to stop, without waiting; :func:`reap_workers` (the effect's timer) finishes it.
+
+    Its stdin is closed after the request: end-of-file also ends a worker still loading its
+    model, and frees the thread that reads stdin, so the process exits promptly.
+    """
     if worker.process.poll() is None:
         with contextlib.suppress(Exception):
             worker.send({"op": "stop"})
+        with contextlib.suppress(Exception):
+            worker.process.stdin.close()
     _STOPPING.append((worker, time.monotonic() + STOP_GRACE_S))
 
 
@@ -231,11 +240,15 @@ def reap_workers() -> int:
     grace time; never waits. Returns how many are still exiting."""
     left = []
     for worker, deadline in _STOPPING:
-        if worker.process.poll() is not None or time.monotonic() > deadline:
-            with contextlib.suppress(Exception):
-                worker.stop(timeout=0.05)  # ended: closes and cleans up; else: kills
-        else:
+        process = worker.process
+        if process.poll() is None and time.monotonic() > deadline:
+            with contextlib.suppress(OSError):
+                process.kill()
+        if process.poll() is None:
             left.append((worker, deadline))
+            continue
+        with contextlib.suppress(Exception):
+            worker.stop(timeout=0.05)  # it has ended: closes the pipes and the log, removes its folder
     _STOPPING[:] = left
     return len(left)
 
