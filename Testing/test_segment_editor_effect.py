@@ -219,6 +219,17 @@ def test_auto_then_clicks_undo_finish_and_deactivate(slicer_app, bundles, tmp_pa
     assert np.array_equal(_read(segmentation, volume, liver), after_two)
     editor.undo()
     assert np.array_equal(_read(segmentation, volume, liver), after_one)
+    undone = after_one
+
+    # A click after undo starts from the segment as it now is, with that click only.
+    fourth = _voxel_ras(volume, (18, 22, 20))
+    assert editor.press("Red", fourth) is True
+    app.wait_until(lambda: _answered(session, 1), 120, "the click after undo")
+    assert (effect.markers.count(True), effect.markers.count(False)) == (1, 0)
+    clicks = [{"label": "liver", "positive": True, "ras": list(session.clicks[0][1])}]
+    after_one = _read(segmentation, volume, liver)
+    expected = _expected_click(bundles["interactive"], volume, undone, clicks, tumour_mask)
+    assert np.array_equal(after_one & ~tumour_mask, expected)
 
     worker = session.worker.process
     app.click(effect.finishButton)

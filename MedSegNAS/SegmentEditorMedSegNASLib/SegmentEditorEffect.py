@@ -285,6 +285,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if self.session is not None and self.session.poll(editor):
             if self.session.state == "failed" and self.markers is not None:
                 self.markers.clear()
+            if self.session.restarted and self.markers is not None:  # undo or another tool: new clicks
+                self.session.restarted = False
+                self.markers.clear()
+                for positive, ras in self.session.clicks:
+                    self.markers.add(ras, positive)
             self.updateGUIFromMRML()
         elif self.session is not None and self.session.state == "starting":
             self.updateStatus()

@@ -315,6 +315,7 @@ class RefineSession:
         self._sent_clicks = 0
         self._sent_at = 0.0
         self._seeded_mtime: int | None = None  # the segment's state the worker knows
+        self.restarted = False  # set when the clicks were dropped (the segment changed meanwhile)
         self._exported = _Exported(volume_node)
         self.worker = _start_worker(model, self._exported.image, start="empty", home=home, python=python)
 
@@ -427,6 +428,7 @@ class RefineSession:
             if self._seeded_mtime is not None:
                 self.clicks = self.clicks[self._sent_clicks :]
                 self._sent_clicks = 0
+                self.restarted = True
             self._seed()
             self._seeded_mtime = mtime
         clicks = [Click(self.label, positive, ras).to_dict() for positive, ras in self.clicks]
