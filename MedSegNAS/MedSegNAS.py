@@ -91,6 +91,18 @@ synthetic CT dataset to try them. See the <a href="https://github.com/medsegnas/
             """MedSegNAS is built on <a href="https://monai.io">MONAI</a> and <a href="https://pytorch.org">PyTorch</a>;
 its architecture search follows DiNTS (He et al., CVPR 2021). Apache License 2.0."""
         )
+        slicer.app.connect("startupCompleted()", self.registerEditorEffect)
+
+    def registerEditorEffect(self) -> None:
+        """Add the "MedSegNAS" effect (Auto, click Refine) to the Segment Editor, as Slicer's extensions do."""
+        if unsupported_slicer_message(slicer.app.applicationVersion):
+            return
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        effect = effects.qSlicerSegmentEditorScriptedEffect(None)
+        source = Path(__file__).parent / "SegmentEditorMedSegNASLib" / "SegmentEditorEffect.py"
+        effect.setPythonSource(source.as_posix())
+        effect.self().register()
 
 
 @parameterNodeWrapper
@@ -99,6 +111,7 @@ class MedSegNASParameterNode:
 
     extraChannelVolume: a second model channel. datasetSource ``scene``: the checked scene cases,
     exported with sceneModality. network ``searched``: the architecture of the run selected in Runs.
+    interactive: Train trains an interactive (click) model (``medsegnas train --interactive``).
     epochs, patchSize, memoryBudget 0: the preset's. gpus: processes, one per GPU. tuneTrials,
     tuneBudgetSteps: Tune's trials and optimisation steps per trial. segmentRun,
     trainRun, phantomRun: the run folders followed, re-attached after the module is reloaded.
@@ -119,6 +132,7 @@ class MedSegNASParameterNode:
     sceneModality: str = "CT"
     preset: Annotated[str, Choice(["tiny", "small", "full"])] = "tiny"
     network: Annotated[str, Choice(["searched", "unet", "segresnet", "swinunetr"])] = "searched"
+    interactive: bool = False
     epochs: Annotated[int, WithinRange(0, 100000)] = 0
     patchSize: Annotated[int, WithinRange(0, 512)] = 0
     memoryBudget: Annotated[int, WithinRange(0, 1000000)] = 0

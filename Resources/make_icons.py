@@ -11,6 +11,8 @@ Icons are drawn from code so that they can be changed and re-rendered without an
 - ``SSLPretrain/Resources/Icons/SSLPretrain.png``: a CT-like slice cut into patches, some masked
   (self-supervised inpainting), with the regular and the shifted Swin windows drawn over it.
 - ``Resources/Icons/MedSegNAS.png``: the extension icon, both motifs on one rounded tile.
+- ``MedSegNAS/Resources/Icons/SegmentEditorMedSegNAS.png``: the Segment Editor effect's button: the
+  organ with its segment, a positive (green +) and a negative (red -) click.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ matplotlib.use("Agg")  # no display needed, and the same pixels everywhere
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.patches import FancyBboxPatch, Polygon, Rectangle  # noqa: E402
+from matplotlib.patches import Circle, FancyBboxPatch, Polygon, Rectangle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ICON_SIZE_PX = 128
@@ -43,6 +45,8 @@ CANDIDATE_COLOR = "#8a8f98"
 MASK_COLOR = "#6a4bc4"
 WINDOW_COLOR = "#f2b134"
 SHIFTED_WINDOW_COLOR = "#28a07a"
+CLICK_POSITIVE = "#2e9e3e"
+CLICK_NEGATIVE = "#d03232"
 
 
 def organ_outline(center: tuple[float, float], scale: float, n_points: int = 200) -> np.ndarray:
@@ -215,7 +219,36 @@ def render_extension(ax: Axes) -> None:
     draw_search_graph(ax, x0=0.2, y0=0.55, width=0.6, height=0.3)
 
 
+def draw_click(ax: Axes, center: tuple[float, float], positive: bool) -> None:
+    """A click marker: a disc with + (positive, green) or - (negative, red)."""
+    color = CLICK_POSITIVE if positive else CLICK_NEGATIVE
+    ax.add_patch(Circle(center, 0.13, facecolor=color, edgecolor="white", linewidth=2.5))
+    arm = 0.075
+    ax.plot(
+        [center[0] - arm, center[0] + arm],
+        [center[1]] * 2,
+        color="white",
+        linewidth=5,
+        solid_capstyle="round",
+    )
+    if positive:
+        ax.plot(
+            [center[0]] * 2,
+            [center[1] - arm, center[1] + arm],
+            color="white",
+            linewidth=5,
+            solid_capstyle="round",
+        )
+
+
+def render_editor_effect(ax: Axes) -> None:
+    draw_organ(ax, center=(0.46, 0.46), scale=0.36)
+    draw_click(ax, (0.3, 0.72), positive=True)
+    draw_click(ax, (0.8, 0.24), positive=False)
+
+
 ICONS: dict[str, Callable[[Axes], None]] = {
+    "MedSegNAS/Resources/Icons/SegmentEditorMedSegNAS.png": render_editor_effect,
     "MedSegNAS/Resources/Icons/MedSegNAS.png": render_medsegnas,
     "SSLPretrain/Resources/Icons/SSLPretrain.png": render_sslpretrain,
     "Resources/Icons/MedSegNAS.png": render_extension,

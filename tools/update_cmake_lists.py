@@ -24,6 +24,10 @@ def module_scripts(module: str) -> list[str]:
     top = sorted(p for p in lib.glob("*.py"))
     nested = sorted(p for p in lib.rglob("*.py") if p.parent != lib and "__pycache__" not in p.parts)
     files += [p.relative_to(folder).as_posix() for p in top + nested]
+    # Scripted Segment Editor effects, each in a ``SegmentEditor*Lib`` folder (Slicer's convention;
+    # outside the Lib, which never imports qt).
+    effects = sorted(p for p in folder.glob("SegmentEditor*Lib/*.py"))
+    files += [p.relative_to(folder).as_posix() for p in effects]
     # Literal paths, not ${MODULE_NAME}...: a plain text search then finds every listed file.
     return files
 

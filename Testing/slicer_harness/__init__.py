@@ -9,6 +9,9 @@ application adds, built on PySide6:
   (:mod:`.widgets`), loaded by the real ``slicer.util.loadUI`` and ``childWidgetVariables``;
 * ``slicer.parameterNodeWrapper`` (:mod:`.parameter_nodes`), ``slicer.ScriptedLoadableModule``
   and ``slicer.i18n`` (:mod:`.scripted`);
+* the Segment Editor's scripted effect API (:mod:`.segment_editor`: ``SegmentEditorEffects``, the
+  effect adaptor and factory, an editor widget over the real ``vtkSlicerSegmentEditorLogic``) and
+  ``slicer.app``'s ``startupCompleted()`` signal (:meth:`Harness.complete_startup`);
 * ``slicer.mrmlScene`` with the singletons the application creates (layout node, selection node,
   three slice views with real ``vtkMRMLSliceLogic``), ``slicer.app`` (application logic, a
   :class:`LayoutManager` that records every layout the user is shown, override cursor,
@@ -100,6 +103,12 @@ class Application:
     def processEvents(self) -> None:  # noqa: N802
         self._harness.qapp.processEvents()
 
+    def connect(self, signal: str, slot: Callable[[], Any]) -> bool:
+        """PythonQt's connect; ``startupCompleted()`` fires in :meth:`Harness.complete_startup`."""
+        assert signal == "startupCompleted()", f"the harness has no application signal {signal}"
+        self._harness.startup_slots.append(slot)
+        return True
+
 
 class Harness:
     """One offscreen Slicer session: scene, application, modules; see the module docstring."""
@@ -111,6 +120,7 @@ class Harness:
         self.dialogs: list[str] = []
         self.answer = True  # what the user clicks in a question dialog (True: OK / Yes)
         self.modules: dict[str, Any] = {}
+        self.startup_slots: list[Callable[[], Any]] = []
 
     # -- session ---------------------------------------------------------------------------------
 
@@ -146,6 +156,20 @@ class Harness:
             **{name: types.SimpleNamespace(logic=lambda lg=lg: lg) for name, lg in self._logics.items()}
         )
         slicer.app = Application(self)
+
+    def complete_startup(self) -> None:
+        """Slicer has loaded every module: ``startupCompleted()`` (scripted effects register here)."""
+        from .pythonqt import guarded
+
+        slots, self.startup_slots = self.startup_slots, []
+        for slot in slots:
+            guarded(slot, "startupCompleted()")()
+
+    def segment_editor(self) -> Any:
+        """A Segment Editor widget over the scene with the registered effects (:mod:`.segment_editor`)."""
+        from .segment_editor import SegmentEditor
+
+        return SegmentEditor(self)
 
     def _record_layout(self, caller: Any, event: Any) -> None:
         arrangement = caller.GetViewArrangement()
@@ -273,6 +297,10 @@ class Harness:
         for _module, widget in self.modules.values():
             widget.cleanup()
         self.modules.clear()
+        from . import segment_editor
+
+        self.startup_slots.clear()
+        segment_editor.reset()
         self._make_scene()
         self.reset_records()
         self.answer = True
@@ -286,9 +314,10 @@ def install() -> Harness:
     import slicer
     import slicer.util
 
-    from . import parameter_nodes, pythonqt, scripted, widgets
+    from . import parameter_nodes, pythonqt, scripted, segment_editor, widgets
 
     sys.modules["qt"] = pythonqt
+    segment_editor.install()
     ctk = types.ModuleType("ctk")
     ctk.ctkCollapsibleButton, ctk.ctkPathLineEdit = widgets.ctkCollapsibleButton, widgets.ctkPathLineEdit
     sys.modules["ctk"] = ctk

@@ -632,19 +632,27 @@ def training_argv(
     config: str | os.PathLike[str] | None = None,
     trials: int = 8,
     budget_steps: int = 40,
+    interactive: bool = False,
 ) -> list[str]:
     """The ``medsegnas search`` / ``train`` / ``tune`` command line (after the entry point, before
     ``--run-dir``), the same for one process and for every rank under torchrun.
 
     ``trials`` and ``budget_steps`` (optimisation steps per trial) are ``tune``'s
-    ``--trials`` / ``--budget-steps``; the other kinds ignore them.
+    ``--trials`` / ``--budget-steps``; the other kinds ignore them. ``interactive``: ``train
+    --interactive`` (a click model for the Segment Editor effect); a search ignores it (its
+    architecture is then trained interactively), ``tune`` refuses it.
 
     Raises:
         MedSegNASError: unknown kind, missing dataset, ``train`` or ``tune`` without exactly one
-            of ``arch`` and ``network``, or ``tune`` with fewer than 1 trial or step.
+            of ``arch`` and ``network``, ``tune`` with fewer than 1 trial or step, or ``tune``
+            with ``interactive``.
     """
     if kind not in TRAINING_KINDS:
         raise MedSegNASError(f"unknown job kind {kind!r}: the panel launches {', '.join(TRAINING_KINDS)}")
+    if kind == TUNE and interactive:
+        raise MedSegNASError(
+            "Tune trains automatic models only; untick 'interactive', or Train an interactive model"
+        )
     dataset = Path(dataset).expanduser().absolute()
     if not dataset.exists():
         raise MedSegNASError(f"dataset {dataset} does not exist; choose a dataset.json or its folder")
@@ -665,6 +673,8 @@ def training_argv(
         argv += ["--trials", int(trials), "--budget-steps", int(budget_steps)]
     if config is not None:
         argv += ["--config", Path(config).absolute()]
+    if kind == TRAIN and interactive:
+        argv.append("--interactive")
     return [str(token) for token in argv]
 
 
@@ -700,6 +710,7 @@ def launch_training_job(
     env: Mapping[str, str] | None = None,
     trials: int = 8,
     budget_steps: int = 40,
+    interactive: bool = False,
 ) -> RunDir:
     """Start ``medsegnas search``, ``train`` or ``tune`` on a dataset in a new run folder.
 
@@ -720,6 +731,7 @@ def launch_training_job(
             :func:`.panel_dataset.export_scene_dataset`) and trained on.
         dataset_name, dataset_modality: the exported dataset's name and modality.
         trials, budget_steps: for ``tune``: Optuna trials and optimisation steps per trial.
+        interactive: for ``train``: an interactive (click) model (``--interactive``).
 
     Resume a stopped run with :func:`resume_job` (same dataset, settings and number of processes).
 
@@ -732,9 +744,9 @@ def launch_training_job(
         raise MedSegNASError("choose a dataset folder, or volumes and segmentations of the scene")
     if dataset is not None:  # refuse bad settings before a run folder exists
         training_argv(kind, dataset, preset=preset, arch=arch, network=network, device=device,
-                      trials=trials, budget_steps=budget_steps)  # fmt: skip
-    elif kind not in TRAINING_KINDS:
-        raise MedSegNASError(f"unknown job kind {kind!r}: the panel launches {', '.join(TRAINING_KINDS)}")
+                      trials=trials, budget_steps=budget_steps, interactive=interactive)  # fmt: skip
+    elif kind not in TRAINING_KINDS or (kind == TUNE and interactive):
+        training_argv(kind, Path.cwd(), interactive=interactive)  # the same refusal, same words
     run = RunDir.create(Path(runs_root).expanduser().absolute(), kind)
     try:
         if scene_pairs:
@@ -752,7 +764,7 @@ def launch_training_job(
             config = write_json_atomic(run.path / SEGMENT_INPUTS / "config.json", dict(overrides))
         argv = training_argv(
             kind, dataset, preset=preset, arch=arch, network=network, device=device, config=config,
-            trials=trials, budget_steps=budget_steps,
+            trials=trials, budget_steps=budget_steps, interactive=interactive,
         )  # fmt: skip
     except BaseException:
         shutil.rmtree(run.path, ignore_errors=True)
@@ -1019,7 +1031,8 @@ def launch_from_settings(
         kind: ``segment``, ``search``, ``train``, ``tune`` or ``phantom``.
         settings: the parameter node (``runsFolder``, ``inputVolume``, ``model``, ``datasetSource``,
             ``datasetPath``, ``sceneModality``, ``preset``, ``network``, ``epochs``, ``patchSize``,
-            ``memoryBudget``, ``gpus``, ``device``, ``tuneTrials``, ``tuneBudgetSteps``, ``phantom*``...).
+            ``memoryBudget``, ``gpus``, ``device``, ``tuneTrials``, ``tuneBudgetSteps``, ``interactive``,
+            ``phantom*``...).
         selected_run: the search run selected under Runs (``train``/``tune`` with network ``searched``).
         scene_pairs: checked ``(volume, segmentation)`` cases (dataset source ``scene``).
     """
@@ -1038,6 +1051,9 @@ def launch_from_settings(
             size=s.phantomSize,
             python=python,
         )
+    interactive = bool(getattr(s, "interactive", False))
+    if kind == TUNE and interactive:  # before the other settings: this is the one to change
+        training_argv(kind, s.datasetPath, interactive=True)
     arch = network = None
     if kind in (TRAIN, TUNE) and s.network == "searched":
         if not selected_run:
@@ -1073,6 +1089,7 @@ def launch_from_settings(
         python=python,
         trials=s.tuneTrials if kind == TUNE else 8,
         budget_steps=s.tuneBudgetSteps if kind == TUNE else 40,
+        interactive=interactive,
     )
 
 
