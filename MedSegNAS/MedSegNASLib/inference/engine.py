@@ -115,6 +115,9 @@ class SegmentOptions:
             outside. See :func:`box_to_voxels`.
         box_voxels: the same as a voxel box ``(i0, j0, k0, i1, j1, k1)`` of the input, half-open
             (``i0 <= i < i1``, as Python slices).
+        stitch_on_cpu: on CUDA, sum the window outputs in CPU memory (the GPU holds the network
+            and one batch of windows only); chosen by :func:`~.plan.choose_fallback` when the
+            stitched output would not fit in GPU memory.
     """
 
     device: str = "auto"
@@ -129,6 +132,7 @@ class SegmentOptions:
     threads: int | None = None
     box: tuple[float, float, float, float, float, float] | None = None
     box_voxels: tuple[int, int, int, int, int, int] | None = None
+    stitch_on_cpu: bool = False
 
 
 @dataclass
@@ -645,37 +649,36 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def segment_volume(
-    volume: Volume,
-    model: SegmentationModel,
-    options: SegmentOptions | None = None,
-    progress: Progress | None = None,
-) -> SegmentResult:
-    """Segment one image (channels stacked in ``volume``) with ``model``.
+@dataclass
+class WindowLayout:
+    """Where a run's voxels and windows lie (see :func:`layout_windows`).
 
-    Returns:
-        the label map on ``volume``'s grid and run statistics.
+    Attributes:
+        in_grid / m_grid: the input grid and the model grid (``--fast``: twice the voxel size).
+        region: the input voxel box asked for (``--box``), or None.
+        roi / overlap: the sliding windows (None: the bundle runs the whole image at once).
+        plan: the windows, which run and the model-grid box they cover (None without windows).
+    """
+
+    in_grid: Grid
+    m_grid: Grid
+    region: tuple[tuple[int, int], ...] | None
+    roi: tuple[int, ...] | None
+    overlap: float | tuple[float, ...]
+    plan: _Plan | None
+
+
+def layout_windows(
+    volume: Volume, model: SegmentationModel, options: SegmentOptions, progress: Progress | None = None
+) -> WindowLayout:
+    """The grids and sliding windows a run of ``model`` on ``volume`` uses, without running it
+    (what :func:`segment_volume` and :func:`~.plan.estimate_segmentation` both plan from).
 
     Raises:
-        ImageFormatError: the image's channel count does not match the model's inputs, or the
-            model grid would be unreasonably large.
-        MedSegNASError: the requested device is not available.
+        ImageFormatError: an empty ``--box``, or a model grid too large to hold.
     """
-    options = options or SegmentOptions()
     progress = progress or Progress()
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
     name = volume.meta.get("path") or "the image"
-    if volume.num_channels != model.in_channels:
-        raise ImageFormatError(
-            f"{name}: {volume.num_channels} channel(s) given, but model '{model.name}' takes {model.in_channels} "
-            f"({', '.join(model.spec.channels) if model.spec is not None else 'see its metadata'}); "
-            "pass one image per channel, in the model's order"
-        )
-    device = select_device(options.device)
-    if options.threads:
-        torch.set_num_threads(int(options.threads))
-
     in_grid = Grid(volume.spatial_shape, volume.affine)
     region: tuple[tuple[int, int], ...] | None = None
     if options.box is not None or options.box_voxels is not None:
@@ -720,15 +723,70 @@ def segment_volume(
                 + " x ".join(f"{a}:{b}" for a, b in region)
                 + f"; {len(plan.keep)} of {total} windows reach it"
             )
+
+    return WindowLayout(in_grid, m_grid, region, roi, overlap, plan)
+
+
+def windows_per_call(
+    model: SegmentationModel, options: SegmentOptions, device: torch.device, roi: Sequence[int] | None
+) -> int:
+    """Windows per network call: ``options.sw_batch_size``, else the bundle's (on the CPU
+    :func:`cpu_batch_size` of it)."""
+    if options.sw_batch_size:
+        return int(options.sw_batch_size)
+    if device.type == "cpu" and roi is not None:
+        return cpu_batch_size(model.sw_batch_size, roi)
+    return max(1, int(model.sw_batch_size))
+
+
+def segment_volume(
+    volume: Volume,
+    model: SegmentationModel,
+    options: SegmentOptions | None = None,
+    progress: Progress | None = None,
+    *,
+    layout: WindowLayout | None = None,
+) -> SegmentResult:
+    """Segment one image (channels stacked in ``volume``) with ``model``.
+
+    ``layout``: the windows already planned for this volume, model and options
+    (:func:`layout_windows`, as a :class:`~.plan.SegmentPlan` holds them), not planned again.
+
+    Returns:
+        the label map on ``volume``'s grid and run statistics.
+
+    Raises:
+        ImageFormatError: the image's channel count does not match the model's inputs, or the
+            model grid would be unreasonably large.
+        MedSegNASError: the requested device is not available.
+    """
+    options = options or SegmentOptions()
+    progress = progress or Progress()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    name = volume.meta.get("path") or "the image"
+    if volume.num_channels != model.in_channels:
+        raise ImageFormatError(
+            f"{name}: {volume.num_channels} channel(s) given, but model '{model.name}' takes {model.in_channels} "
+            f"({', '.join(model.spec.channels) if model.spec is not None else 'see its metadata'}); "
+            "pass one image per channel, in the model's order"
+        )
+    device = select_device(options.device)
+    if options.threads:
+        torch.set_num_threads(int(options.threads))
+
+    if layout is None:
+        layout = layout_windows(volume, model, options, progress)
+    in_grid, m_grid, region, roi, plan = layout.in_grid, layout.m_grid, layout.region, layout.roi, layout.plan
     timings["plan"] = time.perf_counter() - clock
 
-    sw_batch_size = options.sw_batch_size or model.sw_batch_size
-    if device.type == "cpu" and not options.sw_batch_size and roi is not None:
-        sw_batch_size = cpu_batch_size(model.sw_batch_size, roi)
-    # The stitched output stays on CUDA; MPS and CPU runs stitch and invert in CPU memory.
-    attempts = [(device, sw_batch_size, device if device.type == "cuda" else torch.device("cpu"))]
+    sw_batch_size = windows_per_call(model, options, device, roi)
+    # The stitched output stays on CUDA (unless options.stitch_on_cpu); MPS and CPU runs stitch
+    # and invert in CPU memory.
+    on_cuda = device.type == "cuda" and not options.stitch_on_cpu
+    attempts = [(device, sw_batch_size, device if on_cuda else torch.device("cpu"))]
     if device.type == "cuda":
-        if sw_batch_size > 1:
+        if sw_batch_size > 1 or on_cuda:
             attempts.append((device, 1, torch.device("cpu")))
         attempts.append((torch.device("cpu"), 1, torch.device("cpu")))
     for number, (run_device, run_batch, out_device) in enumerate(attempts):
