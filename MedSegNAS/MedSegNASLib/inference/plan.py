@@ -60,7 +60,7 @@ CALIBRATION_CACHE = "segment-calibration"
 #: Environment variable: memory limit in bytes (suffixes K, M, G accepted) the plan must fit in.
 MEMORY_LIMIT_ENV = "MEDSEGNAS_MEMORY_LIMIT"
 #: Share of the summed layer outputs (meta device) alive at once, for an uncalibrated network.
-LIVE_ACTIVATION_SHARE = 0.5
+LIVE_ACTIVATION_SHARE = 0.4
 #: Share of the available memory a plan may use (the rest: other programs, the page cache).
 MEMORY_HEADROOM = 0.9
 #: Seconds per million voxels of each stage on one CPU core of the 2-core development machine
@@ -389,10 +389,9 @@ def calibrate(model: Any, options: Any, *, batch: int | None = None, store: bool
 
 def _uncalibrated(model: Any, batch: int, roi: tuple[int, ...]) -> Calibration:
     """Activation memory without a measurement: the bundle check's summed layer outputs, scaled."""
-    summed = getattr(model, "activation_bytes", None)
-    checked_batch, checked_roi = getattr(model, "activation_input", (None, None))
-    if summed and checked_batch and checked_roi:
-        per_voxel = summed / (checked_batch * math.prod(checked_roi))
+    size = getattr(model, "network_size", None)
+    if size is not None and size.activation_bytes:
+        per_voxel = size.activation_bytes / (size.batch * math.prod(size.patch))
     else:
         # No figure: about 20 float32 values of every voxel of the window per output channel
         # pair (a UNet-sized network), an order of magnitude only.
