@@ -267,9 +267,12 @@ def available_memory(device: Any = "cpu") -> tuple[int, str]:
 
 
 def _network_signature(network: Any) -> str:
-    """What the time and memory of a forward pass depend on: the modules and the parameter shapes."""
-    text = repr(network) + "".join(f"{n}{tuple(p.shape)}{p.dtype}" for n, p in network.named_parameters())
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """What the time and memory of a forward pass depend on: the network's class and the names and
+    shapes of its weight tensors (2-D and up). Batch-norm folding before inference
+    (:func:`~.optimize.fold_batch_norm`) changes neither, so a folded network keeps its calibration."""
+    parts = [type(network).__qualname__]
+    parts += [f"{name}{tuple(p.shape)}{p.dtype}" for name, p in network.named_parameters() if p.dim() >= 2]
+    return hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()
 
 
 def _calibration_key(model: Any, device: Any, batch: int, roi: tuple[int, ...], options: Any) -> str:
@@ -452,7 +455,10 @@ def estimate_segmentation(
         calibration = calibrate(model, options, batch=batch)
     if calibration is None:
         calibration = _uncalibrated(model, batch, window_shape)
-    step_seconds, activation = calibration.scaled(batch)
+    # The engine splits the windows into calls of nearly equal size: the largest call counts.
+    largest_call = math.ceil(run / batches) if batches else 1
+    step_seconds, _ = calibration.scaled(batch)
+    _, activation = calibration.scaled(largest_call)
 
     m_shape = np.array(layout.m_grid.shape)
     m_voxels = int(np.prod(m_shape))
@@ -509,7 +515,8 @@ def estimate_segmentation(
     times = {
         "so far": float(elapsed_seconds),
         "preprocess": rates["preprocess"] * channels * box_voxels / 1e6,
-        "infer": (step_seconds * batches + calibration.warmup_seconds)
+        # a call's time grows with its windows: the windows run at the calibrated rate
+        "infer": (step_seconds / batch * run + calibration.warmup_seconds)
         if step_seconds is not None
         else float("nan"),
         "invert": rates["invert"] * in_voxels / 1e6,
@@ -557,6 +564,7 @@ def choose_fallback(
     model: Any,
     options: Any = None,
     *,
+    calibration: Calibration | None = None,
     measure: bool = False,
     elapsed_seconds: float = 0.0,
 ) -> tuple[Any, SegmentPlan]:
@@ -570,7 +578,9 @@ def choose_fallback(
     from .engine import SegmentOptions
 
     options = options or SegmentOptions()
-    first = estimate_segmentation(volume, model, options, measure=measure, elapsed_seconds=elapsed_seconds)
+    first = estimate_segmentation(
+        volume, model, options, calibration=calibration, measure=measure, elapsed_seconds=elapsed_seconds
+    )
     if first.fits:
         return options, first
     calibration = Calibration(
