@@ -449,16 +449,16 @@ def estimate_segmentation(
     run = len(plan.keep) if plan is not None else 1
     batches = math.ceil(run / batch) if run else 0
     window_shape = tuple(int(r) for r in roi) if roi is not None else tuple(layout.m_grid.shape)
-    if calibration is None:
-        calibration = cached_calibration(model, device, batch, window_shape, options)
-    if calibration is None and measure:
-        calibration = calibrate(model, options, batch=batch)
-    if calibration is None:
-        calibration = _uncalibrated(model, batch, window_shape)
-    # The engine splits the windows into calls of nearly equal size: the largest call counts.
+    # The engine splits the windows into calls of nearly equal size: the largest call is what
+    # is calibrated and what the activation memory scales with.
     largest_call = math.ceil(run / batches) if batches else 1
-    step_seconds, _ = calibration.scaled(batch)
-    _, activation = calibration.scaled(largest_call)
+    if calibration is None:
+        calibration = cached_calibration(model, device, largest_call, window_shape, options)
+    if calibration is None and measure:
+        calibration = calibrate(model, options, batch=largest_call)
+    if calibration is None:
+        calibration = _uncalibrated(model, largest_call, window_shape)
+    step_seconds, activation = calibration.scaled(largest_call)
 
     m_shape = np.array(layout.m_grid.shape)
     m_voxels = int(np.prod(m_shape))
@@ -516,7 +516,7 @@ def estimate_segmentation(
         "so far": float(elapsed_seconds),
         "preprocess": rates["preprocess"] * channels * box_voxels / 1e6,
         # a call's time grows with its windows: the windows run at the calibrated rate
-        "infer": (step_seconds / batch * run + calibration.warmup_seconds)
+        "infer": (step_seconds / largest_call * run + calibration.warmup_seconds)
         if step_seconds is not None
         else float("nan"),
         "invert": rates["invert"] * in_voxels / 1e6,
@@ -581,6 +581,9 @@ def choose_fallback(
     first = estimate_segmentation(
         volume, model, options, calibration=calibration, measure=measure, elapsed_seconds=elapsed_seconds
     )
+    if not first.fits and first.calibration["source"] == "estimate":
+        # The uncalibrated figure is a rough one: measure before refusing or degrading the run.
+        first = estimate_segmentation(volume, model, options, measure=True, elapsed_seconds=elapsed_seconds)
     if first.fits:
         return options, first
     calibration = Calibration(
