@@ -658,6 +658,7 @@ class WindowLayout:
         region: the input voxel box asked for (``--box``), or None.
         roi / overlap: the sliding windows (None: the bundle runs the whole image at once).
         plan: the windows, which run and the model-grid box they cover (None without windows).
+        messages: what the planning logged (model grid, windows skipped), for a run given this layout.
     """
 
     in_grid: Grid
@@ -666,6 +667,7 @@ class WindowLayout:
     roi: tuple[int, ...] | None
     overlap: float | tuple[float, ...]
     plan: _Plan | None
+    messages: list[str] = field(default_factory=list)
 
 
 def layout_windows(
@@ -678,6 +680,12 @@ def layout_windows(
         ImageFormatError: an empty ``--box``, or a model grid too large to hold.
     """
     progress = progress or Progress()
+    messages: list[str] = []
+
+    def say(message: str) -> None:
+        messages.append(message)
+        progress.log(message)
+
     name = volume.meta.get("path") or "the image"
     in_grid = Grid(volume.spatial_shape, volume.affine)
     region: tuple[tuple[int, int], ...] | None = None
@@ -696,7 +704,7 @@ def layout_windows(
     roi = tuple(options.roi) if options.roi else model.roi_size
     overlap = options.overlap if options.overlap is not None else model.overlap
     spacing = " x ".join(f"{s:.3g}" for s in m_grid.spacing)
-    progress.log(
+    say(
         f"model grid {' x '.join(map(str, m_grid.shape))} voxels of {spacing} mm"
         + (" (--fast: twice the model's voxel size)" if options.fast else "")
     )
@@ -705,26 +713,26 @@ def layout_windows(
     if roi is not None:
         mask, how = _foreground_mask(volume, model) if options.crop else (None, "")
         if mask is not None and not mask.any():
-            progress.log(f"no voxel has {how}: running every window")
+            say(f"no voxel has {how}: running every window")
             mask = None
         plan = _plan_windows(m_grid, in_grid, roi, overlap, mask)
         total = len(plan.starts)
         if mask is not None:
-            progress.log(
+            say(
                 f"{total} windows of {' x '.join(map(str, plan.roi))}; {len(plan.keep)} contain body voxels "
                 f"({how}), {total - len(plan.keep)} outside the body are skipped (--no-crop runs them)"
             )
         else:
-            progress.log(f"{total} windows of {' x '.join(map(str, plan.roi))}")
+            say(f"{total} windows of {' x '.join(map(str, plan.roi))}")
         if region is not None:
             plan = _restrict_plan(plan, m_grid, in_grid, region)
-            progress.log(
+            say(
                 "box: input voxels "
                 + " x ".join(f"{a}:{b}" for a, b in region)
                 + f"; {len(plan.keep)} of {total} windows reach it"
             )
 
-    return WindowLayout(in_grid, m_grid, region, roi, overlap, plan)
+    return WindowLayout(in_grid, m_grid, region, roi, overlap, plan, messages)
 
 
 def windows_per_call(
@@ -777,6 +785,9 @@ def segment_volume(
 
     if layout is None:
         layout = layout_windows(volume, model, options, progress)
+    else:
+        for message in layout.messages:
+            progress.log(message)
     in_grid, m_grid, region, roi, plan = layout.in_grid, layout.m_grid, layout.region, layout.roi, layout.plan
     timings["plan"] = time.perf_counter() - clock
 

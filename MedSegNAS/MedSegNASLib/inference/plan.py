@@ -437,10 +437,14 @@ def estimate_segmentation(
         the plan; its ``peak_bytes`` includes what the process holds now.
     """
 
+    import torch
+
     from .engine import SegmentOptions, layout_windows, select_device, windows_per_call
 
     options = options or SegmentOptions()
     device = select_device(options.device)
+    if options.threads:  # as the run sets them: the calibration is per thread count
+        torch.set_num_threads(int(options.threads))
     layout = layout_windows(volume, model, options)
     roi = layout.roi
     plan = layout.plan
