@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                 "time_ratio": plan["seconds"] / wall,
                 "plan_s": plan_wall,
                 "stages": done[-1] if done else "",
+                "plan_times": plan["times"],
+                "plan_memory_mib": {k: round(v / 2**20) for k, v in plan["memory"].items()},
             }
         )
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)

@@ -416,6 +416,7 @@ def estimate_segmentation(
     measure: bool = False,
     elapsed_seconds: float = 0.0,
     write: bool = True,
+    process_bytes: tuple[int, int] | None = None,
 ) -> SegmentPlan:
     """The expected peak memory and wall time of ``segment_volume(volume, model, options)``.
 
@@ -432,6 +433,8 @@ def estimate_segmentation(
         elapsed_seconds: time already spent by the process (start-up, reading, loading), added to
             the estimate.
         write: a label map file is written (its time is added).
+        process_bytes: (resident, high-water mark) of the process the run will use, before any
+            calibration (default: this process, now).
 
     Returns:
         the plan; its ``peak_bytes`` includes what the process holds now.
@@ -441,6 +444,9 @@ def estimate_segmentation(
 
     from .engine import SegmentOptions, layout_windows, select_device, windows_per_call
 
+    # What the process holds before the plan (a calibration's freed memory stays with the process
+    # under reuse_freed_memory and is not part of a run that finds its calibration cached).
+    held, peak_so_far = process_bytes or process_memory()
     options = options or SegmentOptions()
     device = select_device(options.device)
     if options.threads:  # as the run sets them: the calibration is per thread count
@@ -490,7 +496,6 @@ def estimate_segmentation(
     if volume.array.dtype.kind in "ub" and volume.array.dtype.itemsize > 1 or volume.array.dtype == np.bool_:
         source = channels * in_voxels * four
 
-    held, peak_so_far = process_memory()
     if device.type == "cuda":
         on_gpu = {
             "network": sum(p.numel() * p.element_size() for p in model.network.parameters()),
@@ -582,12 +587,21 @@ def choose_fallback(
     from .engine import SegmentOptions
 
     options = options or SegmentOptions()
+    before = process_memory()  # every estimate counts the process as it is before calibrating
     first = estimate_segmentation(
-        volume, model, options, calibration=calibration, measure=measure, elapsed_seconds=elapsed_seconds
+        volume,
+        model,
+        options,
+        calibration=calibration,
+        measure=measure,
+        elapsed_seconds=elapsed_seconds,
+        process_bytes=before,
     )
     if not first.fits and first.calibration["source"] == "estimate":
         # The uncalibrated figure is a rough one: measure before refusing or degrading the run.
-        first = estimate_segmentation(volume, model, options, measure=True, elapsed_seconds=elapsed_seconds)
+        first = estimate_segmentation(
+            volume, model, options, measure=True, elapsed_seconds=elapsed_seconds, process_bytes=before
+        )
     if first.fits:
         return options, first
     calibration = Calibration(
@@ -622,7 +636,12 @@ def choose_fallback(
     best = first
     for candidate, what in candidates:
         plan = estimate_segmentation(
-            volume, model, candidate, calibration=calibration, elapsed_seconds=elapsed_seconds
+            volume,
+            model,
+            candidate,
+            calibration=calibration,
+            elapsed_seconds=elapsed_seconds,
+            process_bytes=before,
         )
         if plan.peak_bytes < best.peak_bytes:
             best = plan
