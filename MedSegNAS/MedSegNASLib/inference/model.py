@@ -807,7 +807,8 @@ def load_model(source: str | Path, *, trusted: bool = False) -> SegmentationMode
                 modality=info.modality,
                 spec=spec,
                 trusted=trusted,
-                network_size=getattr(parser, "network_sizes", {}).get("network_def"),
+                # vars(): a trusted bundle's MONAI ConfigParser raises KeyError for unknown attributes
+                network_size=vars(parser).get("network_sizes", {}).get("network_def"),
             )
             try:
                 _read_sections(model, parser, config, info, spec)
