@@ -243,3 +243,16 @@ def test_a_corrupt_cache_entry_is_checked_again_and_rewritten(
     entry.write_text(json.dumps({"key": "0" * 64, "problem": None, "parameters": 1, "activation_bytes": 1}))
     model, counts = _load(tiny_bundle)
     assert counts["miss"] == 1 and model.network_size == first.network_size
+
+
+def test_a_trusted_bundle_is_planned_without_a_size_check_record(tiny_bundle: Path) -> None:
+    """``--trust`` builds with MONAI's own parser (no safety check): the plan still has a figure."""
+    from MedSegNASLib.inference.engine import SegmentOptions
+    from MedSegNASLib.inference.model import load_model
+    from MedSegNASLib.inference.plan import estimate_segmentation
+
+    model = load_model(tiny_bundle, trusted=True)
+    assert model.network_size is None
+    plan = estimate_segmentation(_wide_volume(), model, SegmentOptions(device="cpu"))
+    assert plan.calibration["source"] in ("estimate", "cache") and plan.memory["activations"] > 0
+    assert "peak memory" in plan.to_text()
