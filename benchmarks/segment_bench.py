@@ -22,7 +22,9 @@ What it does, in one run:
    ``segment --amp`` (bfloat16). The runs alternate ``--repeat`` times; the best time of each is
    reported (the machine may be shared; CPU time is printed too).
 4. Prints the time ratios (x / MONAI), memory, and the Dice per label against MONAI's label map
-   (and against the phantom's truth).
+   (and against the phantom's truth); and the cold whole-process figures of every interleaved
+   pair (:func:`report_cold`): median and range of the wall-time and peak-memory ratios, and the
+   start-up from process start to the model being ready (issue 17's goals: <= 0.30, <= 0.5).
 
 Goal on CPU: ratio <= 0.5 with Dice >= 0.99 on every label.
 """
