@@ -22,7 +22,9 @@ What it does, in one run:
    ``segment --amp`` (bfloat16). The runs alternate ``--repeat`` times; the best time of each is
    reported (the machine may be shared; CPU time is printed too).
 4. Prints the time ratios (x / MONAI), memory, and the Dice per label against MONAI's label map
-   (and against the phantom's truth).
+   (and against the phantom's truth); and the cold whole-process figures of every interleaved
+   pair (:func:`report_cold`): median and range of the wall-time and peak-memory ratios, and the
+   start-up from process start to the model being ready (issue 17's goals: <= 0.30, <= 0.5).
 
 Goal on CPU: ratio <= 0.5 with Dice >= 0.99 on every label.
 """
@@ -246,7 +248,90 @@ def _run_measured(code: str, config: dict, env: dict) -> dict:
     result["cpu_s"] = usage.ru_utime + usage.ru_stime
     result["peak_rss_mib"] = usage.ru_maxrss / 1024.0  # KiB on Linux
     result["stderr"] = stderr
+    result["stdout"] = stdout
     return result
+
+
+# ----------------------------------------------------------------------------- cold runs, start-up
+
+#: Prepended to a runner: prints ``READY {"ready_s": ...}`` with the seconds from process creation
+#: to the model being ready (weights loaded into the network): MONAI's ``CheckpointLoader`` has run,
+#: or ``medsegnas segment`` has opened the bundle.
+_READY_PROBE = """
+import json as _json, os as _os, sys as _sys, time as _time
+def _since_start():
+    with open(f"/proc/{_os.getpid()}/stat") as f:
+        start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    return uptime - start_ticks / _os.sysconf("SC_CLK_TCK")
+def _mark(result):
+    print("READY " + _json.dumps({"ready_s": _since_start()}), flush=True)
+    return result
+if SIDE == "monai":
+    import monai.handlers as _handlers
+    _original = _handlers.CheckpointLoader.__call__
+    _handlers.CheckpointLoader.__call__ = lambda self, engine: _mark(_original(self, engine))
+else:
+    import MedSegNASLib.inference.model as _model
+    _load = _model.load_resolved_model
+    _model.load_resolved_model = lambda *a, **k: _mark(_load(*a, **k))
+"""
+
+
+def with_ready_probe(code: str, side: str) -> str:
+    """``code`` (a runner) that also reports when its model is ready (see :data:`_READY_PROBE`)."""
+    return f"SIDE = {side!r}\n" + _READY_PROBE + code
+
+
+def ready_seconds(run: dict) -> float | None:
+    """Process start to model ready (s) of a run made with :func:`with_ready_probe`."""
+    for line in run.get("stdout", "").splitlines():
+        if line.startswith("READY "):
+            return float(json.loads(line[len("READY ") :])["ready_s"])
+    return None
+
+
+def report_cold(runs: dict[str, list[dict]], reference: str = "MONAI bundle run") -> dict:
+    """Cold whole-process figures of every side against ``reference``, per interleaved pair:
+    median and range of the wall-time ratio, of the peak-memory ratio, and the start-up (process
+    start to model ready). Prints a table and the issue-17 goals (cold <= 0.30, memory <= 0.5)."""
+    import statistics
+
+    def spread(values: list[float], fmt: str) -> str:
+        if not values:
+            return "-"
+        return (
+            f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+        )
+
+    summary: dict = {}
+    print(f"cold whole processes, {len(runs[reference])} interleaved pair(s): median (range)")
+    for name, results in runs.items():
+        pairs = list(zip(results, runs[reference], strict=False))
+        wall = [r["wall_s"] for r in results]
+        ready = [x for x in (ready_seconds(r) for r in results) if x is not None]
+        time_ratio = [r["wall_s"] / m["wall_s"] for r, m in pairs]
+        memory_ratio = [r["peak_rss_mib"] / m["peak_rss_mib"] for r, m in pairs]
+        summary[name] = {
+            "wall_s": wall,
+            "ready_s": ready,
+            "time_ratio_median": statistics.median(time_ratio),
+            "memory_ratio_median": statistics.median(memory_ratio),
+        }
+        print(
+            f"  {name:24s} wall {spread(wall, '{:.1f}')} s; start-up to model ready {spread(ready, '{:.1f}')} s; "
+            f"time / MONAI {spread(time_ratio, '{:.2f}')}; peak memory / MONAI {spread(memory_ratio, '{:.2f}')}"
+        )
+    ours = summary.get("segment")
+    if ours is not None:
+        cold_ok = ours["time_ratio_median"] <= 0.30
+        memory_ok = ours["memory_ratio_median"] <= 0.5
+        print(
+            f"goal cold time ratio <= 0.30: {'met' if cold_ok else 'NOT met'} ({ours['time_ratio_median']:.2f}); "
+            f"goal peak memory ratio <= 0.5: {'met' if memory_ok else 'NOT met'} ({ours['memory_ratio_median']:.2f})"
+        )
+    return summary
 
 
 def dice_table(a: np.ndarray, b: np.ndarray, values) -> dict[int, float]:
@@ -315,9 +400,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     precision = [] if args.amp or args.device == "cpu" else ["--no-amp"]
     sides = {
-        "MONAI bundle run": (_MONAI_RUNNER, monai_cfg, work / "monai_out" / "ct_seg.nii.gz"),
+        "MONAI bundle run": (
+            with_ready_probe(_MONAI_RUNNER, "monai"),
+            monai_cfg,
+            work / "monai_out" / "ct_seg.nii.gz",
+        ),
         "segment": (
-            _OURS_RUNNER,
+            with_ready_probe(_OURS_RUNNER, "segment"),
             ours_cfg | {"out": str(work / "ours.nii.gz"), "extra": precision + args.ours_extra},
             work / "ours.nii.gz",
         ),
@@ -353,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         profiled = _run_measured(_MONAI_RUNNER, monai_cfg | {"profile": True}, env)
         print(profiled["stderr"][-16000:])
     best = {name: min(results, key=lambda r: r["wall_s"]) for name, results in runs.items()}
+    cold = report_cold(runs)
 
     truth = np.asarray(nib.load(str(truth_path)).dataobj)
     maps = {name: np.asarray(nib.load(str(path)).dataobj) for name, (_, _, path) in sides.items()}
@@ -405,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name in sides
     }
-    print("SUMMARY " + json.dumps({"device": args.device, "runs": summary}))
+    print("SUMMARY " + json.dumps({"device": args.device, "runs": summary, "cold": cold}))
     return 0
 
 

@@ -104,11 +104,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--output",
         "-o",
-        required=True,
         type=Path,
+        default=None,
         metavar="OUTPUT",
-        help="label map to write (.nii.gz, .seg.nrrd, .nrrd, .mha)",
+        help="label map to write (.nii.gz, .seg.nrrd, .nrrd, .mha); required unless --plan",
     )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the expected peak memory and time of this run on this machine (one batch of windows "
+        "is measured once and cached), and the fallback it would pick when memory is short; run nothing",
+    )
+    parser.add_argument("--json", action="store_true", help="with --plan: print the plan as JSON")
     parser.add_argument(
         "--device", choices=DEVICES, default="auto", help="where to run the network (default: auto)"
     )
@@ -270,7 +277,13 @@ def segment_command(args: argparse.Namespace) -> int:
     from ..jobs.runner import run_job_command
     from .engine import SegmentOptions
 
-    output = check_output_path(args.output)
+    if args.output is None and not args.plan:
+        raise MedSegNASError(
+            "segment: give the label map to write with --output/-o (or --plan to only estimate)"
+        )
+    if args.json and not args.plan:
+        raise MedSegNASError("segment: --json goes with --plan (a run's result is in its job's events)")
+    output = check_output_path(args.output) if args.output is not None else None
     inputs = [p.expanduser().absolute() for p in args.inputs]
     model_spec = _model_spec(args.model)
     options = SegmentOptions(
@@ -304,6 +317,9 @@ def segment_command(args: argparse.Namespace) -> int:
         "box_voxels": list(args.box_voxels) if args.box_voxels else None,
     }
 
+    if args.plan:
+        return plan_files(inputs, model_spec, options, trusted=args.trust, as_json=args.json)
+
     def body(ctx) -> dict[str, Any]:
         return segment_files(inputs, model_spec, output, options, ctx, trusted=args.trust)
 
@@ -316,6 +332,63 @@ def _model_spec(text: str) -> str:
     from .model import looks_like_path
 
     return str(Path(text).expanduser().absolute()) if looks_like_path(text) else text
+
+
+def _seconds_since_start() -> float:
+    """Wall time since this process started (the start-up a fresh run pays), 0 if unknown."""
+    import psutil
+
+    try:
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except (psutil.Error, OSError):
+        return 0.0
+
+
+def _read_and_load(inputs: list[Path], model: str | Path, trusted: bool) -> tuple[Any, Any]:
+    """The image(s) and the model; the image is read while the model loads (imports, weights):
+    decompressing it runs mostly outside the GIL. A bad image is still the error reported."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..data.io import read_volumes
+    from .model import load_resolved_model
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-read") as pool:
+        reading = pool.submit(read_volumes, inputs)
+        try:
+            loaded = load_resolved_model(model, trust=trusted)
+        except BaseException:
+            reading.result()
+            raise
+        volume = reading.result()
+    volume.meta.setdefault("path", str(inputs[0]))
+    return volume, loaded
+
+
+def plan_files(
+    inputs: list[Path], model: str | Path, options: Any, *, trusted: bool = False, as_json: bool = False
+) -> int:
+    """``segment --plan``: read, load, estimate (calibrating the network once), print; no job."""
+    import json
+
+    from .optimize import reuse_freed_memory
+    from .plan import choose_fallback
+
+    reuse_freed_memory()  # as the run would: the calibration's memory is the run's
+    volume, loaded = _read_and_load(inputs, model, trusted)
+    try:
+        chosen, plan = choose_fallback(
+            volume, loaded, options, measure=True, elapsed_seconds=_seconds_since_start()
+        )
+    except MedSegNASError as exc:
+        if as_json:
+            print(json.dumps({"fits": False, "error": str(exc)}))
+            return 1
+        raise
+    if as_json:
+        print(json.dumps(plan.to_dict()))
+    else:
+        print(plan.to_text())
+    return 0
 
 
 def segment_files(
@@ -332,28 +405,16 @@ def segment_files(
     ``model`` is a registry id, a bundle folder or an archive (:func:`~.model.load_resolved_model`);
     ``trusted``: the user passed ``--trust``.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     import numpy as np
 
-    from ..data.io import read_volumes, write_volume
+    from ..data.io import write_volume
     from .engine import Progress, segment_volume
-    from .model import load_resolved_model
     from .optimize import reuse_freed_memory
+    from .plan import choose_fallback
 
     started = time.perf_counter()
     reuse_freed_memory()  # this is a worker process: no fresh pages for every batch of windows
-    # The image is read while the model loads (imports, weights): decompressing it runs mostly
-    # outside the GIL. A bad image is still the error reported, as when it was read first.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-read") as pool:
-        reading = pool.submit(read_volumes, inputs)
-        try:
-            model = load_resolved_model(model, trust=trusted)
-        except BaseException:
-            reading.result()
-            raise
-        volume = reading.result()
-    volume.meta.setdefault("path", str(inputs[0]))
+    volume, model = _read_and_load(inputs, model, trusted)
     ctx.progress(1, 2, stage="load")
     ctx.log(
         f"model '{model.name}': {model.in_channels} input channel(s), {model.num_classes} classes "
@@ -365,9 +426,18 @@ def segment_files(
     def step(stage: str, done: int, total: int, **metrics: Any) -> None:
         ctx.progress(done, max(total, 1), stage=stage, **metrics)
 
+    # Known before the run: peak memory and time; a fallback that fits when the plan does not.
+    options, plan = choose_fallback(volume, model, options, elapsed_seconds=_seconds_since_start())
+    ctx.log(plan.to_text())
     result = segment_volume(
-        volume, model, options, Progress(step=step, log=ctx.log, check_stop=ctx.raise_if_stop_requested)
+        volume,
+        model,
+        options,
+        Progress(step=step, log=ctx.log, check_stop=ctx.raise_if_stop_requested),
+        layout=plan.layout,
     )
+    result.stats["plan"] = plan.to_dict()
+    result.stats["fallback"] = plan.fallback or None
     ctx.progress(0, 1, stage="write")
     clock = time.perf_counter()
     write_volume(result.labels, output, labels=model.labels)

@@ -115,6 +115,9 @@ class SegmentOptions:
             outside. See :func:`box_to_voxels`.
         box_voxels: the same as a voxel box ``(i0, j0, k0, i1, j1, k1)`` of the input, half-open
             (``i0 <= i < i1``, as Python slices).
+        stitch_on_cpu: on CUDA, sum the window outputs in CPU memory (the GPU holds the network
+            and one batch of windows only); chosen by :func:`~.plan.choose_fallback` when the
+            stitched output would not fit in GPU memory.
     """
 
     device: str = "auto"
@@ -129,6 +132,7 @@ class SegmentOptions:
     threads: int | None = None
     box: tuple[float, float, float, float, float, float] | None = None
     box_voxels: tuple[int, int, int, int, int, int] | None = None
+    stitch_on_cpu: bool = False
 
 
 @dataclass
@@ -645,13 +649,116 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+@dataclass
+class WindowLayout:
+    """Where a run's voxels and windows lie (see :func:`layout_windows`).
+
+    Attributes:
+        in_grid / m_grid: the input grid and the model grid (``--fast``: twice the voxel size).
+        region: the input voxel box asked for (``--box``), or None.
+        roi / overlap: the sliding windows (None: the bundle runs the whole image at once).
+        plan: the windows, which run and the model-grid box they cover (None without windows).
+        messages: what the planning logged (model grid, windows skipped), for a run given this layout.
+    """
+
+    in_grid: Grid
+    m_grid: Grid
+    region: tuple[tuple[int, int], ...] | None
+    roi: tuple[int, ...] | None
+    overlap: float | tuple[float, ...]
+    plan: _Plan | None
+    messages: list[str] = field(default_factory=list)
+
+
+def layout_windows(
+    volume: Volume, model: SegmentationModel, options: SegmentOptions, progress: Progress | None = None
+) -> WindowLayout:
+    """The grids and sliding windows a run of ``model`` on ``volume`` uses, without running it
+    (what :func:`segment_volume` and :func:`~.plan.estimate_segmentation` both plan from).
+
+    Raises:
+        ImageFormatError: an empty ``--box``, or a model grid too large to hold.
+    """
+    progress = progress or Progress()
+    messages: list[str] = []
+
+    def say(message: str) -> None:
+        messages.append(message)
+        progress.log(message)
+
+    name = volume.meta.get("path") or "the image"
+    in_grid = Grid(volume.spatial_shape, volume.affine)
+    region: tuple[tuple[int, int], ...] | None = None
+    if options.box is not None or options.box_voxels is not None:
+        region = box_to_voxels(in_grid, options.box, options.box_voxels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        geometry = _fast_geometry(model, in_grid) if options.fast else model.geometry
+        m_grid = model_grid(in_grid, geometry)
+    needed_gb = m_grid.num_voxels * (model.num_classes + volume.num_channels + 1) * 4 / 1e9
+    if needed_gb > MAX_MODEL_GRID_GB:
+        raise ImageFormatError(
+            f"{name}: on the model grid ({' x '.join(map(str, m_grid.shape))} voxels) the predictions would "
+            f"need {needed_gb:.0f} GB; is the image's voxel size right? --fast halves each side"
+        )
+    roi = tuple(options.roi) if options.roi else model.roi_size
+    overlap = options.overlap if options.overlap is not None else model.overlap
+    spacing = " x ".join(f"{s:.3g}" for s in m_grid.spacing)
+    say(
+        f"model grid {' x '.join(map(str, m_grid.shape))} voxels of {spacing} mm"
+        + (" (--fast: twice the model's voxel size)" if options.fast else "")
+    )
+
+    plan: _Plan | None = None
+    if roi is not None:
+        mask, how = _foreground_mask(volume, model) if options.crop else (None, "")
+        if mask is not None and not mask.any():
+            say(f"no voxel has {how}: running every window")
+            mask = None
+        plan = _plan_windows(m_grid, in_grid, roi, overlap, mask)
+        total = len(plan.starts)
+        if mask is not None:
+            say(
+                f"{total} windows of {' x '.join(map(str, plan.roi))}; {len(plan.keep)} contain body voxels "
+                f"({how}), {total - len(plan.keep)} outside the body are skipped (--no-crop runs them)"
+            )
+        else:
+            say(f"{total} windows of {' x '.join(map(str, plan.roi))}")
+        if region is not None:
+            plan = _restrict_plan(plan, m_grid, in_grid, region)
+            say(
+                "box: input voxels "
+                + " x ".join(f"{a}:{b}" for a, b in region)
+                + f"; {len(plan.keep)} of {total} windows reach it"
+            )
+
+    return WindowLayout(in_grid, m_grid, region, roi, overlap, plan, messages)
+
+
+def windows_per_call(
+    model: SegmentationModel, options: SegmentOptions, device: torch.device, roi: Sequence[int] | None
+) -> int:
+    """Windows per network call: ``options.sw_batch_size``, else the bundle's (on the CPU
+    :func:`cpu_batch_size` of it)."""
+    if options.sw_batch_size:
+        return int(options.sw_batch_size)
+    if device.type == "cpu" and roi is not None:
+        return cpu_batch_size(model.sw_batch_size, roi)
+    return max(1, int(model.sw_batch_size))
+
+
 def segment_volume(
     volume: Volume,
     model: SegmentationModel,
     options: SegmentOptions | None = None,
     progress: Progress | None = None,
+    *,
+    layout: WindowLayout | None = None,
 ) -> SegmentResult:
     """Segment one image (channels stacked in ``volume``) with ``model``.
+
+    ``layout``: the windows already planned for this volume, model and options
+    (:func:`layout_windows`, as a :class:`~.plan.SegmentPlan` holds them), not planned again.
 
     Returns:
         the label map on ``volume``'s grid and run statistics.
@@ -676,59 +783,21 @@ def segment_volume(
     if options.threads:
         torch.set_num_threads(int(options.threads))
 
-    in_grid = Grid(volume.spatial_shape, volume.affine)
-    region: tuple[tuple[int, int], ...] | None = None
-    if options.box is not None or options.box_voxels is not None:
-        region = box_to_voxels(in_grid, options.box, options.box_voxels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        geometry = _fast_geometry(model, in_grid) if options.fast else model.geometry
-        m_grid = model_grid(in_grid, geometry)
-    needed_gb = m_grid.num_voxels * (model.num_classes + volume.num_channels + 1) * 4 / 1e9
-    if needed_gb > MAX_MODEL_GRID_GB:
-        raise ImageFormatError(
-            f"{name}: on the model grid ({' x '.join(map(str, m_grid.shape))} voxels) the predictions would "
-            f"need {needed_gb:.0f} GB; is the image's voxel size right? --fast halves each side"
-        )
-    roi = tuple(options.roi) if options.roi else model.roi_size
-    overlap = options.overlap if options.overlap is not None else model.overlap
-    spacing = " x ".join(f"{s:.3g}" for s in m_grid.spacing)
-    progress.log(
-        f"model grid {' x '.join(map(str, m_grid.shape))} voxels of {spacing} mm"
-        + (" (--fast: twice the model's voxel size)" if options.fast else "")
-    )
-
-    plan: _Plan | None = None
-    if roi is not None:
-        mask, how = _foreground_mask(volume, model) if options.crop else (None, "")
-        if mask is not None and not mask.any():
-            progress.log(f"no voxel has {how}: running every window")
-            mask = None
-        plan = _plan_windows(m_grid, in_grid, roi, overlap, mask)
-        total = len(plan.starts)
-        if mask is not None:
-            progress.log(
-                f"{total} windows of {' x '.join(map(str, plan.roi))}; {len(plan.keep)} contain body voxels "
-                f"({how}), {total - len(plan.keep)} outside the body are skipped (--no-crop runs them)"
-            )
-        else:
-            progress.log(f"{total} windows of {' x '.join(map(str, plan.roi))}")
-        if region is not None:
-            plan = _restrict_plan(plan, m_grid, in_grid, region)
-            progress.log(
-                "box: input voxels "
-                + " x ".join(f"{a}:{b}" for a, b in region)
-                + f"; {len(plan.keep)} of {total} windows reach it"
-            )
+    if layout is None:
+        layout = layout_windows(volume, model, options, progress)
+    else:
+        for message in layout.messages:
+            progress.log(message)
+    in_grid, m_grid, region, roi, plan = layout.in_grid, layout.m_grid, layout.region, layout.roi, layout.plan
     timings["plan"] = time.perf_counter() - clock
 
-    sw_batch_size = options.sw_batch_size or model.sw_batch_size
-    if device.type == "cpu" and not options.sw_batch_size and roi is not None:
-        sw_batch_size = cpu_batch_size(model.sw_batch_size, roi)
-    # The stitched output stays on CUDA; MPS and CPU runs stitch and invert in CPU memory.
-    attempts = [(device, sw_batch_size, device if device.type == "cuda" else torch.device("cpu"))]
+    sw_batch_size = windows_per_call(model, options, device, roi)
+    # The stitched output stays on CUDA (unless options.stitch_on_cpu); MPS and CPU runs stitch
+    # and invert in CPU memory.
+    on_cuda = device.type == "cuda" and not options.stitch_on_cpu
+    attempts = [(device, sw_batch_size, device if on_cuda else torch.device("cpu"))]
     if device.type == "cuda":
-        if sw_batch_size > 1:
+        if sw_batch_size > 1 or on_cuda:
             attempts.append((device, 1, torch.device("cpu")))
         attempts.append((torch.device("cpu"), 1, torch.device("cpu")))
     for number, (run_device, run_batch, out_device) in enumerate(attempts):

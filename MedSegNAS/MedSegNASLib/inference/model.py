@@ -115,6 +115,9 @@ class SegmentationModel:
             the engine gives each input key one channel of the image, in order.
         sigmoid_first: the sigmoid comes before ``Invertd`` (probabilities are interpolated),
             else after it (logits are interpolated).
+        network_size: the safety check's dry build of the network
+            (:class:`~MedSegNASLib.models.capabilities.NetworkSize`: parameters, summed layer
+            outputs), when it ran; the memory plan's figure before a calibration.
     """
 
     name: str
@@ -151,6 +154,7 @@ class SegmentationModel:
     output_channels: int | None = None
     channel_steps: list[tuple[Any, list[str], str]] = field(default_factory=list)
     sigmoid_first: bool = True
+    network_size: Any = None
 
     @property
     def num_classes(self) -> int:
@@ -803,6 +807,8 @@ def load_model(source: str | Path, *, trusted: bool = False) -> SegmentationMode
                 modality=info.modality,
                 spec=spec,
                 trusted=trusted,
+                # vars(): a trusted bundle's MONAI ConfigParser raises KeyError for unknown attributes
+                network_size=vars(parser).get("network_sizes", {}).get("network_def"),
             )
             try:
                 _read_sections(model, parser, config, info, spec)

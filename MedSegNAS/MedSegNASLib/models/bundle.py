@@ -33,7 +33,7 @@ from .capabilities import (
     argument_problems,
     build_engine_io_step,
     component_rule,
-    network_size_problem,
+    network_size,
 )
 from .safe_expr import (
     EvaluationBudget,
@@ -191,7 +191,7 @@ class _SafeComponent(ConfigComponent):
             import torch
 
             owner = self.owner
-            problem = network_size_problem(
+            size = network_size(
                 name,
                 component,
                 args,
@@ -199,8 +199,10 @@ class _SafeComponent(ConfigComponent):
                 patch=getattr(owner, "patch", None),
                 batch=getattr(owner, "windows_per_batch", 1),
             )
-            if problem:
-                raise UnsafeConfigError(f"config item '{self.id}': {problem}")
+            if size.problem:
+                raise UnsafeConfigError(f"config item '{self.id}': {size.problem}")
+            if owner is not None:  # for the engine's memory plan (inference/plan.py)
+                owner.network_sizes[self.id] = size
             if getattr(owner, "meta_networks", False):  # a dry build: no weights are allocated
                 with torch.device("meta"):
                     return instantiate(component, mode, **args)
@@ -235,6 +237,8 @@ class SafeConfigParser(ConfigParser):
         self.patch, self.windows_per_batch = _network_input(config if isinstance(config, Mapping) else {})
         #: build networks on the meta device (see :func:`inference_path_problems`)
         self.meta_networks = False
+        #: config id -> the size check of each network built (capabilities.NetworkSize)
+        self.network_sizes: dict[str, Any] = {}
 
     def _do_parse(self, config: Any, id: str = "") -> None:
         if isinstance(config, (dict, list)):

@@ -49,6 +49,7 @@ __all__ = [
     "ENGINE_IO",
     "component_rule",
     "argument_problems",
+    "network_size",
     "network_size_problem",
     "build_engine_io_step",
     "EngineIOStep",
@@ -937,6 +938,32 @@ def argument_problems(
 # ------------------------------------------------------------------------------- networks
 
 
+#: Cache kind (folder under the user cache) of :func:`network_size` results.
+SIZE_CHECK_CACHE = "network-size-check"
+#: Lookups of that cache in this process (``hit``/``miss``; a ``skip`` when the arguments are
+#: not plain JSON values and the check runs uncached), for logs and tests.
+SIZE_CHECK_CACHE_STATS = {"hit": 0, "miss": 0, "skip": 0}
+
+
+@dataclass(frozen=True)
+class NetworkSize:
+    """What the ``meta``-device dry build found (see :func:`network_size`).
+
+    Attributes:
+        problem: why the network is refused, or None.
+        parameters: parameters and buffers (numbers).
+        activation_bytes: the sum of every leaf module's outputs for one forward pass of
+            ``batch`` windows of ``patch`` (None when the meta forward could not follow the shapes).
+        batch / patch: the forward pass measured.
+    """
+
+    problem: str | None
+    parameters: int
+    activation_bytes: int | None
+    batch: int
+    patch: tuple[int, ...]
+
+
 def network_size_problem(
     name: str,
     factory: Callable[..., Any],
@@ -956,21 +983,114 @@ def network_size_problem(
     Returns:
         The problem, naming the limit (:data:`MAX_NETWORK_PARAMETERS`, :data:`MAX_ACTIVATION_BYTES`).
     """
+    return network_size(name, factory, args, in_channels=in_channels, patch=patch, batch=batch).problem
+
+
+def _size_cache_key(
+    name: str, factory: Callable[..., Any], args: Mapping[str, Any], channels: int, spatial: tuple, batch: int
+) -> str | None:
+    """The cache key of a size check: the component, its checked arguments (plain JSON values
+    only, else None: not cached), the forward pass, the limits and the library versions. Any
+    change to the network a config builds (a tampered bundle) gives another key."""
+    import json
+
+    from ..user_cache import cache_key
+
+    try:
+        arguments = json.dumps(dict(args), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    factory_name = f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', '?')}"
+    return cache_key(
+        "network-size",
+        name,
+        factory_name,
+        arguments,
+        channels,
+        list(spatial),
+        batch,
+        MAX_NETWORK_PARAMETERS,
+        MAX_ACTIVATION_BYTES,
+    )
+
+
+def network_size(
+    name: str,
+    factory: Callable[..., Any],
+    args: Mapping[str, Any],
+    *,
+    in_channels: int | None,
+    patch: Sequence[int] | None,
+    batch: int = 1,
+) -> NetworkSize:
+    """:func:`network_size_problem` with its figures, remembered across runs.
+
+    The dry build's verdict is a function of the component, its arguments and the forward pass
+    only (the weights play no part: they are loaded later, ``weights_only``, and must fit the
+    built network's shapes exactly). It is stored in the user cache (:mod:`~MedSegNASLib.user_cache`)
+    under a key of exactly those (and the limits and library versions), so a bundle opened
+    again skips the meta forward pass (about 0.8 s: it imports torch's decompositions), and a
+    bundle whose network definition changed in any way is checked afresh. An unreadable entry
+    is checked afresh and rewritten.
+    """
     import torch
+
+    from ..user_cache import read_entry, write_entry
+
+    spatial = tuple(int(s) for s in (patch or DEFAULT_PATCH))
+    channels = int(in_channels or args.get("in_channels") or 1)
+    batch = max(1, int(batch))
+    key = _size_cache_key(name, factory, args, channels, spatial, batch)
+    if key is None:
+        SIZE_CHECK_CACHE_STATS["skip"] += 1
+    else:
+        entry = read_entry(SIZE_CHECK_CACHE, key)
+        if entry is not None:
+            try:
+                found = NetworkSize(
+                    entry["problem"] if entry["problem"] is None else str(entry["problem"]),
+                    int(entry["parameters"]),
+                    None if entry["activation_bytes"] is None else int(entry["activation_bytes"]),
+                    batch,
+                    spatial,
+                )
+            except (KeyError, TypeError, ValueError):
+                found = None
+            if found is not None:
+                SIZE_CHECK_CACHE_STATS["hit"] += 1
+                return found
+        SIZE_CHECK_CACHE_STATS["miss"] += 1
+
+    def remember(found: NetworkSize) -> NetworkSize:
+        if key is not None:
+            write_entry(
+                SIZE_CHECK_CACHE,
+                key,
+                {
+                    "problem": found.problem,
+                    "parameters": found.parameters,
+                    "activation_bytes": found.activation_bytes,
+                },
+            )
+        return found
 
     with torch.device("meta"):
         try:
             network = factory(**args)
         except Exception:  # invalid combination: the real build reports it with MONAI's message
-            return None
+            return NetworkSize(None, 0, None, batch, spatial)  # not remembered: the build fails
     parameters = sum(p.numel() for p in network.parameters()) + sum(b.numel() for b in network.buffers())
     if parameters > MAX_NETWORK_PARAMETERS:
-        return (
-            f"{name} would have {parameters:,} parameters, more than the limit of "
-            f"{MAX_NETWORK_PARAMETERS:,} (MAX_NETWORK_PARAMETERS)"
+        return remember(
+            NetworkSize(
+                f"{name} would have {parameters:,} parameters, more than the limit of "
+                f"{MAX_NETWORK_PARAMETERS:,} (MAX_NETWORK_PARAMETERS)",
+                parameters,
+                None,
+                batch,
+                spatial,
+            )
         )
-    spatial = tuple(int(s) for s in (patch or DEFAULT_PATCH))
-    channels = int(in_channels or args.get("in_channels") or 1)
     total = 0
 
     def count(_module: Any, _inputs: Any, output: Any) -> None:
@@ -982,19 +1102,26 @@ def network_size_problem(
     hooks = [m.register_forward_hook(count) for m in network.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            network(torch.empty((max(1, batch), channels, *spatial), device="meta"))
+            network(torch.empty((batch, channels, *spatial), device="meta"))
     except Exception:
-        return None  # shapes the meta forward cannot follow; the parameter cap still holds
+        # shapes the meta forward cannot follow; the parameter cap still holds
+        return remember(NetworkSize(None, parameters, None, batch, spatial))
     finally:
         for hook in hooks:
             hook.remove()
     if total > MAX_ACTIVATION_BYTES:
-        return (
-            f"{name} would need about {total / 1024**3:.1f} GiB of activations for a "
-            f"{'x'.join(map(str, spatial))} patch, more than the limit of "
-            f"{MAX_ACTIVATION_BYTES / 1024**3:.0f} GiB (MAX_ACTIVATION_BYTES)"
+        return remember(
+            NetworkSize(
+                f"{name} would need about {total / 1024**3:.1f} GiB of activations for a "
+                f"{'x'.join(map(str, spatial))} patch, more than the limit of "
+                f"{MAX_ACTIVATION_BYTES / 1024**3:.0f} GiB (MAX_ACTIVATION_BYTES)",
+                parameters,
+                total,
+                batch,
+                spatial,
+            )
         )
-    return None
+    return remember(NetworkSize(None, parameters, total, batch, spatial))
 
 
 # ------------------------------------------------------------------------------ engine I/O
