@@ -24,6 +24,12 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Two cores on CI: keep torch from oversubscribing when tests start worker subprocesses.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The tests' bundle-check and calibration cache entries go to a folder of this test session, not
+# to the user's ~/.medsegnas/cache (tests that check the cache point it at their own folder).
+if "MEDSEGNAS_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["MEDSEGNAS_CACHE"] = tempfile.mkdtemp(prefix="medsegnas-test-cache-")
 
 #: Worker processes compute on one thread: on a shared 2-core machine two spinning OpenMP threads
 #: per process slow a step down tenfold when other processes compete; one thread does not.
