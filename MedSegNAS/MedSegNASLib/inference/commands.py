@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import MedSegNASError
 
-__all__ = ["register", "segment_command", "check_output_path"]
+__all__ = ["register", "segment_command", "check_output_path", "segment_loaded", "segment_options_from_args"]
 
 
 def _positive_int(text: str) -> int:
@@ -268,25 +268,11 @@ def segment_command(args: argparse.Namespace) -> int:
         import_monai_for_segmentation()
 
     from ..jobs.runner import run_job_command
-    from .engine import SegmentOptions
 
     output = check_output_path(args.output)
     inputs = [p.expanduser().absolute() for p in args.inputs]
     model_spec = _model_spec(args.model)
-    options = SegmentOptions(
-        device=args.device,
-        fast=args.fast,
-        tta=args.tta,
-        postprocess=args.postprocess,
-        roi=tuple(args.roi) if args.roi else None,
-        overlap=args.overlap,
-        sw_batch_size=args.sw_batch_size,
-        crop=args.crop,
-        amp=args.amp,
-        threads=args.threads,
-        box=args.box,
-        box_voxels=args.box_voxels,
-    )
+    options = segment_options_from_args(args)
     config: dict[str, Any] = {
         "model": model_spec,
         "output": str(output),
@@ -308,6 +294,27 @@ def segment_command(args: argparse.Namespace) -> int:
         return segment_files(inputs, model_spec, output, options, ctx, trusted=args.trust)
 
     return run_job_command("segment", args, body, config, inputs={"images": [str(p) for p in inputs]})
+
+
+def segment_options_from_args(args: argparse.Namespace) -> Any:
+    """The engine's :class:`~.engine.SegmentOptions` from parsed ``segment`` arguments (the CLI and
+    the warm worker, :mod:`.worker`, parse requests with the same parser)."""
+    from .engine import SegmentOptions
+
+    return SegmentOptions(
+        device=args.device,
+        fast=args.fast,
+        tta=args.tta,
+        postprocess=args.postprocess,
+        roi=tuple(args.roi) if args.roi else None,
+        overlap=args.overlap,
+        sw_batch_size=args.sw_batch_size,
+        crop=args.crop,
+        amp=args.amp,
+        threads=args.threads,
+        box=args.box,
+        box_voxels=args.box_voxels,
+    )
 
 
 def _model_spec(text: str) -> str:
@@ -334,10 +341,7 @@ def segment_files(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    import numpy as np
-
-    from ..data.io import read_volumes, write_volume
-    from .engine import Progress, segment_volume
+    from ..data.io import read_volumes
     from .model import load_resolved_model
     from .optimize import reuse_freed_memory
 
@@ -360,6 +364,21 @@ def segment_files(
         f"({', '.join(lb.name for lb in model.labels[1:])}); preprocessing: {', '.join(model.steps)}"
     )
     ctx.progress(2, 2, stage="load")
+    return segment_loaded(volume, model, output, options, ctx, started=started)
+
+
+def segment_loaded(
+    volume: Any, model: Any, output: Path, options: Any, ctx: Any, *, started: float
+) -> dict[str, Any]:
+    """Segment a read image with a loaded model, write the label map (atomically), report through
+    ``ctx`` (``progress``, ``log``, ``raise_if_stop_requested``, ``artifact``); returns the summary.
+    ``started``: ``time.perf_counter()`` when loading began (the ``load`` seconds end now).
+    Shared by ``medsegnas segment`` and the warm worker (:mod:`.worker`)."""
+    import numpy as np
+
+    from ..data.io import write_volume
+    from .engine import Progress, segment_volume
+
     load_seconds = time.perf_counter() - started
 
     def step(stage: str, done: int, total: int, **metrics: Any) -> None:
