@@ -72,7 +72,7 @@ def _postprocess(text: str):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``segment``."""
+    """Add ``segment`` and ``segment-worker``."""
     from ..jobs.runner import add_job_arguments
     from . import DEVICES
 
@@ -195,6 +195,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_job_arguments(parser)
     parser.set_defaults(func=segment_command)
+
+    from .worker import add_worker_arguments, run_worker
+
+    worker = subparsers.add_parser(
+        "segment-worker",
+        help="a warm segmentation worker: JSON segment requests on stdin, models kept loaded (panels, scripts)",
+        description="Serve segment requests, one JSON object a line on stdin, answers on stdout, models kept "
+        "loaded between requests, until stdin closes, 'stop', or the idle timeout. A request: "
+        '{"id": 1, "op": "segment", "image": "ct.nii.gz", "output": "labels.nii.gz", "model": "spleen", '
+        '"device": "cpu", "box": [x0, y0, z0, x1, y1, z1]} with the options of segment; '
+        'cancel: {"op": "cancel"}. See MedSegNASLib/inference/worker.py.',
+    )
+    add_worker_arguments(worker)
+    worker.set_defaults(func=run_worker)
 
 
 def check_output_path(path: Path) -> Path:

@@ -74,11 +74,18 @@ def request_argv(request: Mapping[str, Any]) -> list[str]:
         raise MedSegNASError(f"unknown request field(s) {', '.join(unknown)}")
     images = request["image"]
     images = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-    argv = ["segment", *map(str, images), "--model", str(request["model"]), "--output", str(request["output"])]
+    argv = [
+        "segment",
+        *map(str, images),
+        "--model",
+        str(request["model"]),
+        "--output",
+        str(request["output"]),
+    ]
     argv += [f"--{name.replace('_', '-')}" for name in _FLAGS if request.get(name)]
     for name in _VALUES:
         if request.get(name) is not None:
-            argv += [f"--{name.replace('_', '-')}", str(request[name])]
+            argv.append(f"--{name.replace('_', '-')}={request[name]}")  # "=": a value may start with "-"
     for name in _LISTS:
         if request.get(name) is not None:
             argv += [f"--{name}", *map(str, request[name])]
@@ -86,7 +93,7 @@ def request_argv(request: Mapping[str, Any]) -> list[str]:
         if request.get(name) is not None:
             value = request[name]
             text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-            argv += [f"--{name.replace('_', '-')}", text]
+            argv.append(f"--{name.replace('_', '-')}={text}")
     if request.get("crop") is False:
         argv.append("--no-crop")
     if request.get("amp") is not None:
@@ -184,7 +191,9 @@ class _RequestContext:
         self.channel, self.ident = channel, ident
 
     def progress(self, step: int, total: int, **fields: Any) -> None:
-        self.channel.say({"id": self.ident, "event": "progress", "step": int(step), "total": int(total), **fields})
+        self.channel.say(
+            {"id": self.ident, "event": "progress", "step": int(step), "total": int(total), **fields}
+        )
 
     def log(self, message: str) -> None:
         self.channel.say({"id": self.ident, "event": "log", "message": str(message)})
@@ -234,9 +243,7 @@ def segment_request(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="medsegnas segment-worker", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="medsegnas segment-worker", description=__doc__.split("\n")[0])
     add_worker_arguments(parser)
     args = parser.parse_args(argv)
     return run_worker(args)
@@ -257,7 +264,9 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"models kept loaded, least recently used evicted (default {DEFAULT_MAX_MODELS})",
     )
-    parser.add_argument("--home", default=None, help="model registry folder (default: $MEDSEGNAS_HOME or ~/.medsegnas)")
+    parser.add_argument(
+        "--home", default=None, help="model registry folder (default: $MEDSEGNAS_HOME or ~/.medsegnas)"
+    )
 
 
 def run_worker(args: argparse.Namespace) -> int:
