@@ -322,8 +322,10 @@ class PipeWorkerClient:
             if on_message is not None:
                 on_message(reply)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the worker to stop; kill it if it does not within ``timeout``; remove its folder."""
+    def stop(self, timeout: float = 10.0, *, kill: bool = True) -> None:
+        """Ask the worker to stop; kill it if it does not within ``timeout`` (``kill=False``, for
+        GUI callbacks that must not wait: leave it to end by itself at the end-of-file of its
+        closed stdin, after its current step); remove its folder."""
         if self._stopped:
             return
         if self.process.poll() is None:
@@ -332,8 +334,9 @@ class PipeWorkerClient:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                if kill:
+                    self.process.kill()
+                    self.process.wait()
         for stream in (self.process.stdin, self.process.stdout):
             with contextlib.suppress(OSError):
                 stream.close()  # type: ignore[union-attr]
