@@ -116,6 +116,23 @@ def test_bad_requests_get_an_error_and_cancel_keeps_the_model(case, tmp_path) ->
             request = {"image": str(images["lps"]), "model": str(bundle), "output": str(out), **fields}
             with pytest.raises(MedSegNASError, match=re.escape(error)):
                 worker.request({"op": "segment", **request}, timeout=120)
+        # A bundle whose config runs code: refused as `segment` refuses it, nothing run; with
+        # "trust" (as --trust) its code runs.
+        hostile, mark = Path(shutil.copytree(bundle, tmp_path / "hostile")), tmp_path / "ran"
+        config = json.loads((hostile / "configs" / "inference.json").read_text())
+        channels = config["network_def"]["channels"]
+        config["network_def"]["channels"] = (
+            f"$__import__('pathlib').Path({str(mark)!r}).touch() or {channels}"
+        )
+        (hostile / "configs" / "inference.json").write_text(json.dumps(config))
+        request = {"op": "segment", "image": str(images["lps"]), "model": str(hostile), "output": str(out)}
+        with pytest.raises(MedSegNASError, match="is not safe to run: network_def::channels"):
+            worker.request(request, timeout=120)
+        assert not mark.exists() and not out.exists()
+        assert worker.request({**request, "trust": True}, timeout=300)["warm"] is False
+        assert mark.exists() and out.exists()
+        out.unlink()
+
         worker.send({"op": "nonsense"})
         assert "unknown op 'nonsense'" in worker.wait(30)["error"]
         worker.process.stdin.write(b"not json\n")
