@@ -18,7 +18,7 @@ import slicer
 import vtk
 from MedSegNASLib.dependencies import doctor_report, unsupported_slicer_message
 from MedSegNASLib.jobs import FINAL_STATES, RunDir, list_runs
-from MedSegNASLib.panels import panel_dataset, panel_runs
+from MedSegNASLib.panels import panel_dataset, panel_runs, panel_segment
 from MedSegNASLib.panels import panel_logic as pl
 from MedSegNASLib.panels import panel_selftest as selftest
 from MedSegNASLib.panels.panel_state import JobArea, ParameterNodeHolder, ReportedErrors
@@ -109,7 +109,7 @@ its architecture search follows DiNTS (He et al., CVPR 2021). Apache License 2.0
 class MedSegNASParameterNode:
     """The panel's settings, saved with the scene, in the order of its sections.
 
-    extraChannelVolume: a second model channel. datasetSource ``scene``: the checked scene cases,
+    extraChannelVolume: a second model channel. segmentRoi: segment only inside it. datasetSource ``scene``: the checked scene cases,
     exported with sceneModality. network ``searched``: the architecture of the run selected in Runs.
     interactive: Train trains an interactive (click) model (``medsegnas train --interactive``).
     epochs, patchSize, memoryBudget 0: the preset's. gpus: processes, one per GPU. tuneTrials,
@@ -120,6 +120,7 @@ class MedSegNASParameterNode:
     runsFolder: Path = Path.home() / "MedSegNAS" / "runs"
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     extraChannelVolume: slicer.vtkMRMLScalarVolumeNode
+    segmentRoi: slicer.vtkMRMLMarkupsROINode
     model: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     fast: bool = False
@@ -179,6 +180,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._task = None  # JobFollower of a model import/download job
         self._taskLabel = self._taskDoneText = None  # where and how its outcome shows
         self._evaluation = None  # JobFollower of the Evaluate button's job
+        self._segmenter = None  # panel_segment.WarmSegmenter: the Segment button's warm worker
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -243,10 +245,20 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return timer
 
     def cleanup(self) -> None:
-        """The application closes: stop timers (jobs keep running; they outlive the GUI)."""
+        """The application closes: stop timers and the warm worker (jobs keep running; they outlive the GUI)."""
         for timer in (self._jobTimer, self._runsTimer, self._taskTimer):
             timer.stop()
+        self._stopSegmenter(_("Stopped: the module was closed."))
         self.removeObservers()
+
+    def _stopSegmenter(self, message) -> None:
+        """Stop the warm segmentation worker (and the segmentation it runs)."""
+        area = self._areas["segment"]
+        if isinstance(area.follower, panel_segment.WarmSegmentRequest):
+            area.follower.discard()
+            self._stopFollowing(area, message)
+        if self._segmenter is not None:
+            self._segmenter.stop()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -258,6 +270,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._params.detach_gui()  # keep the node: the timers read it
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._stopSegmenter(_("Stopped: the scene was closed."))
         self._params.release()
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -275,7 +288,8 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         live = pl.live_runs(Path(params.runsFolder).expanduser()) if _isChosen(params.runsFolder) else {}
         for area in self._areas.values():
             if area.follower is not None:
-                setattr(params, area.run_parameter, str(area.follower.run.path))
+                run = getattr(area.follower, "run", None)  # a warm segmentation has no run folder
+                setattr(params, area.run_parameter, str(run.path) if run else "")
                 continue
             livePath = next((live[kind]["path"] for kind in area.kinds if kind in live), "")
             path = getattr(params, area.run_parameter) or livePath
@@ -331,13 +345,19 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         area = self._areas[areaName]
         if area.follower is not None:
             with slicer.util.tryWithErrorDisplay(_("Failed to cancel the job."), waitCursor=True):
-                pl.cancel_job(area.follower.run)
+                area.follower.cancel()
                 area.statusLabel.text = _("Cancelling: finishing the current step...")
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the job."), waitCursor=True):
             packages = pl.PHANTOM_PACKAGES if kind == pl.PHANTOM else pl.REQUIRED_PACKAGES
             if not self.logic.ensurePackages(packages):
                 return
+            if kind == pl.SEGMENT:  # the warm worker: the model stays loaded for the next one
+                self._segmenter = self._segmenter or panel_segment.WarmSegmenter(home=self.logic.registryHome)
+                area.follow(self._segmenter.start_from_settings(self._parameterNode), kind)
+                area.progressBar.value, area.statusLabel.text = 0, _("Starting...")
+                self._onParameterNodeModified()
+                return self._jobTimer.start()
             selected, cases = self._selectedRunPath(), self._checkedSceneCases()
             job = pl.launch_from_settings(kind, self._parameterNode, selected_run=selected, scene_pairs=cases)
             if kind in pl.TRAINING_KINDS:
@@ -373,11 +393,11 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             area.progressBar.format = f"{update.stage} %p%" if update.stage else "%p%"
             area.statusLabel.text = update.text
             if update.finished:
-                path = str(area.follower.run.path)
+                ended = area.follower
                 self._stopFollowing(area, update.text)  # first: if loading fails, it is not polled again
                 if update.state == "done":
                     self._inTimer(
-                        area.statusLabel, _("Failed to load the job's result: {error}"), area.on_done, path
+                        area.statusLabel, _("Failed to load the job's result: {error}"), area.on_done, ended
                     )
         if self._curvesRun:
             curvesRun, self._curvesRun = self._curvesRun, None  # an error stops the updates
@@ -409,17 +429,20 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onParameterNodeModified()
         self.refreshRuns()
 
-    def _onSegmentDone(self, path) -> None:
-        segmentation = pl.load_segment_result(path, replace_existing=self._parameterNode.replaceExisting)
+    def _onSegmentDone(self, follower) -> None:
+        replace = self._parameterNode.replaceExisting
+        segmentation = panel_segment.load_result(follower, replace_existing=replace)
         volume = segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole())
         slicer.util.setSliceViewerLayers(background=volume, fit=True)
-        self.ui.segmentStatusLabel.text = _("Done: {name}").format(name=segmentation.GetName())
+        done = self.ui.segmentStatusLabel.text.removeprefix("Done")  # the warm worker's times
+        self.ui.segmentStatusLabel.text = _("Done: {name}").format(name=segmentation.GetName()) + done
 
-    def _onTrainingDone(self, path) -> None:
+    def _onTrainingDone(self, follower) -> None:
         self.refreshModels()  # train and tune register their model
-        self._showCurves(path)
+        self._showCurves(str(follower.run.path))
 
-    def _onPhantomDone(self, path) -> None:
+    def _onPhantomDone(self, follower) -> None:
+        path = str(follower.run.path)
         dataset = pl.run_result(path).get("dataset")
         if dataset and self._parameterNode.loadPhantomWhenDone:
             volume, _segmentation = self.logic.loadDatasetCase(dataset)

@@ -32,7 +32,7 @@ def session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     yield app
     for _module, widget in list(app.modules.values()):
         for area in getattr(widget, "_areas", {}).values():  # leave no worker behind
-            if area.follower is not None:
+            if getattr(area.follower, "run", None) is not None:  # a warm segmentation stops with cleanup
                 _cancel_quietly(area.follower.run)
         for follower in getattr(widget, "_followers", {}).values():
             _cancel_quietly(follower.run)

@@ -5,6 +5,7 @@
     python benchmarks/segment_bench.py --profile              # where our time goes (cProfile, top 25)
     git archive HEAD~3 MedSegNAS | tar -x -C /tmp/before       # an older version ...
     python benchmarks/segment_bench.py --repeat 2 --baseline-src /tmp/before/MedSegNAS   # ... in the same run
+    python benchmarks/segment_bench.py --warm --repeat 3       # the panel's warm worker on a second volume
 
 What it does, in one run:
 
@@ -369,8 +370,19 @@ def main(argv: list[str] | None = None) -> int:
         "MedSegNAS/ of an older checkout made with `git archive`), alternating with the others: "
         "before/after figures from one run",
     )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="instead: the warm segmentation worker on a second volume vs MONAI's whole process on it "
+        "(see warm_benchmark)",
+    )
+    parser.add_argument(
+        "--shape", type=int, nargs=3, default=None, metavar=("I", "J", "K"), help="--warm: phantom grid size"
+    )
     parser.add_argument("--ours-extra", nargs=argparse.REMAINDER, default=[], help="more `segment` options")
     args = parser.parse_args(argv)
+    if args.warm:
+        return warm_benchmark(args)
 
     import nibabel as nib
     from MedSegNASLib.data.phantom import PHANTOM_LABELS
@@ -496,6 +508,101 @@ def main(argv: list[str] | None = None) -> int:
         for name in sides
     }
     print("SUMMARY " + json.dumps({"device": args.device, "runs": summary, "cold": cold}))
+    return 0
+
+
+# ----------------------------------------------------------------------------- --warm
+
+
+def warm_benchmark(args: argparse.Namespace) -> int:
+    """``--warm``: what a second Segment click in Slicer costs, against MONAI's whole process.
+
+    A warm segmentation worker (:mod:`MedSegNASLib.inference.worker`, as the panel runs it) is
+    started and segments a first phantom (process start, imports, model loading: not counted);
+    then, ``--repeat`` times in turn, MONAI's bundle workflow segments a *second* phantom (other
+    seed, same grid) in a fresh process, and the worker segments it too, timed from the request
+    sent to the reply read (the client's view: the image is read from disk, the label map written).
+    Prints the median and best ratio (goal <= 0.15) and the Dice per label of the worker's label map
+    against MONAI's (goal >= 0.999).
+    """
+    import statistics
+
+    import nibabel as nib
+    from MedSegNASLib.data.phantom import PHANTOM_LABELS
+    from MedSegNASLib.inference.worker import SegmentWorker
+
+    shape = tuple(args.shape) if args.shape else CT_SHAPE
+    work = args.work.expanduser().absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    suffix = "" if shape == CT_SHAPE else "_" + "x".join(map(str, shape))
+    first_image, _ = make_ct_phantom(work / f"first{suffix}", seed=1000, shape=shape)
+    second_image, truth_path = make_ct_phantom(work / f"second{suffix}", seed=1001, shape=shape)
+    bundle = make_bundle(work, args.train_steps, device=args.device)
+    env = dict(os.environ)
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    monai_cfg = {
+        "config": str(bundle / "configs" / "inference.json"),
+        "bundle": str(bundle),
+        "data": str(second_image.parent),
+        "out": str(work / f"monai_second{suffix}"),
+        "threads": args.threads,
+        "amp": bool(args.amp),
+    }
+    options = {"device": args.device}
+    if args.threads:
+        options["threads"] = args.threads
+    if args.device != "cpu" and not args.amp:
+        options["amp"] = False
+    monai_times, warm_times, replies = [], [], []
+    worker_env = {k: v for k, v in env.items() if k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}
+    with SegmentWorker(env=worker_env) as worker:
+        started = time.perf_counter()
+        worker.wait_ready(600)
+        first = worker.segment(first_image, bundle, work / "warm_first.nii.gz", timeout=1800, **options)
+        _log(f"worker started and segmented the first volume in {time.perf_counter() - started:.1f} s")
+        for attempt in range(args.repeat):
+            _log(f"[{attempt + 1}/{args.repeat}] MONAI bundle run on the second volume ...")
+            monai = _run_measured(_MONAI_RUNNER, monai_cfg, env)
+            monai_times.append(monai["wall_s"])
+            _log(f"  {monai['wall_s']:.1f} s; warm worker ...")
+            clock = time.perf_counter()
+            reply = worker.segment(second_image, bundle, work / "warm_second.nii.gz", timeout=1800, **options)
+            warm_times.append(time.perf_counter() - clock)
+            replies.append(reply)
+            _log(f"  {warm_times[-1]:.1f} s (warm: {reply['warm']})")
+    ratios = [w / m for w, m in zip(warm_times, monai_times, strict=True)]
+    values = [label.value for label in PHANTOM_LABELS if label.value]
+    names = {label.value: label.name for label in PHANTOM_LABELS}
+    ours = np.asarray(nib.load(str(work / "warm_second.nii.gz")).dataobj)
+    reference = np.asarray(nib.load(str(Path(monai_cfg["out"]) / "ct_seg.nii.gz")).dataobj)
+    truth = np.asarray(nib.load(str(truth_path)).dataobj)
+    agreement, against_truth = dice_table(ours, reference, values), dice_table(ours, truth, values)
+    print(
+        f"CT phantom {' x '.join(map(str, shape))} at {' x '.join(map(str, CT_SPACING))} mm; device {args.device}; "
+        f"bundle: UNet 16-32-64-128-256, 96^3 windows, overlap 0.5; {args.repeat} pair(s)"
+    )
+    print(f"first request (cold worker: model load {first['model_load_seconds']:.1f} s) not counted")
+    print("MONAI bundle run, whole process (s): " + ", ".join(f"{t:.1f}" for t in monai_times))
+    print("warm worker, second volume (s):     " + ", ".join(f"{t:.1f}" for t in warm_times))
+    print(f"  worker stages (last): {replies[-1]['seconds']}")
+    print(f"ratio warm / MONAI: median {statistics.median(ratios):.3f}, best {min(ratios):.3f}")
+    for value in values:
+        print(
+            f"  {names[value]:24s} Dice vs MONAI {agreement[value]:.4f}, vs truth {against_truth[value]:.2f}"
+        )
+    present = [v for v in values if not np.isnan(agreement[v])]
+    ok = statistics.median(ratios) <= 0.15 and all(agreement[v] >= 0.999 for v in present)
+    print("goal (median ratio <= 0.15, Dice vs MONAI >= 0.999):", "met" if ok else "not met")
+    summary = {
+        "shape": list(shape),
+        "monai_s": [round(t, 2) for t in monai_times],
+        "warm_s": [round(t, 2) for t in warm_times],
+        "median_ratio": round(statistics.median(ratios), 3),
+        "min_dice_vs_monai": min((agreement[v] for v in present), default=float("nan")),
+        "warm": all(r["warm"] for r in replies),
+    }
+    print("WARM " + json.dumps(summary))
     return 0
 
 

@@ -367,6 +367,7 @@ def medsegnas_session(
     # Segment: done on the demo's test case.
     session.combo_items["inputVolumeNodeComboBox"] = [case]
     session.combo_items["extraChannelNodeComboBox"] = ["None"]
+    session.combo_items["segmentRoiNodeComboBox"] = ["None"]
     session.combo_items["modelComboBox"] = [cells[0] for cells, _tip, _id in model_rows]
     session.values.update(largestComponentCheckBox=True, fillHolesCheckBox=True)
     session.progress["segmentProgressBar"] = 100

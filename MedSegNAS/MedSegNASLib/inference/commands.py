@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import MedSegNASError
 
-__all__ = ["register", "segment_command", "check_output_path"]
+__all__ = ["register", "segment_command", "check_output_path", "segment_loaded", "segment_options_from_args"]
 
 
 def _positive_int(text: str) -> int:
@@ -72,7 +72,7 @@ def _postprocess(text: str):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``segment``."""
+    """Add ``segment`` and ``segment-worker``."""
     from ..jobs.runner import add_job_arguments
     from . import DEVICES
 
@@ -203,6 +203,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_job_arguments(parser)
     parser.set_defaults(func=segment_command)
 
+    from .worker import add_worker_arguments, run_worker
+
+    worker = subparsers.add_parser(
+        "segment-worker",
+        help="a warm segmentation worker: JSON segment requests on stdin, models kept loaded (panels, scripts)",
+        description="Serve segment requests, one JSON object a line on stdin, answers on stdout, models kept "
+        "loaded between requests, until stdin closes, 'stop', or the idle timeout. A request: "
+        '{"id": 1, "op": "segment", "image": "ct.nii.gz", "output": "labels.nii.gz", "model": "spleen", '
+        '"device": "cpu", "box": [x0, y0, z0, x1, y1, z1]} with the options of segment; '
+        'cancel: {"op": "cancel"}. See MedSegNASLib/inference/worker.py.',
+    )
+    add_worker_arguments(worker)
+    worker.set_defaults(func=run_worker)
+
 
 def check_output_path(path: Path) -> Path:
     """Refuse, before any work, an output that cannot be written: unsupported type, a folder,
@@ -275,7 +289,6 @@ def segment_command(args: argparse.Namespace) -> int:
         import_monai_for_segmentation()
 
     from ..jobs.runner import run_job_command
-    from .engine import SegmentOptions
 
     if args.output is None and not args.plan:
         raise MedSegNASError(
@@ -286,20 +299,7 @@ def segment_command(args: argparse.Namespace) -> int:
     output = check_output_path(args.output) if args.output is not None else None
     inputs = [p.expanduser().absolute() for p in args.inputs]
     model_spec = _model_spec(args.model)
-    options = SegmentOptions(
-        device=args.device,
-        fast=args.fast,
-        tta=args.tta,
-        postprocess=args.postprocess,
-        roi=tuple(args.roi) if args.roi else None,
-        overlap=args.overlap,
-        sw_batch_size=args.sw_batch_size,
-        crop=args.crop,
-        amp=args.amp,
-        threads=args.threads,
-        box=args.box,
-        box_voxels=args.box_voxels,
-    )
+    options = segment_options_from_args(args)
     config: dict[str, Any] = {
         "model": model_spec,
         "output": str(output),
@@ -324,6 +324,27 @@ def segment_command(args: argparse.Namespace) -> int:
         return segment_files(inputs, model_spec, output, options, ctx, trusted=args.trust)
 
     return run_job_command("segment", args, body, config, inputs={"images": [str(p) for p in inputs]})
+
+
+def segment_options_from_args(args: argparse.Namespace) -> Any:
+    """The engine's :class:`~.engine.SegmentOptions` from parsed ``segment`` arguments (the CLI and
+    the warm worker, :mod:`.worker`, parse requests with the same parser)."""
+    from .engine import SegmentOptions
+
+    return SegmentOptions(
+        device=args.device,
+        fast=args.fast,
+        tta=args.tta,
+        postprocess=args.postprocess,
+        roi=tuple(args.roi) if args.roi else None,
+        overlap=args.overlap,
+        sw_batch_size=args.sw_batch_size,
+        crop=args.crop,
+        amp=args.amp,
+        threads=args.threads,
+        box=args.box,
+        box_voxels=args.box_voxels,
+    )
 
 
 def _model_spec(text: str) -> str:
@@ -405,12 +426,7 @@ def segment_files(
     ``model`` is a registry id, a bundle folder or an archive (:func:`~.model.load_resolved_model`);
     ``trusted``: the user passed ``--trust``.
     """
-    import numpy as np
-
-    from ..data.io import write_volume
-    from .engine import Progress, segment_volume
     from .optimize import reuse_freed_memory
-    from .plan import choose_fallback
 
     started = time.perf_counter()
     reuse_freed_memory()  # this is a worker process: no fresh pages for every batch of windows
@@ -421,13 +437,39 @@ def segment_files(
         f"({', '.join(lb.name for lb in model.labels[1:])}); preprocessing: {', '.join(model.steps)}"
     )
     ctx.progress(2, 2, stage="load")
+    return segment_loaded(
+        volume, model, output, options, ctx, started=started, elapsed_seconds=_seconds_since_start()
+    )
+
+
+def segment_loaded(
+    volume: Any,
+    model: Any,
+    output: Path,
+    options: Any,
+    ctx: Any,
+    *,
+    started: float,
+    elapsed_seconds: float = 0.0,
+) -> dict[str, Any]:
+    """Segment a read image with a loaded model, write the label map (atomically), report through
+    ``ctx`` (``progress``, ``log``, ``raise_if_stop_requested``, ``artifact``); returns the summary.
+    ``started``: ``time.perf_counter()`` when loading began (the ``load`` seconds end now);
+    ``elapsed_seconds``: the process's start-up so far, which the plan adds to its time estimate
+    (0 in the warm worker: no start-up). Shared by ``medsegnas segment`` and the warm worker (:mod:`.worker`)."""
+    import numpy as np
+
+    from ..data.io import write_volume
+    from .engine import Progress, segment_volume
+    from .plan import choose_fallback
+
     load_seconds = time.perf_counter() - started
 
     def step(stage: str, done: int, total: int, **metrics: Any) -> None:
         ctx.progress(done, max(total, 1), stage=stage, **metrics)
 
     # Known before the run: peak memory and time; a fallback that fits when the plan does not.
-    options, plan = choose_fallback(volume, model, options, elapsed_seconds=_seconds_since_start())
+    options, plan = choose_fallback(volume, model, options, elapsed_seconds=elapsed_seconds)
     ctx.log(plan.to_text())
     result = segment_volume(
         volume,

@@ -447,6 +447,10 @@ class JobFollower:
             return progress_text(progress, self.shown_metrics)
         return self.last_message or ("Starting..." if state == "queued" else "Running...")
 
+    def cancel(self) -> str:
+        """:func:`cancel_job` of the followed run (the panels' Cancel buttons)."""
+        return cancel_job(self.run)
+
     def poll(self) -> JobUpdate:
         """Read the events written since the last call and the (refreshed) status."""
         process = getattr(self.run, "process", None)
