@@ -88,6 +88,7 @@ def test_segment_twice_warm_roi_cancel_and_stop(slicer_app, phantom_dataset, tmp
     assert status.startswith(f"Done: {volume.GetName()} - {record.id}") and "model loaded in" in status, (
         status
     )
+    assert "planned: peak" in status and "GiB" in status, status  # the plan, known before the run
     assert any(value > 0 for _text, value in seen) and len({text for text, _value in seen}) > 1, seen
     (result,) = _segmentations()[1:]  # the truth loaded with the case, then the result
     whole = _labels(result, volume)

@@ -77,6 +77,17 @@ def test_second_request_is_warm_and_label_maps_equal_cold_runs(case, tmp_path) -
         )
         assert second["warm"] is True and second["models_loaded"] == 1
         assert second["model_load_seconds"] < first["model_load_seconds"]
+        # Each request's plan (peak memory, time) reaches the client before its segmentation runs.
+        plans = [m for m in messages if m.get("event") == "plan"]
+        assert (
+            len(plans) == 2 and plans[0]["plan"]["fits"] and plans[0]["summary"].startswith("planned: peak")
+        )
+        first_progress = next(
+            i
+            for i, m in enumerate(messages)
+            if m.get("event") == "progress" and m.get("stage") not in ("load",)
+        )
+        assert messages.index(plans[0]) < first_progress
         # RAS corners of two voxel centres of the LPS image, given as a user's ROI would be
         _, affine = sf.read_labels(images["lps"])
         low = affine[:3, :3] @ np.array([4, 6, 30]) + affine[:3, 3]

@@ -471,6 +471,9 @@ def segment_loaded(
     # Known before the run: peak memory and time; a fallback that fits when the plan does not.
     options, plan = choose_fallback(volume, model, options, elapsed_seconds=elapsed_seconds)
     ctx.log(plan.to_text())
+    report_plan = getattr(ctx, "report_plan", None)  # the warm worker tells its client (the panel)
+    if report_plan is not None:
+        report_plan(plan)
     result = segment_volume(
         volume,
         model,

@@ -146,6 +146,15 @@ class SegmentPlan:
         data["fits"] = self.fits
         return data
 
+    def summary(self) -> str:
+        """One line for a status bar: ``planned: peak 1.2 of 20.3 GiB, about 8 s`` (and the fallback)."""
+        gib = 1024**3
+        time_text = "time unknown" if self.seconds is None else f"about {self.seconds:.0f} s"
+        text = (
+            f"planned: peak {self.peak_bytes / gib:.1f} of {self.available_bytes / gib:.1f} GiB, {time_text}"
+        )
+        return text + (f"; fallback: {self.fallback}" if self.fallback else "")
+
     def to_text(self) -> str:
         """A few lines for a person: peak memory, time, their parts, the fallback."""
         gib = 1024**3

@@ -18,7 +18,8 @@ Start it with ``medsegnas segment-worker`` or ``python -m MedSegNASLib.inference
   ``trust``), checked by the CLI's own parser;
   ``{"id": n, "op": "cancel"}`` (the running request, or ``"target": m``), ``{"op": "stop"}``;
 * worker -> client while a request runs: ``{"id": n, "event": "progress", "stage": ..., "step": k,
-  "total": t}`` and ``{"id": n, "event": "log", "message": ...}``;
+  "total": t}``, ``{"id": n, "event": "log", "message": ...}`` and, before the segmentation runs,
+  ``{"id": n, "event": "plan", "summary": "planned: peak ... GiB, about ... s", "plan": {...}}``;
 * worker -> client at its end: ``{"id": n, "ok": true, "output": ..., "labels": [...], "voxels":
   {...}, "seconds": {... "load", "infer", "total"}, "warm": bool, ...}`` or ``{"id": n, "ok":
   false, "error": ..., "cancelled": true?}``. A bad request never ends the worker.
@@ -197,6 +198,12 @@ class _RequestContext:
 
     def log(self, message: str) -> None:
         self.channel.say({"id": self.ident, "event": "log", "message": str(message)})
+
+    def report_plan(self, plan: Any) -> None:
+        """The plan of this request, before it runs: ``{"event": "plan", "summary": ..., "plan": {...}}``."""
+        self.channel.say(
+            {"id": self.ident, "event": "plan", "summary": plan.summary(), "plan": plan.to_dict()}
+        )
 
     def raise_if_stop_requested(self) -> None:
         self.channel.check_cancel(self.ident)

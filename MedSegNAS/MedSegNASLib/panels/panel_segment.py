@@ -77,6 +77,7 @@ class WarmSegmentRequest:
         self.reply: dict[str, Any] | None = None
         self.progress: dict[str, Any] = {}
         self.last_message = ""
+        self.plan_summary = ""  # the worker's plan of this run (peak memory, time), shown while it runs
         self.cancelling = False
 
     @property
@@ -93,6 +94,8 @@ class WarmSegmentRequest:
             self.progress = dict(message)
         elif message.get("event") == "log":
             self.last_message = str(message.get("message", ""))
+        elif message.get("event") == "plan":
+            self.plan_summary = str(message.get("summary", ""))
         elif "ok" in message:
             self.reply = dict(message)
 
@@ -147,7 +150,8 @@ class WarmSegmentRequest:
                 if self.reply.get("warm")
                 else f"model loaded in {float(self.reply.get('model_load_seconds', 0.0)):.1f} s"
             )
-            return f"Done in {seconds:.1f} s ({load})"
+            planned = f"; {self.plan_summary}" if self.plan_summary else ""
+            return f"Done in {seconds:.1f} s ({load}{planned})"
         if state == "failed":
             return f"Failed: {(self.reply or {}).get('error')}"
         if state == "cancelled":
@@ -159,7 +163,8 @@ class WarmSegmentRequest:
             return "Starting the segmentation worker..."
         if self.progress.get("stage") == "load":
             return "Loading the model and the image..."
-        return progress_text(self.progress) if self.progress else "Running..."
+        running = progress_text(self.progress) if self.progress else "Running..."
+        return f"{running} ({self.plan_summary})" if self.plan_summary else running
 
     def cancel(self) -> str:
         """Ask the worker to stop this request between window batches; returns the state."""
