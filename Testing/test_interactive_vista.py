@@ -212,3 +212,33 @@ def test_medsegnas_interactive_runs_vista_clicks(vista_bundle, ct_image, tmp_pat
         voxel_to_ras(changed, volume.affine) - voxel_to_ras(centre, volume.affine), axis=1
     )
     assert distance_mm.max() < 48.0 * np.sqrt(3) / 2 + 3.0
+
+
+def test_published_vista_bundle_verdict_names_its_code_and_the_untrusted_interactive_path():
+    """What models import/info print for the published config: segment needs its scripts, interactive does not."""
+    from MedSegNASLib.interactive.vista import interactive_problems, trust_verdict
+    from MedSegNASLib.models import inspect_bundle, load_config_file
+
+    verdict = trust_verdict(ZOO)
+    assert verdict is not None and "\n" not in verdict
+    assert "needs --trust" in verdict and "scripts.inferer.Vista3dInferer" in verdict
+    assert "run untrusted in medsegnas interactive" in verdict
+    # The full-size published network (218 million parameters) passes the dry build on the meta device.
+    info = inspect_bundle(ZOO, require_weights=False)
+    assert interactive_problems(info.root, load_config_file(info.inference_config), info.metadata) == []
+
+
+def test_vista_network_arguments_are_bounded(tmp_path):
+    """An oversized network in a VISTA3D-looking config is refused before anything is built."""
+    from MedSegNASLib.interactive.vista import interactive_problems
+    from MedSegNASLib.models import inspect_bundle, load_config_file
+
+    root = tmp_path / "vista3d"
+    shutil.copytree(ZOO, root)
+    path = root / "configs" / "inference.json"
+    config = json.loads(path.read_text())
+    config["network_def"] = "$monai.networks.nets.vista3d132(encoder_embed_dim=4096, in_channels=1)"
+    path.write_text(json.dumps(config))
+    info = inspect_bundle(root, require_weights=False)
+    problems = interactive_problems(info.root, load_config_file(info.inference_config), info.metadata)
+    assert problems and "encoder_embed_dim" in problems[0]

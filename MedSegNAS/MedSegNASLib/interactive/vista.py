@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import json
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -44,7 +45,7 @@ from ..errors import MedSegNASError
 from .clicks import BACKGROUND, Click, ras_to_voxel
 from .session import InteractiveModel, InteractiveSession, _meta_image, _safe_imports
 
-__all__ = ["VISTA_FACTORY", "is_vista3d", "load_vista3d", "VistaSession"]
+__all__ = ["VISTA_FACTORY", "is_vista3d", "load_vista3d", "VistaSession", "interactive_problems", "trust_verdict"]
 
 #: The MONAI factory of the published VISTA3D network.
 VISTA_FACTORY = "monai.networks.nets.vista3d132"
@@ -115,6 +116,54 @@ def vista_config(config: Mapping[str, Any], metadata: Mapping[str, Any]) -> dict
     return config
 
 
+def _interactive_ids(settings: Mapping[str, Any]) -> list[str]:
+    """The config items the VISTA3D session builds (and nothing else of the config)."""
+    ids = ["network_def", "patch_size", "labels_dict", "subclass"]
+    for index, raw in enumerate(settings.get("preprocessing_transforms", []) or []):
+        if _target(raw) not in _PASS_THROUGH:
+            ids.append(f"preprocessing_transforms#{index}")
+    return ids
+
+
+def interactive_problems(root: Path, config: Mapping[str, Any], metadata: Mapping[str, Any]) -> list[str]:
+    """What stops the VISTA3D session on an untrusted bundle: the static checks and a dry build
+    (network on the ``meta`` device) of exactly the items it builds; empty when it runs untrusted."""
+    from ..models.bundle import inference_path_problems
+
+    try:
+        settings = vista_config(config, metadata)
+    except MedSegNASError as exc:
+        return [str(exc)]
+    ids = [i for i in _interactive_ids(settings) if i in settings]
+    return inference_path_problems(root, settings, ids)
+
+
+def trust_verdict(root: str | Path) -> str | None:
+    """One line for ``models import``/``info``: what a VISTA3D bundle needs to run; None for other bundles.
+
+    Names the bundle code (``scripts.*``) its published inference runs, and whether the interactive
+    session runs its point prompts untrusted.
+    """
+    from ..models import inspect_bundle, load_config_file
+
+    info = inspect_bundle(root, require_weights=False)
+    config = load_config_file(info.inference_config)
+    if not is_vista3d(config):
+        return None
+    code = sorted(set(re.findall(r"scripts(?:\.\w+)+", json.dumps(config))))
+    if code:
+        segment = f"medsegnas segment needs --trust: its inference runs the bundle's own code ({', '.join(code)})"
+    else:
+        segment = "its automatic inference is judged by the checks below"
+    problems = interactive_problems(info.root, config, info.metadata if isinstance(info.metadata, dict) else {})
+    if problems:
+        return f"VISTA3D: {segment}; medsegnas interactive refuses it untrusted too: {problems[0]}"
+    return (
+        f"VISTA3D: {segment}; its point prompts run untrusted in medsegnas interactive "
+        "(MONAI's vista3d132 and transforms, none of its code)"
+    )
+
+
 def load_vista3d(
     root: Path,
     config: Mapping[str, Any],
@@ -142,8 +191,7 @@ def load_vista3d(
             f"{root}: its preprocessing uses {', '.join(unknown) or 'nothing'}, which the VISTA3D session "
             "does not reproduce"
         )
-    ids = ["network_def", "patch_size", "labels_dict", "subclass"]
-    ids += [f"preprocessing_transforms#{index}" for index, target in steps if target not in _PASS_THROUGH]
+    ids = _interactive_ids(settings)
     missing = [i for i in ids[:2] if i not in settings]
     if missing:
         raise MedSegNASError(
