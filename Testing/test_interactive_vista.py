@@ -215,13 +215,15 @@ def test_medsegnas_interactive_runs_vista_clicks(vista_bundle, ct_image, tmp_pat
 
 
 def test_published_vista_bundle_verdict_names_its_code_and_the_untrusted_interactive_path():
-    """What models import/info print for the published config: segment needs its scripts, interactive does not."""
+    """What models import/info print for the published config: its own code, segment's verdict, interactive's."""
     from MedSegNASLib.interactive.vista import interactive_problems, trust_verdict
     from MedSegNASLib.models import inspect_bundle, load_config_file
 
     verdict = trust_verdict(ZOO)
     assert verdict is not None and "\n" not in verdict
-    assert "needs --trust" in verdict and "scripts.inferer.Vista3dInferer" in verdict
+    # segment reads 'preprocessing' as a list of transforms; this one is a Compose of an expression.
+    assert "segment does not run it, not even with --trust" in verdict
+    assert "scripts.inferer.Vista3dInferer" in verdict and "MONAI's own run of it needs trust" in verdict
     assert "run untrusted in medsegnas interactive" in verdict
     # The full-size published network (218 million parameters) passes the dry build on the meta device.
     info = inspect_bundle(ZOO, require_weights=False)

@@ -45,7 +45,14 @@ from ..errors import MedSegNASError
 from .clicks import BACKGROUND, Click, ras_to_voxel
 from .session import InteractiveModel, InteractiveSession, _meta_image, _safe_imports
 
-__all__ = ["VISTA_FACTORY", "is_vista3d", "load_vista3d", "VistaSession", "interactive_problems", "trust_verdict"]
+__all__ = [
+    "VISTA_FACTORY",
+    "is_vista3d",
+    "load_vista3d",
+    "VistaSession",
+    "interactive_problems",
+    "trust_verdict",
+]
 
 #: The MONAI factory of the published VISTA3D network.
 VISTA_FACTORY = "monai.networks.nets.vista3d132"
@@ -150,12 +157,21 @@ def trust_verdict(root: str | Path) -> str | None:
     config = load_config_file(info.inference_config)
     if not is_vista3d(config):
         return None
+    from ..inference.model import RUNS_NOT, RUNS_WITH_TRUST, run_status
+
     code = sorted(set(re.findall(r"scripts(?:\.\w+)+", json.dumps(config))))
-    if code:
-        segment = f"medsegnas segment needs --trust: its inference runs the bundle's own code ({', '.join(code)})"
+    uses = f"its inference runs the bundle's own code ({', '.join(code)})" if code else ""
+    status, reason = run_status(info.root)
+    if status == RUNS_NOT:
+        segment = f"medsegnas segment does not run it, not even with --trust ({reason})"
+        segment += f"; {uses}, so MONAI's own run of it needs trust" if uses else ""
+    elif status == RUNS_WITH_TRUST:
+        segment = f"medsegnas segment needs --trust: {uses or reason}"
     else:
-        segment = "its automatic inference is judged by the checks below"
-    problems = interactive_problems(info.root, config, info.metadata if isinstance(info.metadata, dict) else {})
+        segment = "medsegnas segment runs it untrusted"
+    problems = interactive_problems(
+        info.root, config, info.metadata if isinstance(info.metadata, dict) else {}
+    )
     if problems:
         return f"VISTA3D: {segment}; medsegnas interactive refuses it untrusted too: {problems[0]}"
     return (

@@ -370,6 +370,9 @@ def catalog_command(args: argparse.Namespace) -> int:
         for name, entry in sorted(entries.items())
     ]
     _print_table(rows, ["NAME", "VERSION", "MODALITY", "LABELS", "TRUST", "LICENSE", "DESCRIPTION"])
+    for name, entry in sorted(entries.items()):
+        if entry.interactive:
+            print(f"{name}: {entry.interactive}")
     return 0
 
 
