@@ -171,6 +171,11 @@ def test_vista_session_matches_monai_pipeline(vista_bundle, ct_image):
     assert not np.any(session.masks["liver"])  # other segments untouched (and start empty)
 
 
+def test_window_size_is_bounded(vista_bundle):
+    with pytest.raises(MedSegNASError, match="each side must be 16-512"):
+        load_interactive_model(vista_bundle, region=8)
+
+
 def test_grouped_labels_and_unknown_labels_are_refused(vista_bundle, ct_image):
     volume = read_volume(ct_image)
     session = InteractiveSession(load_interactive_model(vista_bundle), volume, start="empty")

@@ -62,6 +62,8 @@ _PASS_THROUGH = {"LoadImaged", "EnsureChannelFirstd", "EnsureTyped"}
 _IMAGE_STEPS = {"Spacingd", "CropForegroundd", "ScaleIntensityRanged", "Orientationd", "CastToTyped"}
 #: The window overlap the bundle's ``Vista3dInferer`` is given (``inferer.overlap``), when literal.
 _DEFAULT_OVERLAP = 0.3
+#: Window sides (voxels) a VISTA3D session accepts: bounds (the tests use 32^3; 512^3 bounds memory).
+_MIN_WINDOW, _MAX_WINDOW = 16, 512
 _REFERENCE = re.compile(r"@([\w#]+)")
 
 
@@ -228,7 +230,14 @@ def load_vista3d(
                 pre = item
             else:
                 transforms.append(item)
-    overlap = settings.get("inferer", {}).get("overlap", _DEFAULT_OVERLAP)
+    inferer = settings.get("inferer")
+    overlap = inferer.get("overlap", _DEFAULT_OVERLAP) if isinstance(inferer, Mapping) else _DEFAULT_OVERLAP
+    window = tuple(int(region) for _ in range(3)) if region else patch
+    if len(window) != 3 or not all(_MIN_WINDOW <= side <= _MAX_WINDOW for side in window):
+        raise MedSegNASError(
+            f"{root}: VISTA3D window {list(window)} (patch_size or --region): each side must be "
+            f"{_MIN_WINDOW}-{_MAX_WINDOW} voxels"
+        )
     if weights is not None:
         state = load_weights(weights, trusted=trusted)
         try:
@@ -247,7 +256,7 @@ def load_vista3d(
         label_names=label_names,
         image_channels=1,
         geometry=transforms,
-        region=tuple(int(region) for _ in range(3)) if region else patch,  # type: ignore[arg-type]
+        region=window,  # type: ignore[arg-type]
         options={
             "pre": pre,
             "overlap": float(overlap) if isinstance(overlap, (int, float)) else _DEFAULT_OVERLAP,
