@@ -101,6 +101,9 @@ def interactive_command(args: argparse.Namespace) -> int:
                 f"{name}: {sum(c.label == name for c in clicks)} click(s), {seconds:.2f} s in box {box}",
                 file=sys.stderr,
             )
+        if info.get("kind") == "vista3d" and initial is None:
+            # A VISTA3D session starts empty: only the clicked segments can hold voxels (it has 132).
+            labels = {name: labels[name] for name in order}
         result = np.zeros(volume.spatial_shape, dtype=np.uint8)
         for name, value in labels.items():
             result[worker.mask(name)] = value

@@ -58,12 +58,14 @@ class InteractiveModel:
     """A network that takes the image plus one guidance channel per label.
 
     Attributes:
-        name: the bundle's name. kind: ``"local"`` (MedSegNAS bundle) or ``"deepedit"`` (zoo bundle).
+        name: the bundle's name. kind: ``"local"`` (MedSegNAS bundle), ``"deepedit"`` or
+            ``"vista3d"`` (zoo bundles; the latter in :mod:`.vista`).
         network: in eval mode, on the CPU. label_names: name -> label value, in guidance-channel
             order (background included). image_channels: intensity channels before the guidance.
         sigma: Gaussian sigma of the guidance (voxels). geometry: MONAI dictionary transforms
             (key ``image``) of the model grid. intensity: intensity transforms after them.
-        region: local region (voxels) of a ``local`` model; spatial_size: the DeepEdit resize.
+        region: local region (voxels) of a ``local`` model, VISTA3D's window around each click;
+            spatial_size: the DeepEdit resize. options: what one kind needs besides (VISTA3D's).
     """
 
     name: str
@@ -76,6 +78,7 @@ class InteractiveModel:
     intensity: list[Any] = field(default_factory=list)
     region: tuple[int, int, int] | None = None
     spatial_size: tuple[int, int, int] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def segment_names(self) -> list[str]:
@@ -224,11 +227,15 @@ def load_interactive_model(
             region=tuple(int(side) for _ in range(3)) if side else tuple(int(p) for p in patch),  # type: ignore[arg-type]
         )
     config = load_config_file(info.inference_config)
+    from .vista import is_vista3d, load_vista3d
+
+    if is_vista3d(config):
+        return load_vista3d(info.root, config, info.metadata, info.weights, info.name, trusted, region)
     if "deepedit_transforms" in config:
         return _load_deepedit(info.root, config, info.weights, info.name, trusted)
     raise MedSegNASError(
         f"model {spec} is not interactive: its metadata declares no guidance channels (medsegnas.interactive) "
-        "and its config has no DeepEdit transforms; train one with medsegnas train --interactive"
+        "and its config has no DeepEdit transforms nor a VISTA3D network; train one with medsegnas train --interactive"
     )
 
 
@@ -258,7 +265,16 @@ class InteractiveSession:
         volume: the image, on its own grid (masks are exchanged on this grid).
         start: ``"auto"`` (every segment starts as the model's result without clicks) or ``"empty"``.
         device: where the network runs (``"cpu"``, ``"cuda"``).
+
+    A ``vista3d`` model makes a :class:`~.vista.VistaSession` (the same API; point prompts).
     """
+
+    def __new__(cls, model: InteractiveModel, *args: Any, **kwargs: Any) -> InteractiveSession:
+        if cls is InteractiveSession and model.kind == "vista3d":
+            from .vista import VistaSession
+
+            return super().__new__(VistaSession)
+        return super().__new__(cls)
 
     def __init__(
         self, model: InteractiveModel, volume: Volume, *, start: str = "auto", device: str = "cpu"

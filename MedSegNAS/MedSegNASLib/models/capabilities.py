@@ -778,6 +778,16 @@ COMPONENTS: dict[str, ComponentRule] = {
         "monai.apps.deepedit.transforms.AddGuidanceSignalDeepEditd",
         {**COMMON_DICT, "guidance": Name(), "sigma": Int(0, 100), "number_intensity_ch": Int(1, 16)},
     ),
+    # ---------------------------------------------- interactive (VISTA3D) prompts
+    # The published VISTA3D bundle builds its network with this MONAI factory; only the
+    # interactive session builds it (its point prompts need no bundle code; see
+    # MedSegNASLib.interactive.vista). Bounded: 218 million parameters at the published 48.
+    "vista3d132": ComponentRule(
+        _N + "vista3d132", {"encoder_embed_dim": Int(1, 256), "in_channels": CHANNELS}, "network"
+    ),
+    "VistaPostTransformd": ComponentRule(
+        "monai.apps.vista3d.transforms.VistaPostTransformd", dict(COMMON_DICT)
+    ),
     # ------------------------------------------------------------------ inferers
     "SimpleInferer": ComponentRule("monai.inferers.SimpleInferer", {}, "inferer"),
     "SlidingWindowInferer": ComponentRule(
@@ -824,6 +834,47 @@ class _LabelNames(Rule):
 COMPONENTS["AddGuidanceFromPointsDeepEditd"] = ComponentRule(
     COMPONENTS["AddGuidanceFromPointsDeepEditd"].path,
     {"ref_image": Name(), "guidance": Name(), "label_names": _LabelNames() | NoneValue(), **META},
+)
+
+
+@dataclass(frozen=True)
+class _IntLists(Rule):
+    """VISTA3D's ``subclass``: label value (a string) -> list of label values, at most 256 entries."""
+
+    text = "a mapping of label value -> list of whole numbers"
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, Mapping) and len(value) <= 256:
+            values = Seq(Int(0, 1024), 0, 1024)
+            if all(str(k).isdigit() and values.problem(v) is None for k, v in value.items()):
+                return None
+        return f"must be {self.text}"
+
+
+@dataclass(frozen=True)
+class _ChannelNames(Rule):
+    """VISTA3D's ``labels_dict``: label value (a string) -> name, as ``channel_def`` of the metadata."""
+
+    text = "a mapping of label value -> name"
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, Mapping) and len(value) <= 1024:
+            if all(
+                str(k).isdigit() and isinstance(v, str) and 0 < len(v) <= 200 and "\n" not in v
+                for k, v in value.items()
+            ):
+                return None
+        return f"must be {self.text}"
+
+
+COMPONENTS["VistaPreTransformd"] = ComponentRule(
+    "monai.apps.vista3d.transforms.VistaPreTransformd",
+    {
+        **COMMON_DICT,
+        "special_index": Seq(Int(0, 1024), 0, 1024),
+        "labels_dict": _ChannelNames() | NoneValue(),
+        "subclass": _IntLists() | NoneValue(),
+    },
 )
 
 

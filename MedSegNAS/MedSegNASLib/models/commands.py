@@ -202,11 +202,25 @@ def _describe_import(record: ModelRecord, path: Path) -> None:
             print(f"  - {problem}", file=sys.stderr)
     else:
         print("safe: runs without executing any code from the bundle")
+    verdict = _interactive_verdict(path)
+    if verdict:
+        print(verdict)
     if record.workflow_problems:
         print(
             f"note: {len(record.workflow_problems)} item(s) of its inference config that medsegnas segment "
             f"does not use need code in MONAI's own workflow (see medsegnas models info {record.id})"
         )
+
+
+def _interactive_verdict(path: Path) -> str | None:
+    """The one-line verdict of a bundle whose interactive use differs from its automatic one (VISTA3D)."""
+    from ..errors import MedSegNASError
+    from ..interactive.vista import trust_verdict
+
+    try:
+        return trust_verdict(path)
+    except MedSegNASError:
+        return None  # not a readable bundle: the rest of the report says what is wrong
 
 
 # ---------------------------------------------------------------------------- commands
@@ -356,6 +370,9 @@ def catalog_command(args: argparse.Namespace) -> int:
         for name, entry in sorted(entries.items())
     ]
     _print_table(rows, ["NAME", "VERSION", "MODALITY", "LABELS", "TRUST", "LICENSE", "DESCRIPTION"])
+    for name, entry in sorted(entries.items()):
+        if entry.interactive:
+            print(f"{name}: {entry.interactive}")
     return 0
 
 
@@ -399,6 +416,11 @@ def info_command(args: argparse.Namespace) -> int:
         f"verified:    {record.verified or 'no checksum given'}",
         f"imported:    {record.imported}",
         f"trust:       {state}",
+    ]
+    verdict = _interactive_verdict(path) if present else None
+    if verdict:
+        lines.append(f"verdict:     {verdict}")
+    lines += [
         "labels:",
     ]
     lines += [

@@ -470,6 +470,8 @@ class CatalogEntry:
         runs: whether ``medsegnas segment`` runs it from its published config: ``"untrusted"``,
             ``"trust"`` (only with ``--trust``) or ``"no"``; ``runs_reason`` says why
             (:func:`~MedSegNASLib.inference.model.run_status`); empty when not checked.
+        interactive: one line on its interactive use when that differs from the above (VISTA3D:
+            :func:`~MedSegNASLib.interactive.vista.trust_verdict`); empty otherwise.
     """
 
     name: str
@@ -489,6 +491,7 @@ class CatalogEntry:
     weights: dict[str, str] | None = None
     runs: str = ""
     runs_reason: str = ""
+    interactive: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -552,6 +555,7 @@ def _catalog_entry(name: str, raw: Any, path: Path) -> CatalogEntry:
         weights=dict(weights) if weights else None,
         runs=str(raw.get("runs", "")),
         runs_reason=str(raw.get("runs_reason", "")),
+        interactive=str(raw.get("interactive", "")),
     )
 
 
