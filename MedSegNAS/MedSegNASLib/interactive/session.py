@@ -7,7 +7,10 @@ weights with ``weights_only=True``):
   ``medsegnas.interactive`` (guidance channels, their order and encoding). The image is
   preprocessed once as in training (orientation, spacing, intensity); each click set runs the
   network on a local region around the newest click only (the training patch size, e.g. 96^3),
-  and the segment outside that region keeps its current voxels.
+  and the segment outside that region keeps its current voxels. A bundle that declares
+  ``previous_mask`` also gets the current masks as input (RITM's mask guidance), and its answer
+  changes only the connected parts of the difference that touch the newest click: the rest of
+  the segment, including what earlier clicks fixed, stays as the user sees it.
 * **MONAI DeepEdit bundles** (the model zoo's ``spleen_deepedit_annotation``): the published
   ``deepedit_transforms`` are reproduced: orientation to RAS, intensity, the whole image resized to
   ``spatial_size``, clicks scaled as ``AddGuidanceFromPointsDeepEditd`` and
@@ -34,10 +37,16 @@ import torch
 
 from ..data.volume import Volume
 from ..errors import MedSegNASError
-from .clicks import BACKGROUND, Click, deepedit_points, nearest_voxel
+from .clicks import BACKGROUND, Click, deepedit_points, nearest_voxel, ras_to_voxel
 from .guidance import GUIDANCE_SIGMA, crop_points, guidance_channels
 
-__all__ = ["InteractiveModel", "InteractiveSession", "load_interactive_model", "INTERACTIVE_KEY"]
+__all__ = [
+    "InteractiveModel",
+    "InteractiveSession",
+    "load_interactive_model",
+    "keep_change_at_click",
+    "INTERACTIVE_KEY",
+]
 
 #: ``metadata["medsegnas"][INTERACTIVE_KEY]`` declares a MedSegNAS interactive bundle.
 INTERACTIVE_KEY = "interactive"
@@ -64,6 +73,7 @@ class InteractiveModel:
         sigma: Gaussian sigma of the guidance (voxels). geometry: MONAI dictionary transforms
             (key ``image``) of the model grid. intensity: intensity transforms after them.
         region: local region (voxels) of a ``local`` model; spatial_size: the DeepEdit resize.
+        previous_mask: the input ends with one previous-mask channel per segment (``local`` only).
     """
 
     name: str
@@ -76,6 +86,7 @@ class InteractiveModel:
     intensity: list[Any] = field(default_factory=list)
     region: tuple[int, int, int] | None = None
     spatial_size: tuple[int, int, int] | None = None
+    previous_mask: bool = False
 
     @property
     def segment_names(self) -> list[str]:
@@ -222,6 +233,7 @@ def load_interactive_model(
             geometry=list(model.geometry),
             intensity=[*model.pre_intensity, *model.post_intensity],
             region=tuple(int(side) for _ in range(3)) if side else tuple(int(p) for p in patch),  # type: ignore[arg-type]
+            previous_mask=bool(declared.get("previous_mask", False)),
         )
     config = load_config_file(info.inference_config)
     if "deepedit_transforms" in config:
@@ -233,6 +245,34 @@ def load_interactive_model(
 
 
 # ------------------------------------------------------------------------------- session
+
+
+def keep_change_at_click(
+    before: np.ndarray, after: np.ndarray, clicked: Sequence[int], reach: int = 1
+) -> np.ndarray:
+    """``before`` changed only where ``after`` differs from it in a connected part that touches the click.
+
+    The model's answer may also move the boundary far from the click (its noise, or undoing what
+    earlier clicks fixed); a user expects a click to edit where they clicked. A connected part
+    (26-connectivity) of ``before != after`` is taken when it has a voxel within ``reach`` voxels
+    (a cube) of ``clicked``.
+
+    Args:
+        before, after: boolean masks of one segment, the same shape ``(I, J, K)``.
+        clicked: the click's voxel in that box (may lie outside it: then nothing changes).
+    """
+    from scipy import ndimage
+
+    changed = before != after
+    low = [max(0, int(c) - reach) for c in clicked]
+    high = [max(0, int(c) + reach + 1) for c in clicked]
+    window = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+    if not changed[window].any():
+        return before.copy()
+    parts, _ = ndimage.label(changed, structure=np.ones((3, 3, 3), dtype=bool))
+    touching = np.unique(parts[window])
+    kept = np.isin(parts, touching[touching > 0])
+    return np.where(kept, after, before)
 
 
 def _meta_image(volume: Volume) -> Any:
@@ -388,7 +428,10 @@ class InteractiveSession:
             return self._deepedit({name: [] for name in self.model.label_names})
         from monai.inferers import sliding_window_inference
 
-        inputs = torch.cat([self.image, torch.zeros((len(self.model.label_names), *self.grid_shape))])[None]
+        extra = len(self.model.label_names) + (
+            len(self.model.segment_names) if self.model.previous_mask else 0
+        )
+        inputs = torch.cat([self.image, torch.zeros((extra, *self.grid_shape))])[None]
         # The whole region even where the image is smaller: MONAI pads, and the network keeps the
         # input sizes its down-sampling divides.
         roi = list(self.model.region)  # type: ignore[arg-type]
@@ -408,23 +451,44 @@ class InteractiveSession:
     def _local(
         self, points: Mapping[str, Sequence[Sequence[int]]], newest: Click, label: str
     ) -> tuple[tuple[int, int], ...]:
-        from .clicks import ras_to_voxel
-
         centre = nearest_voxel(ras_to_voxel(newest.ras, self.affine)[0])
         box = self._region_box(centre)
         start = [a for a, _ in box]
         shape = [b - a for a, b in box]
         crop = self.image[(slice(None), *[slice(a, b) for a, b in box])]
         local = crop_points(points, start, shape)
-        inputs = torch.cat([crop, torch.from_numpy(guidance_channels(shape, local, self.model.sigma))])[None]
+        parts = [crop, torch.from_numpy(guidance_channels(shape, local, self.model.sigma))]
+        if self.model.previous_mask:
+            previous = self._masks_on_model_grid(start, shape)
+            parts.append(torch.from_numpy(previous.astype(np.float32)))
+        inputs = torch.cat(parts)[None]
         pad = self._padding(shape)
         if any(pad):
             inputs = torch.nn.functional.pad(inputs, [p for side in reversed(pad) for p in (0, side)])
         logits = self._forward(inputs)[0][(slice(None), *[slice(0, s) for s in shape])]
         channel = self.model.label_names[label]  # output channel c is label value c
         region_mask = (logits.argmax(dim=0) == channel).numpy()
+        if self.model.previous_mask:
+            before = previous[self.model.segment_names.index(label)]
+            clicked = nearest_voxel(ras_to_voxel(newest.ras, self.affine)[0]) - np.array(start)
+            region_mask = keep_change_at_click(before, region_mask, clicked)
         self.masks[label], input_box = self._to_input_grid(region_mask, start, self.masks[label])
         return input_box
+
+    def _masks_on_model_grid(self, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+        """The segments' current masks (image grid) on the model-grid box at ``start``: ``(segments, *shape)`` bool.
+
+        Nearest voxel, through both affines, so any storage order or spacing of the image maps right.
+        """
+        grid = np.indices(tuple(int(s) for s in shape)).reshape(3, -1).T + np.asarray(start)
+        to_input = np.linalg.inv(self.volume.affine) @ self.affine
+        voxels = nearest_voxel(grid @ to_input[:3, :3].T + to_input[:3, 3])
+        inside = np.all((voxels >= 0) & (voxels < np.asarray(self.shape)), axis=1)
+        chosen = voxels[inside]
+        out = np.zeros((len(self.segment_names), int(np.prod(shape))), dtype=bool)
+        for index, name in enumerate(self.segment_names):
+            out[index, inside] = self.masks[name][chosen[:, 0], chosen[:, 1], chosen[:, 2]]
+        return out.reshape((len(self.segment_names), *[int(s) for s in shape]))
 
     def _padding(self, shape: Sequence[int]) -> list[int]:
         """Zero padding up to the region size (an image smaller than the region on some axis)."""
