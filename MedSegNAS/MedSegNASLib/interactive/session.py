@@ -298,10 +298,18 @@ class InteractiveSession:
         volume: the image, on its own grid (masks are exchanged on this grid).
         start: ``"auto"`` (every segment starts as the model's result without clicks) or ``"empty"``.
         device: where the network runs (``"cpu"``, ``"cuda"``).
+        change_at_click_only: with a previous-mask model, take only the change connected to the
+            newest click (:func:`keep_change_at_click`); False takes the network's whole region.
     """
 
     def __init__(
-        self, model: InteractiveModel, volume: Volume, *, start: str = "auto", device: str = "cpu"
+        self,
+        model: InteractiveModel,
+        volume: Volume,
+        *,
+        start: str = "auto",
+        device: str = "cpu",
+        change_at_click_only: bool = True,
     ) -> None:
         if volume.num_channels != model.image_channels:
             raise MedSegNASError(
@@ -312,6 +320,7 @@ class InteractiveSession:
         self.model = model
         self.volume = volume
         self.device = torch.device(device)
+        self.change_at_click_only = bool(change_at_click_only)
         self.network = model.network.to(self.device)
         self.shape = volume.spatial_shape
         with warnings.catch_warnings():
@@ -468,7 +477,7 @@ class InteractiveSession:
         logits = self._forward(inputs)[0][(slice(None), *[slice(0, s) for s in shape])]
         channel = self.model.label_names[label]  # output channel c is label value c
         region_mask = (logits.argmax(dim=0) == channel).numpy()
-        if self.model.previous_mask:
+        if self.model.previous_mask and self.change_at_click_only:
             before = previous[self.model.segment_names.index(label)]
             clicked = nearest_voxel(ras_to_voxel(newest.ras, self.affine)[0]) - np.array(start)
             region_mask = keep_change_at_click(before, region_mask, clicked)
