@@ -164,3 +164,21 @@ def test_iterative_training_input_holds_the_models_own_result_and_a_click_in_its
             assert predicted != 0 and truth != predicted
         else:  # positive: a missed voxel of that segment
             assert truth == channel and predicted != channel
+
+
+def test_a_click_the_network_ignores_still_moves_its_voxel_along_the_models_ranking():
+    from MedSegNASLib.interactive.session import click_consistent
+
+    mask = np.zeros((21, 21, 21), dtype=bool)
+    mask[:, :, :8] = True
+    # The network's probability falls off across the segment's face (0.5 between depths 7 and 8);
+    # the voxel clicked at depth 10 is 0.08 likely: the network said no, the user says yes.
+    probability = np.broadcast_to(1 / (1 + np.exp(np.arange(21) - 7.5)), (21, 21, 21)).copy()
+    added = click_consistent(mask, probability, (10, 10, 10), positive=True, radius=3)
+    assert added[10, 10, 10] and added[10, 10, 8] and added[10, 12, 10]
+    assert not added[10, 10, 11]  # less likely than the clicked voxel: left out
+    assert not added[10, 17, 9] and np.array_equal(added[:, :, :8], mask[:, :, :8])  # only near the click
+    removed = click_consistent(mask, probability, (10, 10, 6), positive=False, radius=3)
+    assert not removed[10, 10, 6] and not removed[10, 10, 7] and removed[10, 10, 5]
+    assert removed[2, 2, 6]  # out of reach
+    assert click_consistent(mask, probability, (10, 10, 2), positive=True, radius=3) is mask  # already in

@@ -10,7 +10,8 @@ weights with ``weights_only=True``):
   and the segment outside that region keeps its current voxels. A bundle that declares
   ``previous_mask`` also gets the current masks as input (RITM's mask guidance), and its answer
   changes only the connected parts of the difference that touch the newest click: the rest of
-  the segment, including what earlier clicks fixed, stays as the user sees it.
+  the segment, including what earlier clicks fixed, stays as the user sees it. The clicked voxel
+  always ends on the side the user clicked for (:func:`click_consistent`).
 * **MONAI DeepEdit bundles** (the model zoo's ``spleen_deepedit_annotation``): the published
   ``deepedit_transforms`` are reproduced: orientation to RAS, intensity, the whole image resized to
   ``spatial_size``, clicks scaled as ``AddGuidanceFromPointsDeepEditd`` and
@@ -45,6 +46,7 @@ __all__ = [
     "InteractiveSession",
     "load_interactive_model",
     "keep_change_at_click",
+    "click_consistent",
     "INTERACTIVE_KEY",
 ]
 
@@ -275,6 +277,41 @@ def keep_change_at_click(
     return np.where(kept, after, before)
 
 
+def click_consistent(
+    mask: np.ndarray, probability: np.ndarray, clicked: Sequence[int], positive: bool, radius: float
+) -> np.ndarray:
+    """``mask`` with the clicked voxel on the side the user clicked for, following the model's ranking.
+
+    Clicks are constraints: the clicked voxel must end inside the segment for a positive click and
+    outside for a negative one (the click consistency that BRS enforces by optimisation: Jang and
+    Kim, "Interactive Image Segmentation via Backpropagating Refinement Scheme", CVPR 2019). When
+    the network's answer leaves it on the wrong side, the voxels at least as likely (positive) or
+    at most as likely (negative) as the clicked one, connected to it and within ``radius`` voxels,
+    move with it: the model's ranking of the voxels decides the shape, not a brush.
+
+    Args:
+        mask: boolean ``(I, J, K)``, the segment after the network's answer.
+        probability: the network's probability of the segment, same shape.
+        clicked: the click's voxel (outside the box: ``mask`` is returned).
+        positive: a positive click (add) or negative (remove).
+        radius: voxels (the click's Gaussian sigma).
+    """
+    from scipy import ndimage
+
+    point = tuple(int(c) for c in clicked)
+    if not all(0 <= c < n for c, n in zip(point, mask.shape, strict=True)) or bool(mask[point]) == positive:
+        return mask
+    grid = np.indices(mask.shape)
+    near = sum((g - c) ** 2 for g, c in zip(grid, point, strict=True)) <= radius**2
+    level = probability[point]
+    candidate = near & ((probability >= level) if positive else (probability <= level))
+    parts, _ = ndimage.label(candidate, structure=np.ones((3, 3, 3), dtype=bool))
+    moved = parts == parts[point]
+    out = mask.copy()
+    out[moved] = positive
+    return out
+
+
 def _meta_image(volume: Volume) -> Any:
     from monai.data import MetaTensor
 
@@ -481,6 +518,11 @@ class InteractiveSession:
             before = previous[self.model.segment_names.index(label)]
             clicked = nearest_voxel(ras_to_voxel(newest.ras, self.affine)[0]) - np.array(start)
             region_mask = keep_change_at_click(before, region_mask, clicked)
+            if newest.label == label:
+                probability = torch.softmax(logits, dim=0)[channel].numpy()
+                region_mask = click_consistent(
+                    region_mask, probability, clicked, newest.positive, self.model.sigma
+                )
         self.masks[label], input_box = self._to_input_grid(region_mask, start, self.masks[label])
         return input_box
 
