@@ -514,8 +514,9 @@ class InteractiveSession:
         logits = self._forward(inputs)[0][(slice(None), *[slice(0, s) for s in shape])]
         channel = self.model.label_names[label]  # output channel c is label value c
         region_mask = (logits.argmax(dim=0) == channel).numpy()
-        if self.model.previous_mask and self.change_at_click_only:
+        if self.model.previous_mask:
             before = previous[self.model.segment_names.index(label)]
+        if self.model.previous_mask and self.change_at_click_only:
             clicked = nearest_voxel(ras_to_voxel(newest.ras, self.affine)[0]) - np.array(start)
             region_mask = keep_change_at_click(before, region_mask, clicked)
             if newest.label == label:
@@ -523,7 +524,10 @@ class InteractiveSession:
                 region_mask = click_consistent(
                     region_mask, probability, clicked, newest.positive, self.model.sigma
                 )
-        self.masks[label], input_box = self._to_input_grid(region_mask, start, self.masks[label])
+        # A previous-mask model's answer is written where it changed the mask only: the other voxels
+        # keep the image-grid mask exactly (a round trip through a resampled grid would move them).
+        only = region_mask != before if self.model.previous_mask else None
+        self.masks[label], input_box = self._to_input_grid(region_mask, start, self.masks[label], only)
         return input_box
 
     def _masks_on_model_grid(self, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
@@ -546,11 +550,16 @@ class InteractiveSession:
         return [max(0, r - s) for r, s in zip(self.model.region, shape, strict=True)]  # type: ignore[arg-type]
 
     def _to_input_grid(
-        self, values: np.ndarray, start: Sequence[int], target: np.ndarray
+        self,
+        values: np.ndarray,
+        start: Sequence[int],
+        target: np.ndarray,
+        only: np.ndarray | None = None,
     ) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
         """Paste model-grid ``values`` (a box at ``start``) into ``target`` on the input grid (nearest voxel).
 
-        Returns the updated target and the input-grid box it changed.
+        ``only`` (boolean, the shape of ``values``): write just the input voxels whose model voxel
+        is set there. Returns the updated target and the input-grid box it covers.
         """
         shape = np.array(values.shape)
         corners = np.array(
@@ -571,6 +580,10 @@ class InteractiveSession:
         target = target.copy()
         flat = target[tuple(slice(a, b) for a, b in box)].reshape(-1)
         chosen = voxels[inside]
-        flat[inside] = values[chosen[:, 0], chosen[:, 1], chosen[:, 2]]
+        written = np.flatnonzero(inside)
+        if only is not None:  # leave the voxels whose model voxel did not change as they are
+            kept = only[chosen[:, 0], chosen[:, 1], chosen[:, 2]]
+            written, chosen = written[kept], chosen[kept]
+        flat[written] = values[chosen[:, 0], chosen[:, 1], chosen[:, 2]]
         target[tuple(slice(a, b) for a, b in box)] = flat.reshape([b - a for a, b in box])
         return target, box
