@@ -1,8 +1,8 @@
 """``medsegnas train --interactive``: a DeepEdit-style UNet on a phantom, exported as an interactive bundle.
 
-A real job worker trains 2 epochs of 3 steps on 32^3 phantoms: the network takes the image plus one
-guidance channel per label, the bundle declares those channels, its predictions are the no-click
-results, and the interactive session opens it.
+A real job worker trains 2 epochs of 3 steps on 32^3 phantoms: the network takes the image, one
+guidance channel per label and one previous-mask channel per segment; the bundle declares those
+channels, its predictions are the no-click results, and the interactive session opens it.
 """
 
 from __future__ import annotations
@@ -59,10 +59,12 @@ def test_interactive_training_exports_a_bundle_with_guidance_channels(interactiv
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     declared = metadata["medsegnas"]["interactive"]
     assert declared["encoding"] == "deepedit" and declared["image_channels"] == 1 and declared["sigma"] == 3
-    assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == 6
+    assert declared["previous_mask"] is True  # RITM's mask guidance: one channel per segment
+    image_input = metadata["network_data_format"]["inputs"]["image"]
+    assert image_input["num_channels"] == 10 and image_input["channel_def"]["6"] == "previous:liver"
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     first_conv = next(v for k, v in state.items() if v.ndim == 5)
-    assert first_conv.shape[1] == 6  # the network really takes image + 5 guidance channels
+    assert first_conv.shape[1] == 10  # the network really takes image + 5 guidance + 4 previous masks
     # The automatic (no-click) predictions of the validation case are written as for any training.
     summary = json.loads((run.artifacts / "summary.json").read_text())
     (case,) = summary["validation_cases"]
@@ -70,7 +72,7 @@ def test_interactive_training_exports_a_bundle_with_guidance_channels(interactiv
     assert set(np.unique(prediction.array)) <= {0, 1, 2, 3, 4}
 
     model = load_interactive_model(bundle)
-    assert model.kind == "local" and model.label_names == declared["label_names"]
+    assert model.kind == "local" and model.label_names == declared["label_names"] and model.previous_mask
     image = read_volume(phantom / "imagesTr" / f"{case}.nii.gz")
     session = InteractiveSession(model, image, start="auto")
     click = parse_clicks(

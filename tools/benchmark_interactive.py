@@ -4,8 +4,9 @@
     python tools/benchmark_interactive.py --model runs/train-x/artifacts/model --image ct.nii.gz
 
 Without ``--model`` the default interactive architecture (UNet of ``--preset small``, image + 5
-guidance channels, random weights: time does not depend on them) is exported for a model grid of
-``--spacing`` mm with a ``--region`` patch, and a phantom of ``--size``^3 voxels is the image.
+guidance + 4 previous-mask channels, as ``train --interactive`` builds it; random weights: time does
+not depend on them) is exported for a model grid of ``--spacing`` mm with a ``--region`` patch, and
+a phantom of ``--size``^3 voxels is the image.
 Each click set goes through the worker process as in Slicer (round trip measured here); the
 whole-volume time is one sliding-window pass of the same network over the whole preprocessed image
 (what a non-local refinement would cost per click). Prints wall and CPU seconds: on a shared
@@ -31,6 +32,7 @@ def _default_bundle(folder: Path, spacing: float, region: int) -> Path:
     from MedSegNASLib.data.preprocessing import PreprocessingSpec
     from MedSegNASLib.interactive.export import (
         declare_interactive,
+        extra_channels,
         interactive_label_names,
         interactive_section,
     )
@@ -39,16 +41,16 @@ def _default_bundle(folder: Path, spacing: float, region: int) -> Path:
     from monai.bundle import ConfigParser
 
     names = interactive_label_names(PHANTOM_LABELS)
+    section = interactive_section(names, 1, previous_mask=True)
     network_def = {
         "_target_": "UNet",
         "spatial_dims": 3,
-        "in_channels": 1 + len(names),
+        "in_channels": 1 + extra_channels(section),
         "out_channels": len(names),
         **BASELINE_NETWORKS["small"]["unet"],
     }
     torch.manual_seed(0)
     network = ConfigParser({"n": network_def}).get_parsed_content("n")
-    section = interactive_section(names, 1)
     spec = PreprocessingSpec(spacing=[spacing] * 3, patch_size=[region] * 3)
     bundle = export_bundle(
         folder / "model",

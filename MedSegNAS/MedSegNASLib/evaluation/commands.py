@@ -135,6 +135,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     interactive.add_argument(
         "--region", type=int, default=None, metavar="N", help="local region side (voxels)"
     )
+    interactive.add_argument(
+        "--whole-region",
+        action="store_true",
+        help="a previous-mask model's answer is taken over its whole region, not only the change "
+        "connected to the click (for comparison)",
+    )
     add_job_arguments(parser)
     parser.set_defaults(func=evaluate_command)
 

@@ -148,6 +148,7 @@ def evaluate_interactive_command(args: argparse.Namespace) -> int:
         "max_clicks": args.max_clicks,
         "brush_mm": args.brush_mm,
         "region": args.region,
+        "whole_region": bool(args.whole_region),
         "out": None if out is None else str(out),
     }
 
@@ -161,6 +162,7 @@ def evaluate_interactive_command(args: argparse.Namespace) -> int:
             max_clicks=args.max_clicks,
             brush_mm=args.brush_mm,
             region=args.region,
+            change_at_click_only=not args.whole_region,
             trust=args.trust,
             dataroot=args.dataroot,
             progress=lambda done, total, **info: ctx.progress(done, total, stage="evaluate", **info),

@@ -85,6 +85,7 @@ def evaluate_interactive(
     max_clicks: int = 20,
     brush_mm: float = 5.0,
     region: int | None = None,
+    change_at_click_only: bool = True,
     trust: bool = False,
     dataroot: str | Path | None = None,
     progress: Callable[..., None] | None = None,
@@ -92,6 +93,8 @@ def evaluate_interactive(
     stop: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run the simulated-user protocol; returns the report (see the module docstring).
+
+    ``change_at_click_only``: see :class:`~.session.InteractiveSession` (a previous-mask model).
 
     Raises:
         MedSegNASError: a non-interactive model, an unusable dataset or split, or no organ of the
@@ -132,7 +135,7 @@ def evaluate_interactive(
             else read_volumes(case.images)
         )
         labels = np.asarray(read_volume(case.label).array[0])  # type: ignore[arg-type]
-        session = InteractiveSession(model, image, start=start)
+        session = InteractiveSession(model, image, start=start, change_at_click_only=change_at_click_only)
         for organ in organs:
             truth = labels == dataset_values[organ.strip().lower()]
             initial = session.masks[organ].copy()
@@ -195,6 +198,7 @@ def evaluate_interactive(
         "max_clicks": max_clicks,
         "brush_mm": brush_mm,
         "region": list(model.region) if model.region else None,
+        "change_at_click_only": change_at_click_only if model.previous_mask else None,
     }
     return report
 

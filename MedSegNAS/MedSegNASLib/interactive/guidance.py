@@ -8,6 +8,13 @@ the error regions as :class:`monai.apps.deepedit.interaction.Interaction` does, 
 :class:`~monai.apps.deepedit.transforms.FindDiscrepancyRegionsDeepEditd` and
 :class:`~monai.apps.deepedit.transforms.AddRandomGuidanceDeepEditd` (Diaz-Pinto et al., "MONAI
 Label", 2022, arXiv:2203.12362).
+
+Models with the **previous-mask** input (``medsegnas.interactive.previous_mask``) are trained as
+RITM trains them (Sofiiuk et al., "Reviving Iterative Training with Mask Guidance for Interactive
+Segmentation", ICIP 2022, arXiv:2102.06583): the input also holds the mask before the newest click,
+and the training loop runs the model on its own predictions, placing each next click in the errors
+of the model's last result (:func:`interactive_training_input` with ``previous_mask=True``). Most
+sequences start from the model's own automatic result, as a user refining it does.
 """
 
 from __future__ import annotations
@@ -18,7 +25,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-__all__ = ["GUIDANCE_SIGMA", "guidance_channels", "add_guidance", "crop_points", "interactive_training_input"]
+__all__ = [
+    "GUIDANCE_SIGMA",
+    "guidance_channels",
+    "add_guidance",
+    "crop_points",
+    "interactive_training_input",
+    "WithoutClicks",
+]
 
 #: MONAI's default sigma (voxels) of AddGuidanceSignalDeepEditd, used by the model-zoo bundles.
 GUIDANCE_SIGMA = 3
@@ -80,6 +94,8 @@ def interactive_training_input(
     interact_probability: float = 0.5,
     max_interactions: int = 3,
     sigma: int = GUIDANCE_SIGMA,
+    previous_mask: bool = False,
+    from_automatic_probability: float = 0.75,
 ) -> torch.Tensor:
     """The network input of one DeepEdit training step: images plus simulated-click guidance channels.
 
@@ -89,6 +105,14 @@ def interactive_training_input(
     ``1 - j / max_interactions``); otherwise the guidance is all zeros (the automatic mode, so
     one model serves both). The model's training mode is restored.
 
+    With ``previous_mask`` (RITM's iterative training with mask guidance), the input also has one
+    previous-mask channel per segment and an interactive sample is a click sequence of
+    1..``max_interactions`` clicks on one segment: it starts from the model's automatic result
+    (probability ``from_automatic_probability``) or from nothing; each click goes to the centre of
+    the largest error region of that segment in the model's latest result (the simulated user of
+    the evaluation, :func:`~.simulate.next_click`), and the returned input holds all the clicks
+    and, as previous mask, the result before the newest click.
+
     Args:
         model: the network; its input has ``C + len(label_names)`` channels.
         images: ``(B, C, I, J, K)`` preprocessed image patches.
@@ -96,8 +120,21 @@ def interactive_training_input(
         label_names: label name -> value, background included, in guidance-channel order.
         generator: the randomness (seeded by the trainer, so runs repeat).
     Returns:
-        ``(B, C + len(label_names), I, J, K)`` on ``images``' device.
+        ``(B, C + len(label_names), I, J, K)`` on ``images``' device, plus ``len(label_names) - 1``
+        previous-mask channels with ``previous_mask``.
     """
+    if previous_mask:
+        return _iterative_mask_guided_input(
+            model,
+            images,
+            labels,
+            label_names,
+            generator=generator,
+            interact_probability=interact_probability,
+            max_interactions=max_interactions,
+            sigma=sigma,
+            from_automatic_probability=from_automatic_probability,
+        )
     from monai.apps.deepedit.transforms import (
         AddGuidanceSignalDeepEditd,
         AddRandomGuidanceDeepEditd,
@@ -146,12 +183,78 @@ def interactive_training_input(
     return inputs
 
 
+def _iterative_mask_guided_input(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    label_names: Mapping[str, int],
+    *,
+    generator: np.random.Generator,
+    interact_probability: float,
+    max_interactions: int,
+    sigma: int,
+    from_automatic_probability: float,
+) -> torch.Tensor:
+    """RITM-style input: image, click guidance, previous masks (see :func:`interactive_training_input`)."""
+    from .clicks import BACKGROUND
+    from .simulate import next_click
+
+    batch = images.shape[0]
+    spatial = tuple(int(s) for s in images.shape[2:])
+    segments = [name for name in label_names if name != BACKGROUND]
+    extra = len(label_names) + len(segments)
+    zeros = torch.zeros((batch, extra, *spatial), dtype=images.dtype, device=images.device)
+    inputs = torch.cat([images, zeros], dim=1)
+    if generator.random() >= interact_probability or not segments:
+        return inputs  # the automatic mode: no clicks, no previous mask
+    truth = labels.detach().cpu().numpy()[:, 0]
+    count = int(generator.integers(1, max_interactions + 1))
+    chosen = [segments[int(generator.integers(len(segments)))] for _ in range(batch)]
+    points: list[dict[str, list[list[int]]]] = [{name: [] for name in label_names} for _ in range(batch)]
+    was_training = model.training
+    model.eval()
+    try:
+
+        def predict(network_input: torch.Tensor) -> np.ndarray:
+            with torch.no_grad():
+                return model(network_input).argmax(dim=1).cpu().numpy()
+
+        if generator.random() < from_automatic_probability:
+            predictions = predict(inputs)
+        else:
+            predictions = np.zeros((batch, *spatial), dtype=np.int64)
+        for index in range(count):
+            channels = []
+            for b in range(batch):
+                value = label_names[chosen[b]]
+                click = next_click(predictions[b] == value, truth[b] == value)
+                if click is not None:
+                    target = chosen[b] if click.positive else BACKGROUND
+                    points[b][target].append(list(click.voxel))
+                previous = np.stack([predictions[b] == label_names[name] for name in segments])
+                channels.append(
+                    np.concatenate(
+                        [guidance_channels(spatial, points[b], sigma), previous.astype(np.float32)]
+                    )
+                )
+            extras = torch.from_numpy(np.stack(channels)).to(images.device, images.dtype)
+            inputs = torch.cat([images, extras], dim=1)
+            if index + 1 < count:  # the result the next click corrects
+                predictions = predict(inputs)
+    finally:
+        model.train(was_training)
+    return inputs
+
+
 class WithoutClicks(torch.nn.Module):
-    """An interactive network used automatically: its guidance channels are zeros (DeepEdit's no-click mode).
+    """An interactive network used automatically: its guidance (and previous-mask) channels are zeros.
+
+    DeepEdit's no-click mode; for a model with previous masks, also "nothing segmented yet".
 
     Args:
         network: takes ``C + guidance_channels`` input channels.
-        guidance_channels: how many zero channels to append to a ``(B, C, ...)`` input.
+        guidance_channels: how many zero channels to append to a ``(B, C, ...)`` input
+            (:func:`~.export.extra_channels` of the bundle's declaration).
     """
 
     def __init__(self, network: torch.nn.Module, guidance_channels: int) -> None:

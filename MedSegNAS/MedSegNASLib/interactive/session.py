@@ -7,7 +7,11 @@ weights with ``weights_only=True``):
   ``medsegnas.interactive`` (guidance channels, their order and encoding). The image is
   preprocessed once as in training (orientation, spacing, intensity); each click set runs the
   network on a local region around the newest click only (the training patch size, e.g. 96^3),
-  and the segment outside that region keeps its current voxels.
+  and the segment outside that region keeps its current voxels. A bundle that declares
+  ``previous_mask`` also gets the current masks as input (RITM's mask guidance), and its answer
+  changes only the connected parts of the difference that touch the newest click: the rest of
+  the segment, including what earlier clicks fixed, stays as the user sees it. The clicked voxel
+  always ends on the side the user clicked for (:func:`click_consistent`).
 * **MONAI DeepEdit bundles** (the model zoo's ``spleen_deepedit_annotation``): the published
   ``deepedit_transforms`` are reproduced: orientation to RAS, intensity, the whole image resized to
   ``spatial_size``, clicks scaled as ``AddGuidanceFromPointsDeepEditd`` and
@@ -34,10 +38,17 @@ import torch
 
 from ..data.volume import Volume
 from ..errors import MedSegNASError
-from .clicks import BACKGROUND, Click, deepedit_points, nearest_voxel
+from .clicks import BACKGROUND, Click, deepedit_points, nearest_voxel, ras_to_voxel
 from .guidance import GUIDANCE_SIGMA, crop_points, guidance_channels
 
-__all__ = ["InteractiveModel", "InteractiveSession", "load_interactive_model", "INTERACTIVE_KEY"]
+__all__ = [
+    "InteractiveModel",
+    "InteractiveSession",
+    "load_interactive_model",
+    "keep_change_at_click",
+    "click_consistent",
+    "INTERACTIVE_KEY",
+]
 
 #: ``metadata["medsegnas"][INTERACTIVE_KEY]`` declares a MedSegNAS interactive bundle.
 INTERACTIVE_KEY = "interactive"
@@ -66,6 +77,7 @@ class InteractiveModel:
             (key ``image``) of the model grid. intensity: intensity transforms after them.
         region: local region (voxels) of a ``local`` model, VISTA3D's window around each click;
             spatial_size: the DeepEdit resize. options: what one kind needs besides (VISTA3D's).
+        previous_mask: the input ends with one previous-mask channel per segment (``local`` only).
     """
 
     name: str
@@ -79,6 +91,7 @@ class InteractiveModel:
     region: tuple[int, int, int] | None = None
     spatial_size: tuple[int, int, int] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    previous_mask: bool = False
 
     @property
     def segment_names(self) -> list[str]:
@@ -225,6 +238,7 @@ def load_interactive_model(
             geometry=list(model.geometry),
             intensity=[*model.pre_intensity, *model.post_intensity],
             region=tuple(int(side) for _ in range(3)) if side else tuple(int(p) for p in patch),  # type: ignore[arg-type]
+            previous_mask=bool(declared.get("previous_mask", False)),
         )
     config = load_config_file(info.inference_config)
     from .vista import is_vista3d, load_vista3d
@@ -240,6 +254,69 @@ def load_interactive_model(
 
 
 # ------------------------------------------------------------------------------- session
+
+
+def keep_change_at_click(
+    before: np.ndarray, after: np.ndarray, clicked: Sequence[int], reach: int = 1
+) -> np.ndarray:
+    """``before`` changed only where ``after`` differs from it in a connected part that touches the click.
+
+    The model's answer may also move the boundary far from the click (its noise, or undoing what
+    earlier clicks fixed); a user expects a click to edit where they clicked. A connected part
+    (26-connectivity) of ``before != after`` is taken when it has a voxel within ``reach`` voxels
+    (a cube) of ``clicked``.
+
+    Args:
+        before, after: boolean masks of one segment, the same shape ``(I, J, K)``.
+        clicked: the click's voxel in that box (may lie outside it: then nothing changes).
+    """
+    from scipy import ndimage
+
+    changed = before != after
+    low = [max(0, int(c) - reach) for c in clicked]
+    high = [max(0, int(c) + reach + 1) for c in clicked]
+    window = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+    if not changed[window].any():
+        return before.copy()
+    parts, _ = ndimage.label(changed, structure=np.ones((3, 3, 3), dtype=bool))
+    touching = np.unique(parts[window])
+    kept = np.isin(parts, touching[touching > 0])
+    return np.where(kept, after, before)
+
+
+def click_consistent(
+    mask: np.ndarray, probability: np.ndarray, clicked: Sequence[int], positive: bool, radius: float
+) -> np.ndarray:
+    """``mask`` with the clicked voxel on the side the user clicked for, following the model's ranking.
+
+    Clicks are constraints: the clicked voxel must end inside the segment for a positive click and
+    outside for a negative one (the click consistency that BRS enforces by optimisation: Jang and
+    Kim, "Interactive Image Segmentation via Backpropagating Refinement Scheme", CVPR 2019). When
+    the network's answer leaves it on the wrong side, the voxels at least as likely (positive) or
+    at most as likely (negative) as the clicked one, connected to it and within ``radius`` voxels,
+    move with it: the model's ranking of the voxels decides the shape, not a brush.
+
+    Args:
+        mask: boolean ``(I, J, K)``, the segment after the network's answer.
+        probability: the network's probability of the segment, same shape.
+        clicked: the click's voxel (outside the box: ``mask`` is returned).
+        positive: a positive click (add) or negative (remove).
+        radius: voxels (the click's Gaussian sigma).
+    """
+    from scipy import ndimage
+
+    point = tuple(int(c) for c in clicked)
+    if not all(0 <= c < n for c, n in zip(point, mask.shape, strict=True)) or bool(mask[point]) == positive:
+        return mask
+    grid = np.indices(mask.shape)
+    near = sum((g - c) ** 2 for g, c in zip(grid, point, strict=True)) <= radius**2
+    level = probability[point]
+    candidate = near & ((probability >= level) if positive else (probability <= level))
+    parts, _ = ndimage.label(candidate, structure=np.ones((3, 3, 3), dtype=bool))
+    moved = parts == parts[point]
+    out = mask.copy()
+    out[moved] = positive
+    return out
 
 
 def _meta_image(volume: Volume) -> Any:
@@ -265,6 +342,8 @@ class InteractiveSession:
         volume: the image, on its own grid (masks are exchanged on this grid).
         start: ``"auto"`` (every segment starts as the model's result without clicks) or ``"empty"``.
         device: where the network runs (``"cpu"``, ``"cuda"``).
+        change_at_click_only: with a previous-mask model, take only the change connected to the
+            newest click (:func:`keep_change_at_click`); False takes the network's whole region.
 
     A ``vista3d`` model makes a :class:`~.vista.VistaSession` (the same API; point prompts).
     """
@@ -277,7 +356,13 @@ class InteractiveSession:
         return super().__new__(cls)
 
     def __init__(
-        self, model: InteractiveModel, volume: Volume, *, start: str = "auto", device: str = "cpu"
+        self,
+        model: InteractiveModel,
+        volume: Volume,
+        *,
+        start: str = "auto",
+        device: str = "cpu",
+        change_at_click_only: bool = True,
     ) -> None:
         if volume.num_channels != model.image_channels:
             raise MedSegNASError(
@@ -288,6 +373,7 @@ class InteractiveSession:
         self.model = model
         self.volume = volume
         self.device = torch.device(device)
+        self.change_at_click_only = bool(change_at_click_only)
         self.network = model.network.to(self.device)
         self.shape = volume.spatial_shape
         with warnings.catch_warnings():
@@ -404,7 +490,10 @@ class InteractiveSession:
             return self._deepedit({name: [] for name in self.model.label_names})
         from monai.inferers import sliding_window_inference
 
-        inputs = torch.cat([self.image, torch.zeros((len(self.model.label_names), *self.grid_shape))])[None]
+        extra = len(self.model.label_names) + (
+            len(self.model.segment_names) if self.model.previous_mask else 0
+        )
+        inputs = torch.cat([self.image, torch.zeros((extra, *self.grid_shape))])[None]
         # The whole region even where the image is smaller: MONAI pads, and the network keeps the
         # input sizes its down-sampling divides.
         roi = list(self.model.region)  # type: ignore[arg-type]
@@ -424,34 +513,69 @@ class InteractiveSession:
     def _local(
         self, points: Mapping[str, Sequence[Sequence[int]]], newest: Click, label: str
     ) -> tuple[tuple[int, int], ...]:
-        from .clicks import ras_to_voxel
-
         centre = nearest_voxel(ras_to_voxel(newest.ras, self.affine)[0])
         box = self._region_box(centre)
         start = [a for a, _ in box]
         shape = [b - a for a, b in box]
         crop = self.image[(slice(None), *[slice(a, b) for a, b in box])]
         local = crop_points(points, start, shape)
-        inputs = torch.cat([crop, torch.from_numpy(guidance_channels(shape, local, self.model.sigma))])[None]
+        parts = [crop, torch.from_numpy(guidance_channels(shape, local, self.model.sigma))]
+        if self.model.previous_mask:
+            previous = self._masks_on_model_grid(start, shape)
+            parts.append(torch.from_numpy(previous.astype(np.float32)))
+        inputs = torch.cat(parts)[None]
         pad = self._padding(shape)
         if any(pad):
             inputs = torch.nn.functional.pad(inputs, [p for side in reversed(pad) for p in (0, side)])
         logits = self._forward(inputs)[0][(slice(None), *[slice(0, s) for s in shape])]
         channel = self.model.label_names[label]  # output channel c is label value c
         region_mask = (logits.argmax(dim=0) == channel).numpy()
-        self.masks[label], input_box = self._to_input_grid(region_mask, start, self.masks[label])
+        if self.model.previous_mask:
+            before = previous[self.model.segment_names.index(label)]
+        if self.model.previous_mask and self.change_at_click_only:
+            clicked = nearest_voxel(ras_to_voxel(newest.ras, self.affine)[0]) - np.array(start)
+            region_mask = keep_change_at_click(before, region_mask, clicked)
+            if newest.label == label:
+                probability = torch.softmax(logits, dim=0)[channel].numpy()
+                region_mask = click_consistent(
+                    region_mask, probability, clicked, newest.positive, self.model.sigma
+                )
+        # A previous-mask model's answer is written where it changed the mask only: the other voxels
+        # keep the image-grid mask exactly (a round trip through a resampled grid would move them).
+        only = region_mask != before if self.model.previous_mask else None
+        self.masks[label], input_box = self._to_input_grid(region_mask, start, self.masks[label], only)
         return input_box
+
+    def _masks_on_model_grid(self, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+        """The segments' current masks (image grid) on the model-grid box at ``start``: ``(segments, *shape)`` bool.
+
+        Nearest voxel, through both affines, so any storage order or spacing of the image maps right.
+        """
+        grid = np.indices(tuple(int(s) for s in shape)).reshape(3, -1).T + np.asarray(start)
+        to_input = np.linalg.inv(self.volume.affine) @ self.affine
+        voxels = nearest_voxel(grid @ to_input[:3, :3].T + to_input[:3, 3])
+        inside = np.all((voxels >= 0) & (voxels < np.asarray(self.shape)), axis=1)
+        chosen = voxels[inside]
+        out = np.zeros((len(self.segment_names), int(np.prod(shape))), dtype=bool)
+        for index, name in enumerate(self.segment_names):
+            out[index, inside] = self.masks[name][chosen[:, 0], chosen[:, 1], chosen[:, 2]]
+        return out.reshape((len(self.segment_names), *[int(s) for s in shape]))
 
     def _padding(self, shape: Sequence[int]) -> list[int]:
         """Zero padding up to the region size (an image smaller than the region on some axis)."""
         return [max(0, r - s) for r, s in zip(self.model.region, shape, strict=True)]  # type: ignore[arg-type]
 
     def _to_input_grid(
-        self, values: np.ndarray, start: Sequence[int], target: np.ndarray
+        self,
+        values: np.ndarray,
+        start: Sequence[int],
+        target: np.ndarray,
+        only: np.ndarray | None = None,
     ) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
         """Paste model-grid ``values`` (a box at ``start``) into ``target`` on the input grid (nearest voxel).
 
-        Returns the updated target and the input-grid box it changed.
+        ``only`` (boolean, the shape of ``values``): write just the input voxels whose model voxel
+        is set there. Returns the updated target and the input-grid box it covers.
         """
         shape = np.array(values.shape)
         corners = np.array(
@@ -472,6 +596,10 @@ class InteractiveSession:
         target = target.copy()
         flat = target[tuple(slice(a, b) for a, b in box)].reshape(-1)
         chosen = voxels[inside]
-        flat[inside] = values[chosen[:, 0], chosen[:, 1], chosen[:, 2]]
+        written = np.flatnonzero(inside)
+        if only is not None:  # leave the voxels whose model voxel did not change as they are
+            kept = only[chosen[:, 0], chosen[:, 1], chosen[:, 2]]
+            written, chosen = written[kept], chosen[kept]
+        flat[written] = values[chosen[:, 0], chosen[:, 1], chosen[:, 2]]
         target[tuple(slice(a, b) for a, b in box)] = flat.reshape([b - a for a, b in box])
         return target, box

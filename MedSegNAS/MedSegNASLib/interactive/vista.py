@@ -292,8 +292,16 @@ class VistaSession(InteractiveSession):
     """
 
     def __init__(
-        self, model: InteractiveModel, volume: Volume, *, start: str = "auto", device: str = "cpu"
+        self,
+        model: InteractiveModel,
+        volume: Volume,
+        *,
+        start: str = "auto",
+        device: str = "cpu",
+        change_at_click_only: bool = True,
     ) -> None:
+        # change_at_click_only concerns previous-mask models; VISTA3D's answer is its own, so it is
+        # accepted (the session API is one) and has no effect.
         if volume.num_channels != 1:
             raise MedSegNASError(
                 f"the image has {volume.num_channels} channels; VISTA3D takes one CT channel"

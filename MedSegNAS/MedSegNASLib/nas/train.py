@@ -598,13 +598,16 @@ def resolve_train_config(
     in_channels = dataset.num_channels
     interactive = None
     if request.get("interactive"):
-        # DeepEdit-style: the image, then one guidance channel per label (background included).
-        from ..interactive.export import interactive_label_names, interactive_section
+        # DeepEdit-style: the image, then one guidance channel per label (background included),
+        # then the previous mask of each segment (RITM's mask guidance: a click refines what is there).
+        from ..interactive.export import extra_channels, interactive_label_names, interactive_section
 
         # Guidance channel c is output channel c: labels by index, as the exported bundle numbers them.
         indexed = [{"value": i, "name": info.name} for i, info in enumerate(labels)]
-        interactive = interactive_section(interactive_label_names(indexed), dataset.num_channels)
-        in_channels += num_classes
+        interactive = interactive_section(
+            interactive_label_names(indexed), dataset.num_channels, previous_mask=True
+        )
+        in_channels += extra_channels(interactive)
     if network_name == "dints":
         from ..models.export import dints_network_def
 
@@ -939,11 +942,12 @@ def run_train(
     stop_if_requested = stop_check(ctx, device, save)
     interactive = resolved.get("interactive")
     if interactive:
+        from ..interactive.export import extra_channels
         from ..interactive.guidance import WithoutClicks, interactive_training_input
 
     def validate(epoch: int) -> dict[str, Any]:
         nonlocal best_state
-        scored = WithoutClicks(network, len(interactive["label_names"])) if interactive else network
+        scored = WithoutClicks(network, extra_channels(interactive)) if interactive else network
         mean, per_class, counts = score_validation(scored, cache_v, spec, config, class_names, device, amp)
         record = {
             "epoch": epoch + 1,
@@ -996,6 +1000,7 @@ def run_train(
                         targets,
                         interactive["label_names"],
                         generator=np.random.default_rng([config.seed, rank, progress.global_step]),
+                        previous_mask=bool(interactive.get("previous_mask")),
                     )
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
@@ -1121,9 +1126,10 @@ def _write_predictions(
     with _quiet():
         model = load_model(bundle)
     if resolved.get("interactive"):  # the automatic result: no clicks
+        from ..interactive.export import extra_channels
         from ..interactive.guidance import WithoutClicks
 
-        model.network = WithoutClicks(model.network, len(resolved["interactive"]["label_names"]))
+        model.network = WithoutClicks(model.network, extra_channels(resolved["interactive"]))
         model.in_channels = int(resolved["interactive"]["image_channels"])
     values = np.array([item["value"] for item in resolved["dataset"]["labels"]], dtype=np.int64)
     remap = not np.array_equal(values, np.arange(len(values)))

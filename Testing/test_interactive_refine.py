@@ -1,0 +1,188 @@
+"""Click refinement with the previous-mask input (RITM-style mask guidance).
+
+The session tests use a hand-written network whose answer is known: a segment is kept where its
+previous-mask channel says so, added near a positive click of it, removed near a negative click
+(the background guidance channel), and, like a real network's noise, it also claims a bright
+block of the image that nobody clicked. What a user sees: the clicked voxel and its neighbourhood
+change in the clicked direction, everything else keeps its voxels, on an image stored LPS that
+the model reads RAS (so the previous mask must go through both grids).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from MedSegNASLib.data.phantom import PHANTOM_LABELS
+from MedSegNASLib.data.volume import Volume
+from MedSegNASLib.interactive.clicks import parse_clicks, voxel_to_ras
+from MedSegNASLib.interactive.export import (
+    extra_channels,
+    interactive_label_names,
+    interactive_section,
+    previous_mask_names,
+)
+from MedSegNASLib.interactive.guidance import interactive_training_input
+from MedSegNASLib.interactive.session import InteractiveModel, InteractiveSession, keep_change_at_click
+
+NAMES = interactive_label_names(PHANTOM_LABELS)  # background, liver, spleen, right kidney, left kidney
+SEGMENTS = [name for name in NAMES if name != "background"]
+
+
+class ClickFollower(torch.nn.Module):
+    """Logits: background 0; segment s: ``6 * previous_s - 3 + 12 * guidance_s - 12 * guidance_background``.
+
+    The liver also gets ``+10 * image``: the network "finds" any bright block, wherever it is.
+    """
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        image = inputs[:, :1]
+        guidance = inputs[:, 1 : 1 + len(NAMES)]
+        previous = inputs[:, 1 + len(NAMES) :]
+        assert previous.shape[1] == len(SEGMENTS)
+        segments = 6 * previous - 3 + 12 * guidance[:, 1:] - 12 * guidance[:, :1]
+        segments[:, :1] += 10 * image
+        return torch.cat([torch.zeros_like(image), segments], dim=1)
+
+
+@pytest.fixture(params=["same spacing", "resampled"])
+def session(request) -> InteractiveSession:
+    """The model reads the image RAS, at its own spacing or resampled to another (masks go through both grids)."""
+    from monai.transforms import Orientationd, Spacingd
+
+    array = np.zeros((1, 32, 32, 32), dtype=np.float32)
+    array[0, 26:31, 26:31, 26:31] = 1.0  # the bright block nobody clicks
+    lps = np.diag([-2.0, -2.0, 3.0, 1.0])  # stored LPS; the model's grid is RAS (i and j flipped)
+    model = InteractiveModel(
+        name="click follower",
+        kind="local",
+        network=ClickFollower(),
+        label_names=NAMES,
+        image_channels=1,
+        geometry=[
+            Orientationd("image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+            *([Spacingd("image", pixdim=(2.5, 2.5, 3.5))] if request.param == "resampled" else []),
+        ],
+        region=(32, 32, 32),
+        previous_mask=True,
+    )
+    session = InteractiveSession(model, Volume(array, lps), start="empty")
+    seeded = np.zeros((32, 32, 32), dtype=bool)
+    seeded[4:16, 4:16, 4:16] = True  # the liver as another tool left it
+    session.seed("liver", seeded)
+    return session
+
+
+def _click(session: InteractiveSession, voxel: list[int], positive: bool) -> list:
+    ras = voxel_to_ras(voxel, session.volume.affine)[0].tolist()
+    return parse_clicks([{"label": "liver", "positive": positive, "ras": ras}])
+
+
+def test_a_positive_click_grows_the_segment_there_and_nothing_else_changes(session):
+    before = session.masks["liver"].copy()
+    raw = ClickFollower()(torch.cat([torch.ones(1, 1, 2, 2, 2), torch.zeros(1, 9, 2, 2, 2)], dim=1))
+    assert raw.argmax(dim=1).eq(1).all()  # left alone, the network claims the bright block
+
+    session.update(_click(session, [18, 10, 10], positive=True), "liver")
+    after = session.masks["liver"]
+    assert after[18, 10, 10] and after[19, 10, 10] and after[17, 9, 11]  # the click and around it
+    assert not before[18, 10, 10]
+    assert np.array_equal(after & before, before)  # the seeded liver stays whole
+    assert not after[26:31, 26:31, 26:31].any()  # the network's far-away answer is not taken
+    assert np.array_equal(after[:, 20:], before[:, 20:])  # far from the click: unchanged
+    added = np.argwhere(after & ~before)
+    assert np.abs(added - [18, 10, 10]).max() <= 7  # the click's neighbourhood: about 12 mm (2 mm voxels)
+
+
+def test_a_negative_click_removes_voxels_there_and_later_clicks_keep_earlier_edits(session):
+    before = session.masks["liver"].copy()
+    clicks = _click(session, [10, 10, 14], positive=False)
+    session.update(clicks, "liver")
+    cut = session.masks["liver"].copy()
+    assert not cut[10, 10, 14] and not cut[10, 11, 15]
+    assert cut[5, 5, 5] and cut[10, 10, 5]  # the seeded voxels far from the click stay
+    assert not (cut & ~before).any()  # a negative click adds nothing
+
+    clicks += _click(session, [18, 6, 6], positive=True)
+    session.update(clicks, "liver")
+    after = session.masks["liver"]
+    assert after[18, 6, 6] and not after[10, 10, 14]  # the earlier cut survives the next click
+    assert np.array_equal(after[:, :, 12:], cut[:, :, 12:])
+
+
+def test_keep_change_at_click_takes_only_the_connected_change_at_the_click():
+    before = np.zeros((20, 20, 20), dtype=bool)
+    before[5:10, 5:10, 5:10] = True
+    after = before.copy()
+    after[10:12, 5:10, 5:10] = True  # grown at the click
+    after[15:18, 15:18, 15:18] = True  # changed elsewhere
+    after[5, 5, 5] = False  # and a hole far away
+    kept = keep_change_at_click(before, after, (11, 7, 7))
+    assert kept[10:12, 5:10, 5:10].all() and not kept[15:18, 15:18, 15:18].any() and kept[5, 5, 5]
+    assert np.array_equal(keep_change_at_click(before, after, (0, 19, 0)), before)  # nothing there
+
+
+def test_iterative_training_input_holds_the_models_own_result_and_a_click_in_its_error():
+    from monai.networks.nets import UNet
+
+    section = interactive_section(NAMES, 1, previous_mask=True)
+    assert extra_channels(section) == 9 and previous_mask_names(section) == SEGMENTS
+    torch.manual_seed(0)
+    network = UNet(3, 1 + 9, 5, channels=(4, 8), strides=(2,), num_res_units=0)
+    labels = torch.zeros((2, 1, 16, 16, 16), dtype=torch.long)
+    labels[:, :, 4:12, 4:12, 4:12] = 1
+    labels[1, :, 2:6, 2:6, 2:6] = 2
+    images = labels.float() / 2 + 0.1 * torch.randn((2, 1, 16, 16, 16))
+    generator = np.random.default_rng(4)
+    automatic = interactive_training_input(
+        network, images, labels, NAMES, generator=generator, interact_probability=0.0, previous_mask=True
+    )
+    assert automatic.shape == (2, 10, 16, 16, 16) and not automatic[:, 1:].any()
+
+    network.train()
+    inputs = interactive_training_input(
+        network,
+        images,
+        labels,
+        NAMES,
+        generator=np.random.default_rng(4),
+        interact_probability=1.0,
+        max_interactions=1,
+        from_automatic_probability=1.0,
+        previous_mask=True,
+    )
+    assert network.training  # restored
+    with torch.no_grad():
+        network.eval()
+        own = network(automatic).argmax(dim=1)
+    previous = inputs[:, 6:]
+    for b in range(2):
+        for index, name in enumerate(SEGMENTS):
+            assert torch.equal(previous[b, index].bool(), own[b] == NAMES[name])
+        guidance = inputs[b, 1:6]
+        channel, *voxel = np.unravel_index(int(guidance.argmax()), guidance.shape)
+        assert guidance.max() == 1.0
+        truth = int(labels[b, 0][tuple(voxel)])
+        predicted = int(own[b][tuple(voxel)])
+        if channel == 0:  # negative: a false positive of some segment
+            assert predicted != 0 and truth != predicted
+        else:  # positive: a missed voxel of that segment
+            assert truth == channel and predicted != channel
+
+
+def test_a_click_the_network_ignores_still_moves_its_voxel_along_the_models_ranking():
+    from MedSegNASLib.interactive.session import click_consistent
+
+    mask = np.zeros((21, 21, 21), dtype=bool)
+    mask[:, :, :8] = True
+    # The network's probability falls off across the segment's face (0.5 between depths 7 and 8);
+    # the voxel clicked at depth 10 is 0.08 likely: the network said no, the user says yes.
+    probability = np.broadcast_to(1 / (1 + np.exp(np.arange(21) - 7.5)), (21, 21, 21)).copy()
+    added = click_consistent(mask, probability, (10, 10, 10), positive=True, radius=3)
+    assert added[10, 10, 10] and added[10, 10, 8] and added[10, 12, 10]
+    assert not added[10, 10, 11]  # less likely than the clicked voxel: left out
+    assert not added[10, 17, 9] and np.array_equal(added[:, :, :8], mask[:, :, :8])  # only near the click
+    removed = click_consistent(mask, probability, (10, 10, 6), positive=False, radius=3)
+    assert not removed[10, 10, 6] and not removed[10, 10, 7] and removed[10, 10, 5]
+    assert removed[2, 2, 6]  # out of reach
+    assert click_consistent(mask, probability, (10, 10, 2), positive=True, radius=3) is mask  # already in
