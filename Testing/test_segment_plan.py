@@ -2,7 +2,7 @@
 short, a clear error when nothing fits; and the cache of the bundle's network size check.
 
 Real bundles (a tiny UNet exported as a MONAI bundle), real processes (``medsegnas segment`` as a
-user runs it, its peak memory from ``wait4``), real cache files. The estimate's accuracy is
+user runs it, its own peak memory: ``child_process``), real cache files. The estimate's accuracy is
 checked with generous bounds here (2 shared, loaded cores; ``benchmarks/plan_accuracy.py``
 measures it properly).
 """
@@ -15,7 +15,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -58,25 +57,11 @@ def _env(cache: Path, **extra: str) -> dict[str, str]:
 
 def _segment(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float, int]:
     """``python -m MedSegNASLib.cli segment ARGS``: result, wall seconds, peak resident bytes."""
-    import tempfile
+    from child_process import run_child_captured
 
-    started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "MedSegNASLib.cli", "segment", *args],
-            stdout=out,
-            stderr=err,
-            env=env,
-            text=True,
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - started
-        out.seek(0)
-        err.seek(0)
-        result = subprocess.CompletedProcess(
-            process.args, os.waitstatus_to_exitcode(status), out.read(), err.read()
-        )
-    return result, wall, usage.ru_maxrss * 1024
+    argv = [sys.executable, "-m", "MedSegNASLib.cli", "segment", *args]
+    run, stdout, stderr = run_child_captured(argv, env)
+    return subprocess.CompletedProcess(argv, run.returncode, stdout, stderr), run.wall_s, run.peak_bytes
 
 
 def test_plan_then_run_in_real_processes(tiny_bundle: Path, ct_image: Path, tmp_path: Path) -> None:
@@ -256,3 +241,19 @@ def test_a_trusted_bundle_is_planned_without_a_size_check_record(tiny_bundle: Pa
     plan = estimate_segmentation(_wide_volume(), model, SegmentOptions(device="cpu"))
     assert plan.calibration["source"] in ("estimate", "cache") and plan.memory["activations"] > 0
     assert "peak memory" in plan.to_text()
+
+
+def test_measured_peak_is_the_commands_own_not_the_parents() -> None:
+    """A benchmark's or pytest's own memory must not show up as the command's peak (``wait4`` on a
+    child of a big process reports the parent's high-water mark: CI measured 3 GiB that way)."""
+    from child_process import run_child_captured
+
+    ballast = np.ones(700 * 2**20, dtype=np.uint8)  # this process: at least 700 MiB resident
+    small = [sys.executable, "-c", "print(sum(range(10)))"]
+    run, stdout, _ = run_child_captured(small)
+    assert run.returncode == 0 and stdout.strip() == "45"
+    assert run.peak_bytes < 200 * 2**20, run.peak_bytes
+    grows = [sys.executable, "-c", "import numpy; a = numpy.ones(300 * 2**20, dtype='uint8'); print(a.sum())"]
+    run, stdout, _ = run_child_captured(grows)
+    assert run.returncode == 0 and 300 * 2**20 < run.peak_bytes < 500 * 2**20, run.peak_bytes
+    assert ballast[-1] == 1

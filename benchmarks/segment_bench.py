@@ -18,7 +18,7 @@ What it does, in one run:
    that its label maps are organ-shaped, exported with :func:`~MedSegNASLib.models.export.export_bundle`.
 3. Runs the bundle through MONAI (``monai.bundle`` ``run``, the function behind ``python -m
    monai.bundle run``) and through ``medsegnas segment``, each in a fresh process, timed from
-   process start to exit, with the process' peak resident memory (``wait4`` rusage) and, on a GPU,
+   process start to exit, with the process' own peak resident memory (``Testing/child_process.py``) and, on a GPU,
    peak GPU memory (``torch.cuda.max_memory_allocated``). On a CPU with Intel AMX it also runs
    ``segment --amp`` (bfloat16). The runs alternate ``--repeat`` times; the best time of each is
    reported (the machine may be shared; CPU time is printed too).
@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -227,27 +226,21 @@ print("RESULT " + json.dumps({"pipeline_s": time.perf_counter() - started, "gpu_
 
 
 def _run_measured(code: str, config: dict, env: dict) -> dict:
-    """:func:`_run_process` with the child's peak RSS from ``wait4``."""
-    started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-c", code, json.dumps(config)], stdout=out, stderr=err, text=True, env=env
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if process.returncode != 0:
-        raise SystemExit(f"run failed (exit {process.returncode}):\n{stderr[-3000:]}")
+    """Run a runner ``code`` on ``config`` in a fresh process: its RESULT, wall and CPU seconds, own peak RSS."""
+    if str(Path(__file__).resolve().parents[1] / "Testing") not in sys.path:
+        sys.path.append(str(Path(__file__).resolve().parents[1] / "Testing"))
+    from child_process import run_child_captured
+
+    run, stdout, stderr = run_child_captured([sys.executable, "-c", code, json.dumps(config)], env)
+    if run.returncode != 0:
+        raise SystemExit(f"run failed (exit {run.returncode}):\n{stderr[-3000:]}")
     result: dict = {}
     for line in stdout.splitlines():
         if line.startswith("RESULT "):
             result = json.loads(line[len("RESULT ") :])
-    result["wall_s"] = wall
-    result["cpu_s"] = usage.ru_utime + usage.ru_stime
-    result["peak_rss_mib"] = usage.ru_maxrss / 1024.0  # KiB on Linux
+    result["wall_s"] = run.wall_s
+    result["cpu_s"] = run.cpu_s
+    result["peak_rss_mib"] = run.peak_bytes / 2**20
     result["stderr"] = stderr
     result["stdout"] = stdout
     return result

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import resource
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -158,11 +156,14 @@ def peak_memory_mb(device) -> dict[str, Any]:
             "measured_peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
             "measured": "torch.cuda.max_memory_allocated during training (tensors only, no CUDA context)",
         }
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+    from ..inference.plan import process_memory
+
+    # VmHWM, not ru_maxrss: a process started by fork + exec (Slicer's QProcess, pytest) inherits
+    # in ru_maxrss the peak of its parent's address space, e.g. all of Slicer's memory.
+    _, peak = process_memory()
     return {
-        "measured_peak_mb": round(peak, 1),
-        "measured": "peak resident memory of the process (ru_maxrss): interpreter, libraries, cached data and training",
+        "measured_peak_mb": round(peak / 2**20, 1),
+        "measured": "peak resident memory of the process (VmHWM): interpreter, libraries, cached data and training",
     }
 
 
