@@ -465,6 +465,18 @@ def plot_dice_vs_params(rows: Sequence[Mapping[str, Any]], path: Path, title: st
             zorder=3 if name == "dints-searched" else 2,
         )
     axis.set_xscale("log")
+    # Plain numbers at 1-2-5 steps: the log axis's default minor labels read "3 x 10^0".
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    sizes = [r["params"] / 1e6 for r in rows if r.get("params")]
+    if sizes:
+        steps = [m * 10.0**e for e in range(-3, 4) for m in (1, 2, 5)]
+        low, high = min(sizes) / 1.25, max(sizes) * 1.25
+        axis.set_xlim(low, high)
+        ticks = [t for t in steps if low <= t <= high]
+        axis.xaxis.set_major_locator(FixedLocator(ticks))
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.xaxis.set_minor_formatter(NullFormatter())
     axis.set_xlabel("parameters (millions, log scale)")
     axis.set_ylabel("mean test Dice")
     axis.set_title(title, fontsize=10)
