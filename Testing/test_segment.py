@@ -112,17 +112,19 @@ def test_windows_per_network_call_do_not_change_the_labels(unet, images, tmp_pat
 
 
 def test_cpu_batches_and_freed_memory_reuse() -> None:
-    """Windows per CPU call: up to twice the bundle's, never fewer. After reuse_freed_memory, a
-    worker that allocates and frees big tensors stops faulting fresh pages in for each one."""
+    """Windows per CPU call: about two 96^3 windows' worth of voxels, at most twice the bundle's.
+    After reuse_freed_memory, a worker that allocates and frees big tensors stops faulting fresh
+    pages in for each one."""
     import subprocess
     import sys
 
     from MedSegNASLib.inference.engine import cpu_batch_size
 
-    assert cpu_batch_size(4, (96, 96, 96)) == 8
+    assert cpu_batch_size(4, (96, 96, 96)) == 2  # bigger CPU batches only cost memory
     assert cpu_batch_size(1, (96, 96, 96)) == 2
-    assert cpu_batch_size(4, (160, 160, 160)) == 4  # big windows: the bundle's batch is enough
-    assert cpu_batch_size(4, (32, 32, 32)) == 8
+    assert cpu_batch_size(4, (160, 160, 160)) == 1  # one big window at a time
+    assert cpu_batch_size(4, (32, 32, 32)) == 8  # small windows: at most twice the bundle's batch
+    assert cpu_batch_size(1, (64, 64, 64)) == 2
     probe = (
         "import resource, sys, torch\n"
         "from MedSegNASLib.inference.optimize import reuse_freed_memory\n"
