@@ -63,10 +63,13 @@ MEMORY_LIMIT_ENV = "MEDSEGNAS_MEMORY_LIMIT"
 LIVE_ACTIVATION_SHARE = 0.4
 #: Share of the available memory a plan may use (the rest: other programs, the page cache).
 MEMORY_HEADROOM = 0.9
-#: Seconds per million voxels of each stage on one CPU core of the 2-core development machine
-#: (measured on the 512 x 512 x 150 phantom; resampling per model-grid voxel and channel,
-#: inversion, post-processing and writing per input voxel).
-SECONDS_PER_MVOXEL = {"preprocess": 0.05, "invert": 0.1, "postprocess": 0.15, "write": 0.01}
+#: Seconds per million voxels of each stage on the 2-core development machine with its cores to
+#: itself (measured on the 512 x 512 x 150 phantom, 2 threads: resampling 0.2-0.5 s for 14 M
+#: model-grid voxels, inversion 0.8-1.2 s and writing 0.1-0.2 s for 39 M input voxels;
+#: resampling per model-grid voxel and channel, inversion, post-processing and writing per input
+#: voxel). A loaded machine is slower at these as at everything; the network's calibration, timed
+#: when the plan is made, is the part that sees the load.
+SECONDS_PER_MVOXEL = {"preprocess": 0.03, "invert": 0.03, "postprocess": 0.15, "write": 0.005}
 #: Extra memory per voxel besides the arrays named in :func:`estimate_segmentation` (bytes):
 #: resampling temporaries per model-grid voxel and channel, inversion temporaries per input voxel.
 MEMORY_FACTORS = {"resample": 4.0, "invert": 2.0}
