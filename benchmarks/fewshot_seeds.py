@@ -118,7 +118,7 @@ def plot(summaries: list[SeedSummary], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     seeds = sorted({seed for s in summaries for seed in s.seeds})
     ax.set_title(f"Few-shot fine-tuning of Swin UNETR, {len(seeds)} seed(s)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")  # away from the points, wherever they lie
     fig.tight_layout()
     write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=120, facecolor="white"))
 

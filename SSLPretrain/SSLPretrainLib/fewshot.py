@@ -363,7 +363,7 @@ def plot_fewshot(
     ax.grid(True, alpha=0.3)
     ax.set_title(title or "Few-shot fine-tuning of Swin UNETR")
     if any(math.isfinite(r.mean_dice) for r in results):
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")  # away from the points, wherever they lie
     fig.tight_layout()
     return write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=120, facecolor="white"))
 
