@@ -2,8 +2,9 @@
 registered, as for ``medsegnas segment --help``) must not import torch, MONAI, matplotlib,
 Optuna, TensorBoard, nor the image readers (nibabel, SimpleITK) and SciPy; each command imports
 what it needs when it runs. A ``segment`` process skips the parts of MONAI's import it never uses
-(pytorch-ignite, matplotlib) and gives the label map of an in-process run, where MONAI is whole.
-Checked in fresh interpreters, as a user or the panels start them."""
+(pytorch-ignite, matplotlib), gives the label map of an in-process run, where MONAI is whole, and
+ends as soon as the label map is written (no interpreter teardown), its report flushed. Checked
+in fresh interpreters, as a user or the panels start them."""
 
 from __future__ import annotations
 
@@ -95,19 +96,25 @@ def test_a_segment_process_skips_ignite_and_matplotlib_and_gives_the_same_labels
         "--device",
         "cpu",
     ]
-    # As ``python -m MedSegNASLib.cli ...`` (what the panels start), then what it imported.
+    # As ``python -m MedSegNASLib.cli ...`` (what the panels start), then what it imported, seen
+    # from the process's end: a segment process ends at once through os._exit (cli.end_process).
     code = (
-        "import runpy, sys\n"
+        "import os, runpy, sys\n"
         f"sys.argv = {argv!r}\n"
+        "def ending(code):\n"
+        "    print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & {'monai', 'ignite', 'matplotlib'}))\n"
+        "    print('ENDED AT ONCE', code, flush=True)\n"
+        "    real_exit(code)\n"
+        "real_exit, os._exit = os._exit, ending\n"
         "try:\n    runpy.run_module('MedSegNASLib.cli', run_name='__main__', alter_sys=True)\n"
-        "except SystemExit as exit:\n    assert exit.code == 0, exit.code\n"
-        "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & {'monai', 'ignite', 'matplotlib'}))\n"
+        "except SystemExit as exit:\n    print('TEARDOWN', exit.code)\n"
     )
     with tempfile.TemporaryDirectory() as cwd:
         monkeypatch.chdir(cwd)
         run = run_python(code)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.strip().splitlines()[-1] == "LOADED ['monai']"
+    assert run.stdout.strip().splitlines()[-2:] == ["LOADED ['monai']", "ENDED AT ONCE 0"]
+    assert "done in" in run.stdout + run.stderr  # the run's own report was flushed before the end
     ours, affine = sf.read_labels(separate)
     theirs, their_affine = sf.read_labels(in_process)
     np.testing.assert_array_equal(ours, theirs)

@@ -190,12 +190,19 @@ def test_size_check_is_cached_and_a_tampered_bundle_misses(
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
 
+    from MedSegNASLib.models.capabilities import SIZE_CHECK_STORED_SECONDS
+
+    stored_before = SIZE_CHECK_STORED_SECONDS["seconds"]
     first, counts = _load(bundle)
     assert counts == {"hit": 0, "miss": 1, "skip": 0}
     entries = list((cache / "network-size-check").glob("*.json"))
     assert len(entries) == 1
+    # the check's time is on record, for --plan to leave it out of the run's start-up ...
+    stored_after_miss = SIZE_CHECK_STORED_SECONDS["seconds"]
+    assert stored_after_miss > stored_before
     second, counts = _load(bundle)
     assert counts == {"hit": 1, "miss": 0, "skip": 0}
+    assert SIZE_CHECK_STORED_SECONDS["seconds"] == stored_after_miss  # ... and a cached verdict costs none
     assert second.network_size == first.network_size and first.network_size.activation_bytes > 0
 
     # Tampered: the config now builds a network far over the parameter limit. The cached verdict

@@ -201,7 +201,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the same as input voxel indices, half-open (I0 <= i < I1, ...)",
     )
     add_job_arguments(parser)
-    parser.set_defaults(func=segment_command)
+    # the process ends when the label map is written: no interpreter teardown (cli.end_process)
+    parser.set_defaults(func=segment_command, exit_at_once=True)
 
     from .worker import add_worker_arguments, run_worker
 
@@ -268,10 +269,9 @@ def import_monai_for_segmentation() -> None:
     that calls :func:`~MedSegNASLib.cli.main` (tests, Slicer) keeps MONAI whole. Afterwards the
     packages import normally again (bundle code run with ``--trust`` may use them).
     """
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    own_process = getattr(spec, "name", None) == "MedSegNASLib.cli" or Path(sys.argv[0]).name == "medsegnas"
-    if not own_process or "monai" in sys.modules or any(p in sys.modules for p in UNUSED_BY_SEGMENT):
+    from ..cli import is_own_process
+
+    if not is_own_process() or "monai" in sys.modules or any(p in sys.modules for p in UNUSED_BY_SEGMENT):
         return
     hook = _Unavailable(UNUSED_BY_SEGMENT)
     sys.meta_path.insert(0, hook)
@@ -391,15 +391,16 @@ def plan_files(
     """``segment --plan``: read, load, estimate (calibrating the network once), print; no job."""
     import json
 
+    from ..models.capabilities import SIZE_CHECK_STORED_SECONDS
     from .optimize import reuse_freed_memory
     from .plan import choose_fallback
 
     reuse_freed_memory()  # as the run would: the calibration's memory is the run's
     volume, loaded = _read_and_load(inputs, model, trusted)
+    # the run reads the size check's verdict from the cache this process has just filled
+    startup = max(0.0, _seconds_since_start() - SIZE_CHECK_STORED_SECONDS["seconds"])
     try:
-        chosen, plan = choose_fallback(
-            volume, loaded, options, measure=True, elapsed_seconds=_seconds_since_start()
-        )
+        chosen, plan = choose_fallback(volume, loaded, options, measure=True, elapsed_seconds=startup)
     except MedSegNASError as exc:
         if as_json:
             print(json.dumps({"fits": False, "error": str(exc)}))

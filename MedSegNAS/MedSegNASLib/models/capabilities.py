@@ -35,6 +35,7 @@ import functools
 import importlib
 import math
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -994,6 +995,11 @@ SIZE_CHECK_CACHE = "network-size-check"
 #: Lookups of that cache in this process (``hit``/``miss``; a ``skip`` when the arguments are
 #: not plain JSON values and the check runs uncached), for logs and tests.
 SIZE_CHECK_CACHE_STATS = {"hit": 0, "miss": 0, "skip": 0}
+#: Seconds this process spent on size checks whose verdict it stored in that cache. A later run of
+#: the same bundle reads the verdict instead, so ``segment --plan`` leaves them out of the start-up
+#: it predicts for the run (up to a few seconds on a loaded machine: the check's first meta
+#: forward pass imports torch's decompositions).
+SIZE_CHECK_STORED_SECONDS = {"seconds": 0.0}
 
 
 @dataclass(frozen=True)
@@ -1111,9 +1117,11 @@ def network_size(
                 SIZE_CHECK_CACHE_STATS["hit"] += 1
                 return found
         SIZE_CHECK_CACHE_STATS["miss"] += 1
+    checking_since = time.perf_counter()
 
     def remember(found: NetworkSize) -> NetworkSize:
         if key is not None:
+            SIZE_CHECK_STORED_SECONDS["seconds"] += time.perf_counter() - checking_since
             write_entry(
                 SIZE_CHECK_CACHE,
                 key,
