@@ -206,7 +206,11 @@ import json, sys, time, warnings
 warnings.filterwarnings("ignore")
 import torch
 cfg = json.loads(sys.argv[1])
-from MedSegNASLib.cli import main
+import MedSegNASLib.cli as cli
+# The process is ``medsegnas`` itself, as a user or the panels start it: it imports MONAI without
+# the parts segmentation never uses and ends at once when the label map is written
+# (cli.end_process, whose call reports the result here first; older trees return instead).
+sys.argv[0] = "medsegnas"
 started = time.perf_counter()
 argv = ["segment", cfg["image"], "--model", cfg["bundle"], "-o", cfg["out"], "--device", cfg["device"]]
 if cfg.get("threads"):
@@ -216,12 +220,18 @@ if cfg.get("profile"):
     import cProfile, pstats
     profiler = cProfile.Profile()
     profiler.enable()
-rc = main(argv)
-if cfg.get("profile"):
-    profiler.disable()
-    pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
-peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-print("RESULT " + json.dumps({"pipeline_s": time.perf_counter() - started, "gpu_peak": peak, "rc": rc}))
+
+def report(rc):
+    if cfg.get("profile"):
+        profiler.disable()
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+    print("RESULT " + json.dumps({"pipeline_s": time.perf_counter() - started, "gpu_peak": peak, "rc": rc}))
+
+if hasattr(cli, "end_process"):
+    end_process = cli.end_process
+    cli.end_process = lambda rc: (report(rc), end_process(rc))
+report(cli.main(argv))
 """
 
 
