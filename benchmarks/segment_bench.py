@@ -209,7 +209,7 @@ cfg = json.loads(sys.argv[1])
 import MedSegNASLib.cli as cli
 # The process is ``medsegnas`` itself, as a user or the panels start it: it imports MONAI without
 # the parts segmentation never uses and ends at once when the label map is written
-# (cli.end_process, whose call reports the result here first; older trees return instead).
+# (cli.end_process, whose call reports the result here first; older trees have neither).
 sys.argv[0] = "medsegnas"
 started = time.perf_counter()
 argv = ["segment", cfg["image"], "--model", cfg["bundle"], "-o", cfg["out"], "--device", cfg["device"]]
@@ -228,10 +228,12 @@ def report(rc):
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
     print("RESULT " + json.dumps({"pipeline_s": time.perf_counter() - started, "gpu_peak": peak, "rc": rc}))
 
-if hasattr(cli, "end_process"):
+if hasattr(cli, "console_main"):
     end_process = cli.end_process
     cli.end_process = lambda rc: (report(rc), end_process(rc))
-report(cli.main(argv))
+    cli.console_main(argv)
+else:
+    report(cli.main(argv))
 """
 
 

@@ -94,10 +94,6 @@ def run(func, args: argparse.Namespace, debug: bool) -> int:
     return EXIT_OK if result is None else int(result)
 
 
-#: Commands in progress in this process: a command may run others through :func:`main` (``demo``).
-_COMMANDS_RUNNING = {"depth": 0}
-
-
 def is_own_process() -> bool:
     """Whether this process is ``medsegnas`` itself (``python -m MedSegNASLib.cli``, as the panels
     and jobs start it, or the console script), not a program that calls :func:`main` (tests, Slicer)."""
@@ -119,33 +115,33 @@ def end_process(code: int) -> NoReturn:
     os._exit(code)
 
 
-def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+def run_cli(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, *, entry_point: bool = False
+) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), set up logging and :func:`run` the chosen command.
 
-    A command that sets ``exit_at_once`` (``segment``) ends a process of its own as soon as it
-    returns (:func:`end_process`), unless another command runs it (``demo``)."""
+    ``entry_point``: this call is the process's own command line (:func:`console_main`); then a
+    command that sets ``exit_at_once`` (``segment``) ends the process as soon as it returns
+    (:func:`end_process`). A command run by another (the demo's segment step) always returns."""
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s: %(message)s"
     )
-    _COMMANDS_RUNNING["depth"] += 1
-    try:
-        code = run(args.func, args, args.debug)
-    finally:
-        _COMMANDS_RUNNING["depth"] -= 1
-    # only the process's own command: one run by another (the demo's segment step) must return
-    if getattr(args, "exit_at_once", False) and _COMMANDS_RUNNING["depth"] == 0 and is_own_process():
+    code = run(args.func, args, args.debug)
+    if entry_point and getattr(args, "exit_at_once", False):
         end_process(code)
     return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``medsegnas ARGV`` for a program (tests, Slicer, other commands): returns the exit code."""
     return run_cli(build_parser(), argv)
 
 
-if __name__ == "__main__":
-    # Through the package's module, not this ``__main__`` copy of it: commands that run others
-    # (demo) import MedSegNASLib.cli, and both must share its state (_COMMANDS_RUNNING).
-    from MedSegNASLib import cli as package_cli
+def console_main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``medsegnas`` process: the console script and ``python -m MedSegNASLib.cli``."""
+    sys.exit(run_cli(build_parser(), argv, entry_point=True))
 
-    sys.exit(package_cli.main())
+
+if __name__ == "__main__":
+    console_main()
