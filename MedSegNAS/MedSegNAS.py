@@ -21,7 +21,7 @@ from MedSegNASLib.jobs import FINAL_STATES, RunDir, list_runs
 from MedSegNASLib.panels import panel_dataset, panel_runs, panel_segment
 from MedSegNASLib.panels import panel_logic as pl
 from MedSegNASLib.panels import panel_selftest as selftest
-from MedSegNASLib.panels.panel_state import JobArea, ParameterNodeHolder, ReportedErrors
+from MedSegNASLib.panels.panel_state import JobArea, ParameterNodeHolder, ReportedErrors, is_chosen
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -38,11 +38,6 @@ from slicer.util import VTKObservationMixin
 JOB_POLL_INTERVAL_MS = 500
 RUNS_REFRESH_INTERVAL_MS = 3000
 TASK_POLL_INTERVAL_MS = 200
-
-
-def _isChosen(path) -> bool:
-    """Whether a path setting holds something (an empty path line edit gives "" or ".")."""
-    return str(path).strip() not in ("", ".")
 
 
 def _fillRow(table, row, cells, tooltip, data) -> None:
@@ -285,7 +280,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not params.inputVolume:
             params.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
         # jobs followed across a scene close, then jobs started before Slicer was restarted
-        live = pl.live_runs(Path(params.runsFolder).expanduser()) if _isChosen(params.runsFolder) else {}
+        live = pl.live_runs(Path(params.runsFolder).expanduser()) if is_chosen(params.runsFolder) else {}
         for area in self._areas.values():
             if area.follower is not None:
                 run = getattr(area.follower, "run", None)  # a warm segmentation has no run folder
@@ -328,8 +323,8 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         params, ui = self._parameterNode, self.ui
         fromScene = bool(params and params.datasetSource == "scene")
         self._areas["segment"].update(bool(params and params.inputVolume and params.model))
-        self._areas["train"].update(bool(params and (fromScene or _isChosen(params.datasetPath))))
-        self._areas["phantom"].update(bool(params and _isChosen(params.phantomFolder)))
+        self._areas["train"].update(bool(params and (fromScene or is_chosen(params.datasetPath))))
+        self._areas["phantom"].update(bool(params and is_chosen(params.phantomFolder)))
         ui.evaluateButton.enabled = bool(
             params and params.evaluateSegmentation and params.evaluateReference and self._evaluation is None
         )
@@ -571,7 +566,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._listedRunsFolder = str(self._parameterNode.runsFolder)
         folder = Path(self._parameterNode.runsFolder).expanduser()
         runs, message = [], _("Choose the runs folder.")
-        if _isChosen(folder):
+        if is_chosen(folder):
             try:
                 runs = list_runs(folder)
                 message = _("{count} run(s) in {folder}").format(count=len(runs), folder=folder)
@@ -594,18 +589,14 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onRunSelected(self) -> None:
         path = self._selectedRunPath()
-        state = self._runStates.get(path)
-        details = panel_runs.run_details(path) if path and state != "damaged" else None
-        self.ui.runsCancelButton.enabled = path is not None and state not in FINAL_STATES
-        # a run stopped before its worker recorded the command line has nothing to resume
-        resumable = state in ("cancelled", "failed") and bool(RunDir(path).read_job().get("argv"))
-        self.ui.runsResumeButton.enabled = resumable
-        self.ui.runsShowFolderButton.enabled = self.ui.runsCurvesButton.enabled = path is not None
-        self.ui.runsLoadPredictionsButton.enabled = bool(details and details.predictions)
-        self.ui.runsUseModelButton.enabled = bool(details and details.model)
-        self.ui.runDetailsLabel.text = details.text() if details else ""
-        pixmap = qt.QPixmap(str(details.topology)) if details and details.topology else None
-        self.ui.topologyLabel.setPixmap(pixmap.scaledToWidth(360) if pixmap else qt.QPixmap())
+        actions, ui = panel_runs.run_actions(path, self._runStates.get(path)), self.ui
+        ui.runsCancelButton.enabled, ui.runsResumeButton.enabled = actions.cancel, actions.resume
+        ui.runsShowFolderButton.enabled = ui.runsCurvesButton.enabled = actions.show
+        ui.runsLoadPredictionsButton.enabled = actions.load_predictions
+        ui.runsUseModelButton.enabled = actions.use_model
+        ui.runDetailsLabel.text = actions.details
+        pixmap = qt.QPixmap(str(actions.topology)) if actions.topology else None
+        ui.topologyLabel.setPixmap(pixmap.scaledToWidth(360) if pixmap else qt.QPixmap())
 
     def _withSelectedRun(self, message, action) -> None:
         path = self._selectedRunPath()

@@ -13,7 +13,7 @@ import qt
 import slicer
 import vtk
 from MedSegNASLib.dependencies import unsupported_slicer_message
-from MedSegNASLib.panels.panel_state import ParameterNodeHolder, ReportedErrors
+from MedSegNASLib.panels.panel_state import ParameterNodeHolder, ReportedErrors, is_chosen
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -187,7 +187,7 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.environmentInstallButton.toolTip = _("Install {names} into Slicer's Python.").format(
             names=", ".join(missing) or "PyTorch, MONAI"
         )
-        self.ui.datasetCheckButton.enabled = bool(p) and _isChosen(p.datasetFolder)
+        self.ui.datasetCheckButton.enabled = bool(p) and is_chosen(p.datasetFolder)
         self.ui.sceneVolumesCheckableNodeComboBox.enabled = bool(p and p.useSceneVolumes)
         state, pretrain = self._state("pretrain"), self._followers.get("pretrain")
         self.ui.cancelButton.enabled = state in panel_logic.LIVE_STATES
@@ -277,7 +277,7 @@ class SSLPretrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._parameterNode:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to list the runs."), waitCursor=True):
-            runsFolder = self._parameterNode.runsFolder if _isChosen(self._parameterNode.runsFolder) else None
+            runsFolder = self._parameterNode.runsFolder if is_chosen(self._parameterNode.runsFolder) else None
             if select is not None:  # follow the launcher's RunDir: it reaps the worker process
                 self._followers["pretrain"], self._chartNode = panel_logic.JobFollower(select), None
             followed, choices = self._followers.get("pretrain"), panel_logic.run_choices(runsFolder)
@@ -414,11 +414,6 @@ def _timer(intervalMs, callback):
     timer.setInterval(intervalMs)
     timer.connect("timeout()", callback)
     return timer
-
-
-def _isChosen(path) -> bool:
-    """Whether a path setting holds a path (an empty path line edit gives "" or ".")."""
-    return str(path).strip() not in ("", ".")
 
 
 class SSLPretrainLogic(ScriptedLoadableModuleLogic):

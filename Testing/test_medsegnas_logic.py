@@ -395,6 +395,35 @@ def test_run_curves_become_plot_series_over_tables_updated_in_place(tmp_path: Pa
     assert update.finished and update.state == "done" and update.step == update.total
 
 
+def test_run_actions_enable_what_the_selected_run_allows(tmp_path: Path) -> None:
+    assert panel_runs.run_actions(None, None) == panel_runs.RunActions()  # no selection: nothing
+
+    live = _training_run(tmp_path / "live", 2, finish=False)
+    actions = panel_runs.run_actions(str(live.path), "running")
+    assert (actions.cancel, actions.resume, actions.show) == (True, False, True)
+    assert actions.details.startswith("train run ") and not actions.use_model
+
+    # failed: resumable only once the worker recorded its command line
+    live.write_status(state="failed")
+    assert not panel_runs.run_actions(str(live.path), "failed").resume
+    recorded = RunDir(tmp_path / "recorded" / "train-20250101-120000-abcdef")
+    recorded.ensure_layout()
+    recorded.write_job({"kind": "train", "argv": ["train", "--dataset", "d"], "config": {}})
+    recorded.write_status(state="failed")
+    failed = panel_runs.run_actions(str(recorded.path), "failed")
+    assert failed.resume and not failed.cancel
+
+    done = _training_run(tmp_path / "done", 6, finish=True)
+    (done.artifacts / "model" / "configs").mkdir(parents=True)
+    (done.artifacts / "topology.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    actions = panel_runs.run_actions(str(done.path), "done")
+    assert not actions.cancel and not actions.resume and actions.use_model
+    assert actions.topology == done.artifacts / "topology.png" and "0.625" in actions.details
+
+    damaged = panel_runs.run_actions(str(tmp_path / "gone"), "damaged")  # listed damaged: not read
+    assert damaged.show and damaged.details == "" and damaged.topology is None
+
+
 def test_eta_and_progress_text() -> None:
     assert panel_logic.format_eta(None) == ""
     assert panel_logic.format_eta(42) == "about 42 s left"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import slicer
 
 from ..errors import MedSegNASError
-from ..jobs import RunDir, run_summary
+from ..jobs import FINAL_STATES, RunDir, run_summary
 from .panel_terminology import apply_terminology
 
 if TYPE_CHECKING:
@@ -33,10 +33,12 @@ if TYPE_CHECKING:
     from ..models.registry import ModelRecord
 
 __all__ = [
+    "RunActions",
     "RunCurves",
     "RunDetails",
     "load_validation_predictions",
     "read_run_curves",
+    "run_actions",
     "run_curves_to_plot_chart",
     "run_details",
     "run_dice_table_node",
@@ -394,6 +396,39 @@ def run_details(run_dir: str | os.PathLike[str] | RunDir) -> RunDetails:
         topology=topology if topology.is_file() else None,
         model=model if (model / "configs").is_dir() else None,
         predictions=sorted((artifacts / "predictions").glob("*.nii*")),
+    )
+
+
+@dataclass
+class RunActions:
+    """What the Runs section offers for the selected run: which buttons are enabled, the details
+    shown beside them, and the topology picture (None: no run, or nothing of that kind)."""
+
+    cancel: bool = False
+    resume: bool = False
+    show: bool = False  # Show folder and Curves
+    load_predictions: bool = False
+    use_model: bool = False
+    details: str = ""
+    topology: Path | None = None
+
+
+def run_actions(path: str | None, state: str | None) -> RunActions:
+    """:class:`RunActions` for the run folder ``path`` last listed in ``state`` (None: no selection).
+
+    A damaged run is not read. A cancelled or failed run is resumable only if its worker recorded
+    its command line (one stopped before that has nothing to resume)."""
+    if not path:
+        return RunActions()
+    details = run_details(path) if state != "damaged" else None
+    return RunActions(
+        cancel=state not in FINAL_STATES,
+        resume=state in ("cancelled", "failed") and bool(RunDir(path).read_job().get("argv")),
+        show=True,
+        load_predictions=bool(details and details.predictions),
+        use_model=bool(details and details.model),
+        details=details.text() if details else "",
+        topology=details.topology if details else None,
     )
 
 

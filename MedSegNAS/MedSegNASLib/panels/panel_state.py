@@ -23,6 +23,11 @@ __all__ = ["JobArea", "ParameterNodeHolder", "ReportedErrors", "kind_of_run_fold
 logger = logging.getLogger(__name__)
 
 
+def is_chosen(path: Any) -> bool:
+    """Whether a path setting holds a path (an empty path line edit gives "" or ".")."""
+    return str(path).strip() not in ("", ".")
+
+
 def kind_of_run_folder(path: str | os.PathLike[str]) -> str:
     """The job kind in a run folder's name (``<kind>-<YYYYmmdd-HHMMSS>-<id>``, see ``RunDir.create``):
     known from the launch on, before the worker writes ``job.json``."""
