@@ -55,18 +55,6 @@ def _selectedData(table):
     return items[0].data(qt.Qt.UserRole) if items else None
 
 
-def _installTorch() -> None:
-    """torch from the PyTorch extension, which picks the build for this machine's GPU."""
-    try:
-        import PyTorchUtils
-    except ImportError:
-        raise RuntimeError(
-            _("PyTorch is missing: install the PyTorch extension (Extensions Manager).")
-        ) from None
-    if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-        raise RuntimeError(_("PyTorch could not be installed; try the PyTorch Utils module."))
-
-
 class MedSegNAS(ScriptedLoadableModule):
     """Module description shown in Slicer (see ScriptedLoadableModule in Slicer's Base/Python)."""
 
@@ -723,7 +711,7 @@ class MedSegNASLogic(ScriptedLoadableModuleLogic):
             confirm=lambda names: (
                 not askConfirmation or slicer.util.confirmOkCancelDisplay(question.format(names=names))
             ),
-            install_torch=_installTorch,
+            install_torch=pl.install_torch_from_extension,
             install_with_pip=slicer.util.pip_install,
         )
 

@@ -195,3 +195,32 @@ def test_ensure_packages_installs_only_what_is_missing_and_says_what_still_is() 
         ensure_packages(wanted, confirm=confirm, install_torch=no_torch, install_with_pip=pip_calls.append)
     assert asked == ["medsegnas_no_such_package"]
     assert pip_calls == [["medsegnas-no-such-package>=1"]], "only the missing requirement goes to pip"
+
+
+def test_torch_comes_from_the_pytorch_extension_or_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from MedSegNASLib.panels.panel_logic import install_torch_from_extension
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # the extension is not installed
+    with pytest.raises(MedSegNASError, match="install the PyTorch extension"):
+        install_torch_from_extension()
+
+    calls: list[bool] = []
+
+    class Logic:  # the extension's logic class, as Slicer's PyTorchUtils module defines it
+        def __init__(self, result):
+            self.result = result
+
+        def installTorch(self, askConfirmation: bool):  # noqa: N802 (Slicer's name)
+            calls.append(askConfirmation)
+            return self.result
+
+    extension = types.ModuleType("PyTorchUtils")
+    extension.PyTorchUtilsLogic = lambda: Logic(result=object())
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", extension)
+    install_torch_from_extension()
+    assert calls == [False], "installed without a second question (the panel asked already)"
+    extension.PyTorchUtilsLogic = lambda: Logic(result=None)
+    with pytest.raises(MedSegNASError, match="could not be installed"):
+        install_torch_from_extension()

@@ -76,6 +76,7 @@ __all__ = [
     "evaluate_segmentation_nodes",
     "find_previous_result",
     "format_eta",
+    "install_torch_from_extension",
     "launch_phantom_job",
     "launch_segment_job",
     "launch_training_job",
@@ -170,6 +171,23 @@ def ensure_packages(
     if still_missing:
         raise MedSegNASError(f"Could not install: {', '.join(still_missing)}")
     return True
+
+
+def install_torch_from_extension() -> None:
+    """torch from Slicer's PyTorch extension (``PyTorchUtils``), which picks the build for this
+    machine's GPU: the ``install_torch`` of :func:`ensure_packages` inside Slicer.
+
+    Raises:
+        MedSegNASError: the extension is not installed, or it could not install torch.
+    """
+    try:
+        import PyTorchUtils
+    except ImportError:
+        raise MedSegNASError(
+            "PyTorch is missing: install the PyTorch extension (Extensions Manager)."
+        ) from None
+    if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+        raise MedSegNASError("PyTorch could not be installed; try the PyTorch Utils module.")
 
 
 def resume_job(
