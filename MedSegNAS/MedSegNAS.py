@@ -21,7 +21,7 @@ from MedSegNASLib.jobs import FINAL_STATES, RunDir, list_runs
 from MedSegNASLib.panels import panel_dataset, panel_runs, panel_segment
 from MedSegNASLib.panels import panel_logic as pl
 from MedSegNASLib.panels import panel_selftest as selftest
-from MedSegNASLib.panels.panel_state import JobArea, ParameterNodeHolder, ReportedErrors, is_chosen
+from MedSegNASLib.panels.panel_state import JobArea, ModelTask, ParameterNodeHolder, ReportedErrors, is_chosen
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -160,8 +160,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runStates = {}  # run folder -> state, as last listed
         self._listedRunsFolder = None
         self._curvesRun = None  # run whose curves are plotted (refreshed while it runs)
-        self._task = None  # JobFollower of a model import/download job
-        self._taskLabel = self._taskDoneText = None  # where and how its outcome shows
+        self._task = ModelTask(_("A model import is running; wait for it to finish."))
         self._evaluation = None  # JobFollower of the Evaluate button's job
         self._segmenter = None  # panel_segment.WarmSegmenter: the Segment button's warm worker
 
@@ -504,39 +503,30 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ``statusLabel``: where progress and the outcome show (default: the Models section's);
         ``doneText``: the outcome's text, ``{id}`` the new model id."""
         with slicer.util.tryWithErrorDisplay(_("Failed to start the import."), waitCursor=True):
-            if self._task is not None:
-                raise RuntimeError(_("A model import is running; wait for it to finish."))
-            self._task = pl.JobFollower(launch(Path(self._parameterNode.runsFolder).expanduser()))
-            self._taskLabel = statusLabel or self.ui.modelsStatusLabel
-            self._taskDoneText = doneText or _("Imported as '{id}'.")
-            self._taskLabel.text = _("Importing {what}...").format(what=what)
+            self._task.check_idle()
+            follower = pl.JobFollower(launch(Path(self._parameterNode.runsFolder).expanduser()))
+            label = statusLabel or self.ui.modelsStatusLabel
+            self._task.start(
+                follower, label, doneText or _("Imported as '{id}'."), _("Not imported: {error}")
+            )
+            label.text = _("Importing {what}...").format(what=what)
             self.ui.modelsImportButton.enabled = self.ui.modelsDownloadButton.enabled = False
             self.ui.runsUseModelButton.enabled = False
             self._taskTimer.start()
 
     def _pollTask(self) -> None:
-        bar = self.ui.modelsProgressBar
-        update = self._task.poll() if self._task else None
-        known = update is not None and update.total > 1  # byte counts once the download started
-        bar.maximum, bar.value = (100, update.percent) if known else (0, 0)  # else a busy bar
-        if update is None or not update.finished:
+        progress, bar = self._task.poll(), self.ui.modelsProgressBar
+        bar.maximum, bar.value = progress.bar
+        if not progress.finished:
             return
         self._taskTimer.stop()
-        self._task = None
-        bar.maximum, bar.value = 100, 100 if update.state == "done" else 0
         self.ui.modelsImportButton.enabled = self.ui.modelsDownloadButton.enabled = True
-        modelId = (update.status.get("result") or {}).get("model")
-        if update.state == "done" and modelId and self._parameterNode:
-            self._parameterNode.model = modelId
+        if progress.model and self._parameterNode:
+            self._parameterNode.model = progress.model
         self.refreshModels()
-        if self._taskLabel is self.ui.runsStatusLabel:
+        if progress.where is self.ui.runsStatusLabel:
             self.refreshRuns()  # the import run is listed as ended (before the outcome is written there)
-        if update.state != "done" or not modelId:
-            self._taskLabel.text = _("Not imported: {error}").format(
-                error=update.status.get("error") or update.text
-            )
-        else:
-            self._taskLabel.text = self._taskDoneText.format(id=modelId)
+        progress.where.text = progress.text
 
     def onRemoveModel(self) -> None:
         modelId = _selectedData(self.ui.modelsTableWidget)

@@ -5,7 +5,8 @@
   names the missing ones where they are not (a build machine without nibabel).
 * ``JobArea``: the button a run follows comes from the kind launched, not from a ``job.json`` the
   worker has not written yet (defect 6); ``ParameterNodeHolder``: the node is re-acquired after a
-  scene close even while the module is hidden (defect 7); ``ReportedErrors``: once per message.
+  scene close even while the module is hidden (defect 7); ``ReportedErrors``: once per message;
+  ``ModelTask``: one model import at a time, its outcome from the worker (a real failing job).
 """
 
 from __future__ import annotations
@@ -37,6 +38,31 @@ def test_medsegnas_self_test_passes(slicer_app) -> None:
     scripted.DISPLAYED.clear()
     slicer.selfTests["MedSegNAS"]()
     assert scripted.DISPLAYED == ["Phantom case loaded", "Phantom segmented in the background"]
+
+
+def test_model_task_runs_one_import_at_a_time_and_says_why_it_failed(tmp_path: Path) -> None:
+    """A real import job of a folder that is not there: busy while it runs, then the worker's error."""
+    import time
+
+    from MedSegNASLib.panels import panel_logic
+    from MedSegNASLib.panels.panel_state import ModelTask
+
+    task, label = ModelTask("busy"), object()
+    assert task.poll().bar == (0, 0) and not task.poll().finished  # nothing followed: an idle tick
+    missing_bundle = tmp_path / "no-such-bundle"
+    run = panel_logic.launch_model_import_job(str(missing_bundle), tmp_path / "runs", home=tmp_path / "home")
+    task.start(panel_logic.JobFollower(run), label, "Imported as '{id}'.", "Not imported: {error}")
+    with pytest.raises(RuntimeError, match="busy"):
+        task.check_idle()
+    deadline = time.monotonic() + 120
+    while not (progress := task.poll()).finished:
+        assert progress.bar == (0, 0) and progress.where is label  # an import has no byte count
+        assert time.monotonic() < deadline, "the import job did not end"
+        time.sleep(0.2)
+    assert progress.where is label and progress.model == "" and progress.bar == (100, 0)
+    assert progress.text.startswith("Not imported: ") and "no-such-bundle" in progress.text
+    assert not task.busy
+    task.check_idle()  # the next import may start
 
 
 @pytest.mark.parametrize("name", ["MedSegNAS", "SSLPretrain"])

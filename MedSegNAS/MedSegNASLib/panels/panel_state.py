@@ -8,6 +8,8 @@
   because the panel's timers keep following jobs and read it.
 * :class:`ReportedErrors`: errors inside timer callbacks are shown once (status line and log), not
   in a dialog on every tick.
+* :class:`ModelTask`: the one model import or download that runs at a time (a worker job), its
+  progress bar and the outcome line.
 """
 
 from __future__ import annotations
@@ -15,10 +17,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JobArea", "ParameterNodeHolder", "ReportedErrors", "kind_of_run_folder"]
+__all__ = [
+    "JobArea",
+    "ModelTask",
+    "ModelTaskProgress",
+    "ParameterNodeHolder",
+    "ReportedErrors",
+    "is_chosen",
+    "kind_of_run_folder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +159,69 @@ class ReportedErrors:
 
     def clear(self) -> None:
         self._seen.clear()
+
+
+@dataclass(frozen=True)
+class ModelTaskProgress:
+    """What one :meth:`ModelTask.poll` shows.
+
+    Attributes:
+        bar: ``(maximum, value)`` of the progress bar; ``(0, 0)`` is Qt's busy bar (no byte count yet).
+        finished: the job ended (the task is no longer followed).
+        model: the registered model id, when the job ended done with one ("" otherwise).
+        text: the outcome line once finished ("" before).
+        where: the status line the task was started for (any object; the panel passes a label).
+    """
+
+    bar: tuple[int, int]
+    finished: bool = False
+    model: str = ""
+    text: str = ""
+    where: Any = None
+
+
+class ModelTask:
+    """The panel's model import or download: one at a time, a worker job followed from a timer.
+
+    Args:
+        busy_text: the error when a second task is started while one runs.
+    """
+
+    def __init__(self, busy_text: str = "A model import is running; wait for it to finish.") -> None:
+        self.busy_text = busy_text
+        self.follower: Any = None
+        self._where: Any = None
+        self._done_text = self._failed_text = ""
+
+    @property
+    def busy(self) -> bool:
+        return self.follower is not None
+
+    def check_idle(self) -> None:
+        """Raise ``RuntimeError(busy_text)`` while a task runs (before launching another job)."""
+        if self.busy:
+            raise RuntimeError(self.busy_text)
+
+    def start(self, follower: Any, where: Any, done_text: str, failed_text: str) -> None:
+        """Follow ``follower`` (a ``JobFollower``); the outcome goes to ``where``.
+
+        Args:
+            done_text: the outcome when a model was registered, ``{id}`` its id.
+            failed_text: the outcome otherwise, ``{error}`` the job's error or last line.
+        """
+        self.check_idle()
+        self.follower, self._where = follower, where
+        self._done_text, self._failed_text = done_text, failed_text
+
+    def poll(self) -> ModelTaskProgress:
+        """One look at the job (cheap: a timer tick); the task ends when the job does."""
+        update = self.follower.poll() if self.follower is not None else None
+        if update is None or not update.finished:
+            known = update is not None and update.total > 1  # byte counts once a download started
+            return ModelTaskProgress(bar=(100, update.percent) if known else (0, 0), where=self._where)
+        self.follower = None
+        model = str((update.status.get("result") or {}).get("model") or "")
+        if update.state == "done" and model:
+            return ModelTaskProgress((100, 100), True, model, self._done_text.format(id=model), self._where)
+        error = update.status.get("error") or update.text
+        return ModelTaskProgress((100, 0), True, "", self._failed_text.format(error=error), self._where)
