@@ -45,9 +45,30 @@ class ClickFollower(torch.nn.Module):
         return torch.cat([torch.zeros_like(image), segments], dim=1)
 
 
+class BoundaryDrift(ClickFollower):
+    """The click follower whose answer also moves every segment's whole boundary by one voxel, out
+    (``drift=1``) or in (``drift=-1``), as a trained network's answer drifts at faint boundaries."""
+
+    def __init__(self, drift: int) -> None:
+        super().__init__()
+        self.drift = drift
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(inputs)
+        previous = inputs[:, 1 + len(NAMES) :]
+        pool = torch.nn.functional.max_pool3d
+        moved = pool(previous, 3, 1, 1) if self.drift > 0 else -pool(-previous, 3, 1, 1)
+        logits[:, 1:] += 12 * (moved - previous)
+        return logits
+
+
 @pytest.fixture(params=["same spacing", "resampled"])
 def session(request) -> InteractiveSession:
     """The model reads the image RAS, at its own spacing or resampled to another (masks go through both grids)."""
+    return _session(ClickFollower(), resampled=request.param == "resampled")
+
+
+def _session(network: torch.nn.Module, resampled: bool = False) -> InteractiveSession:
     from monai.transforms import Orientationd, Spacingd
 
     array = np.zeros((1, 32, 32, 32), dtype=np.float32)
@@ -56,12 +77,12 @@ def session(request) -> InteractiveSession:
     model = InteractiveModel(
         name="click follower",
         kind="local",
-        network=ClickFollower(),
+        network=network,
         label_names=NAMES,
         image_channels=1,
         geometry=[
             Orientationd("image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-            *([Spacingd("image", pixdim=(2.5, 2.5, 3.5))] if request.param == "resampled" else []),
+            *([Spacingd("image", pixdim=(2.5, 2.5, 3.5))] if resampled else []),
         ],
         region=(32, 32, 32),
         previous_mask=True,
@@ -108,6 +129,31 @@ def test_a_negative_click_removes_voxels_there_and_later_clicks_keep_earlier_edi
     after = session.masks["liver"]
     assert after[18, 6, 6] and not after[10, 10, 14]  # the earlier cut survives the next click
     assert np.array_equal(after[:, :, 12:], cut[:, :, 12:])
+
+
+def test_a_click_changes_the_segment_only_in_its_own_direction():
+    """A negative click never adds voxels and a positive one never removes any, even where the
+    network's answer also moves the boundary next to the click (the drift touches the click)."""
+    grower = _session(BoundaryDrift(drift=1))
+    before = grower.masks["liver"].copy()
+    assert BoundaryDrift(1)(_inputs_of(before)).argmax(dim=1)[0, 16, 10, 10] == 1  # it would grow
+    grower.update(_click(grower, [15, 10, 10], positive=False), "liver")
+    after = grower.masks["liver"]
+    assert not after[15, 10, 10] and before[15, 10, 10]  # the click took its voxel out
+    assert not (after & ~before).any()  # and added nothing, though the network grew the face
+    shrinker = _session(BoundaryDrift(drift=-1))
+    before = shrinker.masks["liver"].copy()
+    shrinker.update(_click(shrinker, [16, 10, 10], positive=True), "liver")
+    after = shrinker.masks["liver"]
+    assert after[16, 10, 10] and not before[16, 10, 10]
+    assert not (before & ~after).any()  # a positive click removes nothing
+
+
+def _inputs_of(liver: np.ndarray) -> torch.Tensor:
+    """The network input of an empty image, no clicks, ``liver`` as the previous liver (model grid = input grid)."""
+    inputs = torch.zeros((1, 1 + len(NAMES) + len(SEGMENTS), *liver.shape))
+    inputs[0, 1 + len(NAMES)] = torch.from_numpy(liver.astype(np.float32))
+    return inputs
 
 
 def test_keep_change_at_click_takes_only_the_connected_change_at_the_click():

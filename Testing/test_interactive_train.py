@@ -2,7 +2,8 @@
 
 A real job worker trains 2 epochs of 3 steps on 32^3 phantoms: the network takes the image, one
 guidance channel per label and one previous-mask channel per segment; the bundle declares those
-channels, its predictions are the no-click results, and the interactive session opens it.
+channels, its predictions are the no-click results (what ``medsegnas segment`` gives with it, and
+where a refinement session from the automatic result starts), and the interactive session opens it.
 """
 
 from __future__ import annotations
@@ -80,6 +81,29 @@ def test_interactive_training_exports_a_bundle_with_guidance_channels(interactiv
     )
     mask, box = session.update(click, "liver")
     assert mask.shape == tuple(b - a for a, b in box)
+
+
+def test_an_interactive_bundle_segments_without_clicks_as_its_automatic_start(interactive_run, tmp_path):
+    """``medsegnas segment`` takes an interactive bundle (its no-click mode, the image channel only),
+    and a refinement session starting from the automatic result starts from exactly that label map."""
+    from MedSegNASLib import cli
+
+    run, phantom = interactive_run
+    bundle = run.artifacts / "model"
+    (case,) = json.loads((run.artifacts / "summary.json").read_text())["validation_cases"]
+    image_path = phantom / "imagesTr" / f"{case}.nii.gz"
+    out = tmp_path / "auto.nii.gz"
+    assert (
+        cli.main(["segment", str(image_path), "--model", str(bundle), "-o", str(out), "--device", "cpu"]) == 0
+    )
+    automatic = read_volume(out).array[0]
+    training_prediction = read_volume(run.artifacts / "predictions" / f"{case}.nii.gz").array[0]
+    assert np.array_equal(automatic, training_prediction)
+    assert (automatic > 0).any()
+    model = load_interactive_model(bundle)
+    session = InteractiveSession(model, read_volume(image_path), start="auto")
+    for name in model.segment_names:
+        assert np.array_equal(session.masks[name], automatic == model.label_names[name]), name
 
 
 def test_evaluate_interactive_reports_noc_dice_per_click_and_a_plot(interactive_run, tmp_path, capsys):

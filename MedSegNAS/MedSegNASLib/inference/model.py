@@ -736,8 +736,14 @@ def _bundle_error(root: Path, what: str, exc: BaseException) -> BundleCodeError:
     return BundleCodeError(f"bundle {root.name}: its own code failed {what}: {type(reason).__name__}: {text}")
 
 
-def load_model(source: str | Path, *, trusted: bool = False) -> SegmentationModel:
+def load_model(source: str | Path, *, trusted: bool = False, automatic: bool = True) -> SegmentationModel:
     """Open a bundle folder or archive for segmentation; runs no code from it unless ``trusted``.
+
+    An interactive bundle of ``medsegnas train --interactive`` (its metadata declares
+    ``medsegnas.interactive``) segments without clicks when ``automatic``: its network gets zeros
+    for the guidance and previous-mask channels (:class:`~..interactive.guidance.WithoutClicks`)
+    and the model takes the image channels only; ``automatic=False`` keeps the bare network (the
+    interactive session feeds those channels itself).
 
     Every component the network needs is built on the CPU (:func:`_build_on_cpu`); the engine
     moves the network to the device asked for. The weights are the file the config's
@@ -796,6 +802,13 @@ def load_model(source: str | Path, *, trusted: bool = False) -> SegmentationMode
             in_channels = (
                 info.in_channels or (spec.num_channels if spec else None) or _network_in_channels(config)
             )
+            declared = section.get("interactive") if isinstance(section, dict) else None
+            if automatic and isinstance(declared, dict):  # its no-click mode is its automatic result
+                from ..interactive.export import extra_channels
+                from ..interactive.guidance import WithoutClicks
+
+                network = WithoutClicks(network, extra_channels(declared))
+                in_channels = int(declared["image_channels"])
             labels = _labels_from_metadata(info.metadata, info.out_channels)
             model = SegmentationModel(
                 name=info.name,

@@ -27,6 +27,7 @@ Masks are exchanged on the grid of the image as given (``Volume``), as boolean a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,8 @@ import torch
 from ..data.volume import Volume
 from ..errors import MedSegNASError
 from .clicks import BACKGROUND, Click, deepedit_points, nearest_voxel, ras_to_voxel
-from .guidance import GUIDANCE_SIGMA, crop_points, guidance_channels
+from .export import extra_channels
+from .guidance import GUIDANCE_SIGMA, WithoutClicks, crop_points, guidance_channels
 
 __all__ = [
     "InteractiveModel",
@@ -78,6 +80,9 @@ class InteractiveModel:
         region: local region (voxels) of a ``local`` model, VISTA3D's window around each click;
             spatial_size: the DeepEdit resize. options: what one kind needs besides (VISTA3D's).
         previous_mask: the input ends with one previous-mask channel per segment (``local`` only).
+        automatic: a ``local`` model's automatic form (no clicks) for the segment engine: the
+            automatic start is then exactly what ``medsegnas segment`` gives (the bundle's own
+            sliding-window settings and inverse), not a second, different inference.
     """
 
     name: str
@@ -92,6 +97,7 @@ class InteractiveModel:
     spatial_size: tuple[int, int, int] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     previous_mask: bool = False
+    automatic: Any = None
 
     @property
     def segment_names(self) -> list[str]:
@@ -224,8 +230,13 @@ def load_interactive_model(
     section = info.metadata.get("medsegnas") if isinstance(info.metadata, dict) else None
     declared = section.get(INTERACTIVE_KEY) if isinstance(section, dict) else None
     if isinstance(declared, dict):
-        model = load_model(resolved.path, trusted=trusted)
+        model = load_model(resolved.path, trusted=trusted, automatic=False)
         label_names = {str(k): int(v) for k, v in dict(declared["label_names"]).items()}
+        automatic = dataclasses.replace(
+            model,
+            network=WithoutClicks(model.network, extra_channels(declared)),
+            in_channels=int(declared["image_channels"]),
+        )
         patch = model.roi_size or (96, 96, 96)
         side = region
         return InteractiveModel(
@@ -239,6 +250,7 @@ def load_interactive_model(
             intensity=[*model.pre_intensity, *model.post_intensity],
             region=tuple(int(side) for _ in range(3)) if side else tuple(int(p) for p in patch),  # type: ignore[arg-type]
             previous_mask=bool(declared.get("previous_mask", False)),
+            automatic=automatic,
         )
     config = load_config_file(info.inference_config)
     from .vista import is_vista3d, load_vista3d
@@ -343,7 +355,10 @@ class InteractiveSession:
         start: ``"auto"`` (every segment starts as the model's result without clicks) or ``"empty"``.
         device: where the network runs (``"cpu"``, ``"cuda"``).
         change_at_click_only: with a previous-mask model, take only the change connected to the
-            newest click (:func:`keep_change_at_click`); False takes the network's whole region.
+            newest click (:func:`keep_change_at_click`), in the click's direction (a positive click
+            of the segment only adds voxels, a negative one only removes: the network's answer
+            also moves faint boundaries next to the click, the wrong way for half of them); False
+            takes the network's whole region.
 
     A ``vista3d`` model makes a :class:`~.vista.VistaSession` (the same API; point prompts).
     """
@@ -488,6 +503,13 @@ class InteractiveSession:
         """The model's result without clicks (zero guidance), as label values on the input grid."""
         if self.model.kind == "deepedit":
             return self._deepedit({name: [] for name in self.model.label_names})
+        if self.model.automatic is not None:  # the segment engine: the same result as medsegnas segment
+            from ..inference.engine import SegmentOptions, segment_volume
+
+            result = segment_volume(
+                self.volume, self.model.automatic, SegmentOptions(device=str(self.device))
+            )
+            return result.labels.array[0]
         from monai.inferers import sliding_window_inference
 
         extra = len(self.model.label_names) + (
@@ -534,6 +556,8 @@ class InteractiveSession:
             before = previous[self.model.segment_names.index(label)]
         if self.model.previous_mask and self.change_at_click_only:
             clicked = nearest_voxel(ras_to_voxel(newest.ras, self.affine)[0]) - np.array(start)
+            if newest.label == label:  # the click's direction: a positive click adds, a negative removes
+                region_mask = (region_mask | before) if newest.positive else (region_mask & before)
             region_mask = keep_change_at_click(before, region_mask, clicked)
             if newest.label == label:
                 probability = torch.softmax(logits, dim=0)[channel].numpy()

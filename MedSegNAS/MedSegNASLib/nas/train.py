@@ -1124,13 +1124,7 @@ def _write_predictions(
     from .search_space import _quiet
 
     with _quiet():
-        model = load_model(bundle)
-    if resolved.get("interactive"):  # the automatic result: no clicks
-        from ..interactive.export import extra_channels
-        from ..interactive.guidance import WithoutClicks
-
-        model.network = WithoutClicks(model.network, extra_channels(resolved["interactive"]))
-        model.in_channels = int(resolved["interactive"]["image_channels"])
+        model = load_model(bundle)  # an interactive bundle: its automatic result (no clicks)
     values = np.array([item["value"] for item in resolved["dataset"]["labels"]], dtype=np.int64)
     remap = not np.array_equal(values, np.arange(len(values)))
     packed = len(resolved["dataset"]["modalities"]) > 1
