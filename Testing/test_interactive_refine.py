@@ -23,7 +23,12 @@ from MedSegNASLib.interactive.export import (
     previous_mask_names,
 )
 from MedSegNASLib.interactive.guidance import interactive_training_input
-from MedSegNASLib.interactive.session import InteractiveModel, InteractiveSession, keep_change_at_click
+from MedSegNASLib.interactive.session import (
+    InteractiveModel,
+    InteractiveSession,
+    keep_change_at_click,
+    keep_change_near_click,
+)
 
 NAMES = interactive_label_names(PHANTOM_LABELS)  # background, liver, spleen, right kidney, left kidney
 SEGMENTS = [name for name in NAMES if name != "background"]
@@ -166,6 +171,17 @@ def test_keep_change_at_click_takes_only_the_connected_change_at_the_click():
     kept = keep_change_at_click(before, after, (11, 7, 7))
     assert kept[10:12, 5:10, 5:10].all() and not kept[15:18, 15:18, 15:18].any() and kept[5, 5, 5]
     assert np.array_equal(keep_change_at_click(before, after, (0, 19, 0)), before)  # nothing there
+
+
+def test_keep_change_near_click_measures_the_reach_in_millimetres():
+    before = np.zeros((20, 20, 20), dtype=bool)
+    after = np.ones((20, 20, 20), dtype=bool)  # the answer claims everything
+    kept = keep_change_near_click(before, after, (10, 10, 10), spacing=(1.0, 1.0, 4.0), reach_mm=6.0)
+    assert kept[16, 10, 10] and not kept[17, 10, 10]  # 6 mm and 7 mm along the 1 mm axis
+    assert kept[10, 10, 11] and not kept[10, 10, 12]  # 4 mm and 8 mm along the 4 mm axis
+    assert kept.sum() == sum(
+        1 for i, j, k in np.ndindex(20, 20, 20) if (i - 10) ** 2 + (j - 10) ** 2 + (4 * (k - 10)) ** 2 <= 36
+    )
 
 
 def test_iterative_training_input_holds_the_models_own_result_and_a_click_in_its_error():

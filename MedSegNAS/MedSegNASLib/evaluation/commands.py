@@ -141,6 +141,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a previous-mask model's answer is taken over its whole region, not only the change "
         "connected to the click (for comparison)",
     )
+    interactive.add_argument(
+        "--click-reach",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="how far (mm) one click's change may reach from it (default 40; 0: no limit)",
+    )
     add_job_arguments(parser)
     parser.set_defaults(func=evaluate_command)
 

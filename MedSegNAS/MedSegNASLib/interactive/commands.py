@@ -149,6 +149,7 @@ def evaluate_interactive_command(args: argparse.Namespace) -> int:
         "brush_mm": args.brush_mm,
         "region": args.region,
         "whole_region": bool(args.whole_region),
+        "click_reach": args.click_reach,
         "out": None if out is None else str(out),
     }
 
@@ -163,6 +164,7 @@ def evaluate_interactive_command(args: argparse.Namespace) -> int:
             brush_mm=args.brush_mm,
             region=args.region,
             change_at_click_only=not args.whole_region,
+            click_reach_mm=args.click_reach,
             trust=args.trust,
             dataroot=args.dataroot,
             progress=lambda done, total, **info: ctx.progress(done, total, stage="evaluate", **info),

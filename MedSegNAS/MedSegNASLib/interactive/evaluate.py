@@ -86,6 +86,7 @@ def evaluate_interactive(
     brush_mm: float = 5.0,
     region: int | None = None,
     change_at_click_only: bool = True,
+    click_reach_mm: float | None = None,
     trust: bool = False,
     dataroot: str | Path | None = None,
     progress: Callable[..., None] | None = None,
@@ -94,7 +95,8 @@ def evaluate_interactive(
 ) -> dict[str, Any]:
     """Run the simulated-user protocol; returns the report (see the module docstring).
 
-    ``change_at_click_only``: see :class:`~.session.InteractiveSession` (a previous-mask model).
+    ``change_at_click_only``, ``click_reach_mm`` (None: the session's default, 0: no limit): see
+    :class:`~.session.InteractiveSession` (a previous-mask model).
 
     Raises:
         MedSegNASError: a non-interactive model, an unusable dataset or split, or no organ of the
@@ -108,11 +110,15 @@ def evaluate_interactive(
         resolve_model_source,
         select_cases,
     )
-    from .session import InteractiveSession, load_interactive_model
+    from .session import CLICK_REACH_MM, InteractiveSession, load_interactive_model
+
+    reach = CLICK_REACH_MM if click_reach_mm is None else float(click_reach_mm)
 
     say = log or (lambda message: None)
     if max_clicks < 1:
         raise MedSegNASError(f"--max-clicks must be at least 1, got {max_clicks}")
+    if reach < 0:
+        raise MedSegNASError(f"--click-reach must be 0 (no limit) or a distance in mm, got {reach}")
     source = resolve_model_source(model_spec)
     model = load_interactive_model(source, trust=trust, region=region)
     data = open_dataset(dataset, dataroot)
@@ -135,7 +141,9 @@ def evaluate_interactive(
             else read_volumes(case.images)
         )
         labels = np.asarray(read_volume(case.label).array[0])  # type: ignore[arg-type]
-        session = InteractiveSession(model, image, start=start, change_at_click_only=change_at_click_only)
+        session = InteractiveSession(
+            model, image, start=start, change_at_click_only=change_at_click_only, click_reach_mm=reach
+        )
         for organ in organs:
             truth = labels == dataset_values[organ.strip().lower()]
             initial = session.masks[organ].copy()
@@ -199,6 +207,7 @@ def evaluate_interactive(
         "brush_mm": brush_mm,
         "region": list(model.region) if model.region else None,
         "change_at_click_only": change_at_click_only if model.previous_mask else None,
+        "click_reach_mm": reach if model.previous_mask and change_at_click_only else None,
     }
     return report
 

@@ -48,6 +48,8 @@ __all__ = [
     "InteractiveSession",
     "load_interactive_model",
     "keep_change_at_click",
+    "keep_change_near_click",
+    "CLICK_REACH_MM",
     "click_consistent",
     "INTERACTIVE_KEY",
 ]
@@ -296,6 +298,24 @@ def keep_change_at_click(
     return np.where(kept, after, before)
 
 
+def keep_change_near_click(
+    before: np.ndarray,
+    after: np.ndarray,
+    clicked: Sequence[int],
+    spacing: Sequence[float],
+    reach_mm: float,
+) -> np.ndarray:
+    """``after`` within ``reach_mm`` (physical distance, voxel ``spacing`` in mm) of ``clicked``, ``before`` beyond.
+
+    At a boundary the image barely shows (the phantom spleen against muscle), the network's answer
+    to a click redraws the organ's whole face: on development phantoms the voxels a positive click
+    fixed were mostly within 40 mm of it, the voxels it spoiled mostly 40-100 mm away.
+    """
+    grid = np.ogrid[tuple(slice(0, n) for n in before.shape)]
+    squared = sum(((g - int(c)) * float(s)) ** 2 for g, c, s in zip(grid, clicked, spacing, strict=True))
+    return np.where(squared <= reach_mm**2, after, before)
+
+
 def click_consistent(
     mask: np.ndarray, probability: np.ndarray, clicked: Sequence[int], positive: bool, radius: float
 ) -> np.ndarray:
@@ -346,6 +366,12 @@ def _apply(transforms: Sequence[Any], image: Any) -> Any:
     return image
 
 
+#: How far (mm) one click's change may reach from it (:func:`keep_change_near_click`): chosen on
+#: development phantoms (seed 99, 96^3; spleen NoC@90 7.75 with 40 mm against 11 without a limit;
+#: liver and kidneys alike), not on the phantoms the README reports.
+CLICK_REACH_MM = 40.0
+
+
 class InteractiveSession:
     """One image and one model; :meth:`update` turns the clicks so far into the segment's new mask.
 
@@ -357,8 +383,10 @@ class InteractiveSession:
         change_at_click_only: with a previous-mask model, take only the change connected to the
             newest click (:func:`keep_change_at_click`), in the click's direction (a positive click
             of the segment only adds voxels, a negative one only removes: the network's answer
-            also moves faint boundaries next to the click, the wrong way for half of them); False
-            takes the network's whole region.
+            also moves faint boundaries next to the click, the wrong way for half of them) and
+            within ``click_reach_mm`` of it; False takes the network's whole region.
+        click_reach_mm: how far (mm, on the model grid) a click's change may reach; 0 or None: no
+            limit. The default, :data:`CLICK_REACH_MM`, was chosen on development phantoms.
 
     A ``vista3d`` model makes a :class:`~.vista.VistaSession` (the same API; point prompts).
     """
@@ -378,6 +406,7 @@ class InteractiveSession:
         start: str = "auto",
         device: str = "cpu",
         change_at_click_only: bool = True,
+        click_reach_mm: float | None = CLICK_REACH_MM,
     ) -> None:
         if volume.num_channels != model.image_channels:
             raise MedSegNASError(
@@ -389,6 +418,7 @@ class InteractiveSession:
         self.volume = volume
         self.device = torch.device(device)
         self.change_at_click_only = bool(change_at_click_only)
+        self.click_reach_mm = float(click_reach_mm or 0.0)
         self.network = model.network.to(self.device)
         self.shape = volume.spatial_shape
         with warnings.catch_warnings():
@@ -559,6 +589,11 @@ class InteractiveSession:
             if newest.label == label:  # the click's direction: a positive click adds, a negative removes
                 region_mask = (region_mask | before) if newest.positive else (region_mask & before)
             region_mask = keep_change_at_click(before, region_mask, clicked)
+            if self.click_reach_mm > 0:
+                spacing = np.linalg.norm(self.affine[:3, :3], axis=0)
+                region_mask = keep_change_near_click(
+                    before, region_mask, clicked, spacing, self.click_reach_mm
+                )
             if newest.label == label:
                 probability = torch.softmax(logits, dim=0)[channel].numpy()
                 region_mask = click_consistent(

@@ -299,9 +299,10 @@ class VistaSession(InteractiveSession):
         start: str = "auto",
         device: str = "cpu",
         change_at_click_only: bool = True,
+        click_reach_mm: float | None = None,
     ) -> None:
-        # change_at_click_only concerns previous-mask models; VISTA3D's answer is its own, so it is
-        # accepted (the session API is one) and has no effect.
+        # change_at_click_only and click_reach_mm concern previous-mask models; VISTA3D's answer is
+        # its own, so they are accepted (the session API is one) and have no effect.
         if volume.num_channels != 1:
             raise MedSegNASError(
                 f"the image has {volume.num_channels} channels; VISTA3D takes one CT channel"
