@@ -146,7 +146,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         metavar="MM",
-        help="how far (mm) one click's change may reach from it (default 40; 0: no limit)",
+        help="how far (mm) one click's change may reach from it (default: no limit)",
     )
     add_job_arguments(parser)
     parser.set_defaults(func=evaluate_command)
