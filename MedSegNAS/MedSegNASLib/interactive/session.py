@@ -309,8 +309,8 @@ def keep_change_near_click(
 
     At a boundary the image barely shows (the phantom spleen against muscle), the network's answer
     to a click may redraw the organ's whole face: on one test phantom the voxels a positive click
-    fixed were mostly within 40 mm of it, the voxels it spoiled mostly 40-100 mm away. Whether a
-    limit helps overall did not hold up (see :data:`CLICK_REACH_MM`); it is an option.
+    fixed were mostly within 40 mm of it, the voxels it spoiled mostly 40-100 mm away (see
+    :data:`CLICK_REACH_MM` for what the limit does to NoC@90).
     """
     grid = np.ogrid[tuple(slice(0, n) for n in before.shape)]
     squared = sum(((g - int(c)) * float(s)) ** 2 for g, c, s in zip(grid, clicked, spacing, strict=True))
@@ -368,9 +368,10 @@ def _apply(transforms: Sequence[Any], image: Any) -> Any:
 
 
 #: How far (mm) one click's change may reach from it by default (:func:`keep_change_near_click`);
-#: 0: no limit. A 40 mm limit helped on development phantoms (seed 99, 96^3: spleen NoC@90 7.75
-#: against 11) and did not hold on the held-out test phantoms (9.75 against 6.25; liver and kidneys
-#: alike on both), so the default stays without a limit (see the README).
+#: 0: no limit, the default. A 40 mm limit helped the spleen from the automatic start on
+#: development phantoms (NoC@90 7.75 against 11) and was mixed on the test phantoms (9.75 against
+#: 6.25 with one model, 5.25 against 8.75 with another), and it breaks the start from nothing for
+#: an organ larger than the reach (liver Dice after one click 0.52 against 0.93): see the README.
 CLICK_REACH_MM = 0.0
 
 
@@ -388,7 +389,7 @@ class InteractiveSession:
             also moves faint boundaries next to the click, the wrong way for half of them) and
             within ``click_reach_mm`` of it; False takes the network's whole region.
         click_reach_mm: how far (mm, on the model grid) a click's change may reach; 0 or None: no
-            limit (the default, :data:`CLICK_REACH_MM`).
+            limit. The default: :data:`CLICK_REACH_MM`.
 
     A ``vista3d`` model makes a :class:`~.vista.VistaSession` (the same API; point prompts).
     """
