@@ -93,9 +93,8 @@ def test_an_interactive_bundle_segments_without_clicks_as_its_automatic_start(in
     (case,) = json.loads((run.artifacts / "summary.json").read_text())["validation_cases"]
     image_path = phantom / "imagesTr" / f"{case}.nii.gz"
     out = tmp_path / "auto.nii.gz"
-    assert (
-        cli.main(["segment", str(image_path), "--model", str(bundle), "-o", str(out), "--device", "cpu"]) == 0
-    )
+    # --model the run directory: its exported bundle, as evaluate takes it
+    assert cli.main(["segment", str(image_path), "--model", str(run.path), "-o", str(out)]) == 0
     automatic = read_volume(out).array[0]
     training_prediction = read_volume(run.artifacts / "predictions" / f"{case}.nii.gz").array[0]
     assert np.array_equal(automatic, training_prediction)

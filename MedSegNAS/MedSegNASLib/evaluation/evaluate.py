@@ -48,6 +48,7 @@ import numpy as np
 from ..data.datasets import Dataset, DatasetCase
 from ..data.volume import LabelInfo, Volume
 from ..errors import DatasetError, ImageFormatError, MedSegNASError
+from ..models.registry import resolve_model_source
 from .metrics import STATUSES, label_metrics
 
 __all__ = [
@@ -683,22 +684,6 @@ def _common_info(
 
 
 # ------------------------------------------------------------------------------------ models
-
-
-def resolve_model_source(model: str | os.PathLike[str]) -> str | Path:
-    """``--model``: a ``medsegnas train`` run directory becomes its ``artifacts/model`` bundle;
-    anything else (registry id, bundle folder or archive) is returned as given."""
-    text = os.fspath(model)
-    path = Path(text).expanduser()
-    if path.is_dir() and ((path / "job.json").is_file() or (path / "status.json").is_file()):
-        bundle = path / "artifacts" / "model"
-        if not (bundle / "configs").is_dir():
-            raise MedSegNASError(
-                f"run directory {path} holds no trained model (artifacts/model); evaluate the run of a finished "
-                "'medsegnas train' job, or give a bundle folder or a registered model id"
-            )
-        return bundle
-    return model if isinstance(model, Path) else text
 
 
 def _model_metadata(root: Path) -> dict[str, Any]:

@@ -99,7 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-m",
         required=True,
         metavar="MODEL",
-        help="a registered model id (medsegnas models list), or a bundle folder, .zip or .tar.gz",
+        help="a registered model id (medsegnas models list), a bundle folder, .zip or .tar.gz, or "
+        "the run directory of 'medsegnas train'",
     )
     parser.add_argument(
         "--output",

@@ -33,7 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "inputs", metavar="IMAGE", nargs="+", type=Path, help="image file(s) or DICOM folder(s)"
     )
-    parser.add_argument("--model", "-m", required=True, help="registered model id, bundle folder or archive")
+    parser.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="registered model id, bundle folder or archive, or the run directory of 'medsegnas train'",
+    )
     parser.add_argument(
         "--clicks", required=True, type=Path, help="clicks.json: a list of {label, positive, ras}"
     )

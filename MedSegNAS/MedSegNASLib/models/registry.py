@@ -86,6 +86,7 @@ __all__ = [
     "label_colors",
     "resolve_model",
     "register_model",
+    "resolve_model_source",
 ]
 
 HOME_ENV = "MEDSEGNAS_HOME"
@@ -1248,15 +1249,32 @@ def _label_table(
 # ------------------------------------------------------------------------ module helpers
 
 
+def resolve_model_source(model: str | os.PathLike[str]) -> str | Path:
+    """``--model``: a ``medsegnas train`` run directory becomes its ``artifacts/model`` bundle;
+    anything else (registry id, bundle folder or archive) is returned as given."""
+    text = os.fspath(model)
+    path = Path(text).expanduser()
+    if path.is_dir() and ((path / "job.json").is_file() or (path / "status.json").is_file()):
+        bundle = path / "artifacts" / "model"
+        if not (bundle / "configs").is_dir():
+            raise MedSegNASError(
+                f"run directory {path} holds no trained model (artifacts/model); give the run of a finished "
+                "'medsegnas train' job, or a bundle folder or a registered model id"
+            )
+        return bundle
+    return model if isinstance(model, Path) else text
+
+
 def resolve_model(
     spec: str | os.PathLike[str], *, home: str | os.PathLike[str] | None = None
 ) -> ResolvedModel:
     """Find the bundle that ``--model SPEC`` names, for the segmentation engine.
 
-    ``spec`` is a registry id (checked first unless it looks like a path: it contains a slash,
-    starts with ``.`` or ends in an archive suffix), a bundle folder (or a folder whose only
-    sub-folder is one), or a bundle archive, unpacked once (:func:`~.archive.safe_extract`) into
-    ``<home>/cache/bundles/<sha256>``.
+    ``spec`` is the run directory of a ``medsegnas train`` job (its exported bundle,
+    :func:`resolve_model_source`), a registry id (checked first unless it looks like a path: it
+    contains a slash, starts with ``.`` or ends in an archive suffix), a bundle folder (or a folder
+    whose only sub-folder is one), or a bundle archive, unpacked once
+    (:func:`~.archive.safe_extract`) into ``<home>/cache/bundles/<sha256>``.
 
     Returns:
         ``ResolvedModel(path, trusted, record, kind)``: only registry models can be trusted; folders
@@ -1266,7 +1284,7 @@ def resolve_model(
         ModelFileError: neither an id nor an existing folder/archive, or not a bundle;
         RegistryError: a registered model whose folder is gone; UnsafeArchiveError: see safe_extract.
     """
-    return ModelRegistry(home).resolve(spec)
+    return ModelRegistry(home).resolve(resolve_model_source(spec))
 
 
 def register_model(
