@@ -135,35 +135,46 @@ def test_fallback_picks_fewer_windows_per_call_then_fast_then_fails(
     roi = tuple(opened.roi_size)
     # A network taking 1 GiB of activations per window (given, as a calibration would measure it).
     heavy = Calibration(batch=1, roi=roi, seconds=0.5, activation_bytes=1 * gib)
-    full = estimate_segmentation(volume, opened, options, calibration=heavy)
+    # A process holding what this one holds now, and no earlier, higher peak: the choice is then the
+    # run's own memory (earlier tests in this pytest process may have left a high-water mark above it).
+    held = process_memory()[0]
+    process = (held, held)
+    full = estimate_segmentation(volume, opened, options, calibration=heavy, process_bytes=process)
     assert full.sw_batch_size > 2 and full.windows_run > full.sw_batch_size
     largest_call = math.ceil(full.windows_run / math.ceil(full.windows_run / full.sw_batch_size))
     assert full.memory["activations"] == largest_call * gib
-    held = process_memory()[0]
 
     # Room for 2 windows per call: the largest batch that fits is taken.
     monkeypatch.setenv("MEDSEGNAS_MEMORY_LIMIT", str(held + int(2.5 * gib)))
-    chosen, plan = choose_fallback(volume, opened, options, calibration=heavy)
+    chosen, plan = choose_fallback(volume, opened, options, calibration=heavy, process_bytes=process)
     assert chosen.sw_batch_size == 2 and not chosen.fast
     assert plan.fits and plan.fallback.startswith("2 window(s) per call")
 
     # Room for less than one window at full resolution, but --fast's smaller grids fit.
     one = estimate_segmentation(
-        volume, opened, dataclasses.replace(options, sw_batch_size=1), calibration=heavy
+        volume,
+        opened,
+        dataclasses.replace(options, sw_batch_size=1),
+        calibration=heavy,
+        process_bytes=process,
     )
     fast = estimate_segmentation(
-        volume, opened, dataclasses.replace(options, sw_batch_size=1, fast=True), calibration=heavy
+        volume,
+        opened,
+        dataclasses.replace(options, sw_batch_size=1, fast=True),
+        calibration=heavy,
+        process_bytes=process,
     )
     assert fast.peak_bytes < one.peak_bytes - 8 * 1024**2
     monkeypatch.setenv("MEDSEGNAS_MEMORY_LIMIT", str((fast.peak_bytes + one.peak_bytes) // 2))
-    chosen, plan = choose_fallback(volume, opened, options, calibration=heavy)
+    chosen, plan = choose_fallback(volume, opened, options, calibration=heavy, process_bytes=process)
     assert chosen.fast and chosen.sw_batch_size == 1 and plan.fallback.startswith("--fast")
     assert "--fast" in plan.to_text()
 
     # Nothing fits: one clear error naming what was needed and what there is.
     monkeypatch.setenv("MEDSEGNAS_MEMORY_LIMIT", str(held // 2))
     with pytest.raises(MedSegNASError, match=r"not enough memory to segment: the run needs about .* GiB"):
-        choose_fallback(volume, opened, options, calibration=heavy)
+        choose_fallback(volume, opened, options, calibration=heavy, process_bytes=process)
 
 
 # ----------------------------------------------------------------------------- size-check cache

@@ -588,10 +588,14 @@ def choose_fallback(
     calibration: Calibration | None = None,
     measure: bool = False,
     elapsed_seconds: float = 0.0,
+    process_bytes: tuple[int, int] | None = None,
 ) -> tuple[Any, SegmentPlan]:
     """The options to run with and their plan: ``options`` when they fit, else the first fallback
     that fits (fewer windows per call, halving down to one; then ``--fast``; on CUDA then the
     window sum in CPU memory, with one window per call).
+
+    ``process_bytes``: (resident, high-water mark) of the process the run adds to, as
+    :func:`process_memory` gives (default: this process now).
 
     Raises:
         MedSegNASError: nothing fits; the message gives the smallest peak found and the memory.
@@ -599,7 +603,8 @@ def choose_fallback(
     from .engine import SegmentOptions
 
     options = options or SegmentOptions()
-    before = process_memory()  # every estimate counts the process as it is before calibrating
+    # every estimate counts the process as it is before calibrating
+    before = process_bytes or process_memory()
     first = estimate_segmentation(
         volume,
         model,
