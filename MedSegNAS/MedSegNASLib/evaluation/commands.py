@@ -186,10 +186,9 @@ def _check_inputs(args: argparse.Namespace) -> Any:
         return None
     from ..inference.engine import select_device
     from ..inference.model import load_resolved_model
-    from .evaluate import resolve_model_source
 
     select_device(args.device)
-    return load_resolved_model(resolve_model_source(args.model), trust=args.trust)
+    return load_resolved_model(args.model, trust=args.trust)  # a train run folder: its bundle
 
 
 def _jsonable_means(means: dict[str, float]) -> dict[str, float | None]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import colorsys
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -802,13 +803,6 @@ def load_model(source: str | Path, *, trusted: bool = False, automatic: bool = T
             in_channels = (
                 info.in_channels or (spec.num_channels if spec else None) or _network_in_channels(config)
             )
-            declared = section.get("interactive") if isinstance(section, dict) else None
-            if automatic and isinstance(declared, dict):  # its no-click mode is its automatic result
-                from ..interactive.export import extra_channels
-                from ..interactive.guidance import WithoutClicks
-
-                network = WithoutClicks(network, extra_channels(declared))
-                in_channels = int(declared["image_channels"])
             labels = _labels_from_metadata(info.metadata, info.out_channels)
             model = SegmentationModel(
                 name=info.name,
@@ -831,10 +825,26 @@ def load_model(source: str | Path, *, trusted: bool = False, automatic: bool = T
                 if not trusted:
                     raise
                 raise _bundle_error(root, "while building its transforms", exc) from exc
+        declared = section.get("interactive") if isinstance(section, dict) else None
+        if automatic and isinstance(declared, dict):  # its no-click mode is its automatic result
+            model = without_clicks(model, declared)
         return model
     finally:
         for folder in scratch:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def without_clicks(model: SegmentationModel, declared: dict) -> SegmentationModel:
+    """An interactive bundle's model used without clicks: zeros for the guidance (and previous-mask)
+    channels its metadata declares (``medsegnas.interactive``), the image channels as its input."""
+    from ..interactive.export import extra_channels
+    from ..interactive.guidance import WithoutClicks
+
+    return dataclasses.replace(
+        model,
+        network=WithoutClicks(model.network, extra_channels(declared)),
+        in_channels=int(declared["image_channels"]),
+    )
 
 
 def _read_sections(model: SegmentationModel, parser: Any, config: dict, info: Any, spec: Any) -> None:

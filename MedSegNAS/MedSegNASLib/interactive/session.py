@@ -27,7 +27,6 @@ Masks are exchanged on the grid of the image as given (``Volume``), as boolean a
 from __future__ import annotations
 
 import copy
-import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,8 +39,7 @@ import torch
 from ..data.volume import Volume
 from ..errors import MedSegNASError
 from .clicks import BACKGROUND, Click, deepedit_points, nearest_voxel, ras_to_voxel
-from .export import extra_channels
-from .guidance import GUIDANCE_SIGMA, WithoutClicks, crop_points, guidance_channels
+from .guidance import GUIDANCE_SIGMA, crop_points, guidance_channels
 
 __all__ = [
     "InteractiveModel",
@@ -222,7 +220,7 @@ def load_interactive_model(
     Raises:
         MedSegNASError: not an interactive bundle, or any error of the safe loading.
     """
-    from ..inference.model import load_model
+    from ..inference.model import load_model, without_clicks
     from ..models import inspect_bundle, load_config_file
     from ..models.registry import resolve_model
 
@@ -234,11 +232,7 @@ def load_interactive_model(
     if isinstance(declared, dict):
         model = load_model(resolved.path, trusted=trusted, automatic=False)
         label_names = {str(k): int(v) for k, v in dict(declared["label_names"]).items()}
-        automatic = dataclasses.replace(
-            model,
-            network=WithoutClicks(model.network, extra_channels(declared)),
-            in_channels=int(declared["image_channels"]),
-        )
+        automatic = without_clicks(model, declared)
         patch = model.roi_size or (96, 96, 96)
         side = region
         return InteractiveModel(
