@@ -72,6 +72,37 @@ def test_guidance_channels_are_monai_gaussians_in_label_order():
     assert channels[0][5, 6, 7] > channels[0][6, 6, 7] > channels[0][9, 6, 7]
 
 
+def _monai_guidance(shape, points, sigma=3):
+    from monai.apps.deepedit.transforms import AddGuidanceSignalDeepEditd
+
+    signal = AddGuidanceSignalDeepEditd(keys="image", guidance="guidance", sigma=sigma, number_intensity_ch=1)
+    data = {
+        "image": np.zeros((1, *shape), dtype=np.float32),
+        "guidance": {k: [list(p) for p in v] for k, v in points.items()},
+    }
+    return np.asarray(signal(data)["image"][1:], dtype=np.float32)
+
+
+def test_guidance_channels_equal_monais_transform_for_any_clicks():
+    """The click-local computation gives MONAI's AddGuidanceSignalDeepEditd output: exactly for a lone
+    click, to float rounding for overlapping ones, with its clamping, skipping and duplicates."""
+    rng = np.random.default_rng(3)
+    shape = (40, 33, 28)
+    lone = {"liver": [[20, 1, 27]], "spleen": [], "background": [[0, 0, 0]]}
+    assert np.array_equal(guidance_channels(shape, lone), _monai_guidance(shape, lone))
+    for _ in range(5):
+        points = {
+            "liver": [[int(v) for v in rng.integers(-3, 45, 3)] for _ in range(int(rng.integers(1, 6)))],
+            "spleen": [[int(v) for v in rng.integers(0, 28, 3)] for _ in range(int(rng.integers(0, 3)))],
+            "background": [[5, 5, 5], [5, 5, 5], [6, 5, 5]],  # a duplicate counts once, as in MONAI
+        }
+        ours, theirs = guidance_channels(shape, points, 2), _monai_guidance(shape, points, 2)
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 1e-6
+    # a grid smaller than the kernel: the minimum is not zero and the rescaling must use it
+    small = {"liver": [[1, 2, 0], [3, 0, 1]]}
+    assert np.abs(guidance_channels((4, 3, 2), small) - _monai_guidance((4, 3, 2), small)).max() < 1e-6
+
+
 def test_local_regions_drop_clicks_outside_instead_of_clamping_them():
     points = {"spleen": [[5, 6, 7], [40, 6, 7]], "background": [[-1, 0, 0]]}
     assert crop_points(points, (4, 4, 4), (16, 16, 16)) == {"spleen": [[1, 2, 3]], "background": []}

@@ -15,7 +15,7 @@ import pytest
 import torch
 from MedSegNASLib.data.phantom import PHANTOM_LABELS
 from MedSegNASLib.data.volume import Volume
-from MedSegNASLib.interactive.clicks import parse_clicks, voxel_to_ras
+from MedSegNASLib.interactive.clicks import nearest_voxel, parse_clicks, voxel_to_ras
 from MedSegNASLib.interactive.export import (
     extra_channels,
     interactive_label_names,
@@ -26,6 +26,7 @@ from MedSegNASLib.interactive.guidance import interactive_training_input
 from MedSegNASLib.interactive.session import (
     InteractiveModel,
     InteractiveSession,
+    NearestLookup,
     keep_change_at_click,
     keep_change_near_click,
 )
@@ -248,3 +249,32 @@ def test_a_click_the_network_ignores_still_moves_its_voxel_along_the_models_rank
     assert not removed[10, 10, 6] and not removed[10, 10, 7] and removed[10, 10, 5]
     assert removed[2, 2, 6]  # out of reach
     assert click_consistent(mask, probability, (10, 10, 2), positive=True, radius=3) is mask  # already in
+
+
+def test_nearest_lookup_between_grids_maps_every_voxel_as_the_affines_say():
+    """The per-axis lookup of axis-aligned grids (any flip, axis order, spacing, offset) picks the same
+    voxels as mapping each voxel through the affine, and a rotated grid takes the per-voxel path."""
+    rng = np.random.default_rng(0)
+
+    def per_voxel(to_source, start, shape, source, source_start):
+        grid = np.indices(shape).reshape(3, -1).T + np.asarray(start)
+        voxels = nearest_voxel(grid @ to_source[:3, :3].T + to_source[:3, 3]) - np.asarray(source_start)
+        inside = np.all((voxels >= 0) & (voxels < np.array(source.shape)), axis=1)
+        out = np.zeros(int(np.prod(shape)), source.dtype)
+        out[inside] = source[tuple(voxels[inside].T)]
+        return out.reshape(shape), inside.reshape(shape)
+
+    for _ in range(100):
+        to_source = np.eye(4)
+        to_source[:3, :3] = 0
+        for row, column in enumerate(rng.permutation(3)):
+            to_source[row, column] = rng.choice([-1, 1]) * rng.choice([0.5, 1.0, 1.5, 2.0, 0.7, 1 / 3])
+        to_source[:3, 3] = rng.uniform(-20, 40, 3).round(int(rng.integers(0, 3)))
+        source = rng.random(tuple(rng.integers(5, 30, 3))) > 0.5
+        start, source_start = rng.integers(-5, 10, 3), rng.integers(0, 3, 3)
+        shape = tuple(int(n) for n in rng.integers(1, 25, 3))
+        rotated = to_source + np.eye(4, k=1) * 0.01  # off-axis terms: not axis-aligned
+        for matrix in (to_source, rotated):
+            lookup = NearestLookup(matrix, start, shape, source.shape, source_start=source_start)
+            expected, inside = per_voxel(matrix, start, shape, source, source_start)
+            assert np.array_equal(lookup.gather(source), expected) and np.array_equal(lookup.inside, inside)
