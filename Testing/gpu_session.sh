@@ -41,8 +41,13 @@ stage() {  # stage NAME LIMIT_SECONDS COMMAND...: run it, log to $OUT/NAME.log, 
 stage interactive 120 python3 Testing/gpu_check_interactive.py --require-gpu
 stage segment 260 python3 Testing/gpu_check_segment.py --require-gpu
 budget=$(( $(left) - 25 ))
-stage benchmark $(( budget + 20 )) python3 Testing/gpu_check_benchmark.py --out /tmp/gpu-bench --budget-s "$budget"
+# 40 search epochs (30 of them architecture epochs: 180 steps, 10x the CPU table's 18) and 40
+# training epochs: the first session's 80 / 60 had scored no model after 150 s.
+stage benchmark $(( budget + 20 )) python3 Testing/gpu_check_benchmark.py --out /tmp/gpu-bench --budget-s "$budget" \
+    --search-epochs 40 --warmup-epochs 10 --train-epochs 40
 for f in benchmark.json dice_vs_params.png; do
     [ -f "/tmp/gpu-bench/bench/artifacts/$f" ] && cp "/tmp/gpu-bench/bench/artifacts/$f" "$OUT/"
 done
+# the search's progress events say how far it got when the budget ended it
+[ -f /tmp/gpu-bench/bench/subruns/search-s0/events.jsonl ] && cp /tmp/gpu-bench/bench/subruns/search-s0/events.jsonl "$OUT/search_events.jsonl"
 echo "gpu_session: done in $(( SECONDS - start )) s"
