@@ -96,9 +96,7 @@ def guidance_channels(
                 box.append(slice(low, high))
                 pieces.append(kernel[low - v + tail : high - v + tail])
             # ((k_i * k_j) * k_k): the order in which MONAI's separable filter multiplies
-            signal[tuple(box)] += (pieces[0][:, None] * pieces[1][None, :])[:, :, None] * pieces[2][
-                None, None, :
-            ]
+            signal[tuple(box)] += np.multiply.outer(np.multiply.outer(pieces[0], pieces[1]), pieces[2])
         low_value, high_value = signal.min(), signal.max()
         if high_value > 0:
             signal -= low_value

@@ -39,6 +39,7 @@ import torch
 from ..data.volume import Volume
 from ..errors import MedSegNASError
 from ..inference.engine import argmax_channels
+from ..inference.geometry import axis_aligned
 from .clicks import BACKGROUND, Click, deepedit_points, nearest_voxel, ras_to_voxel
 from .guidance import GUIDANCE_SIGMA, crop_points, guidance_channels
 
@@ -657,11 +658,11 @@ class NearestLookup:
 
     ``to_source`` (4 x 4) maps the box grid's voxel indices to the source's; the box starts at
     ``start`` and has ``shape``; ``source`` arrays passed to :meth:`gather` hold the source grid
-    from ``source_start`` on. Where the two grids are axis-aligned (each axis of one runs along
-    one axis of the other: any flip, axis order or spacing, the case of a resampled image), the
-    lookup is an outer product of per-axis index lists (``np.ix_``): 0.01 s instead of 0.1 s for
-    a 96^3 box, the same voxels, as the per-axis indices are the same floating-point sums.
-    Otherwise every voxel's index is mapped through the matrix.
+    from ``source_start`` on. Where the two grids are axis-aligned (:func:`~..inference.geometry.axis_aligned`:
+    any flip, axis order or spacing, the case of a resampled image), the lookup is an outer
+    product of per-axis index lists (``np.ix_``): 0.01 s instead of 0.1 s for a 96^3 box, the
+    same voxels, as the per-axis indices are the same floating-point sums. Otherwise every
+    voxel's index is mapped through the matrix.
     """
 
     def __init__(
@@ -674,28 +675,22 @@ class NearestLookup:
     ) -> None:
         self.shape = tuple(int(s) for s in shape)
         source = np.asarray(source_shape[-3:], dtype=int)
-        matrix, offset = to_source[:3, :3], to_source[:3, 3]
-        # A product of an affine with another's inverse leaves 1e-17 where the grids are aligned:
-        # such terms move no index (below 1e-9 voxels here) and would hide the alignment.
-        matrix = np.where(np.abs(matrix) < 1e-12 * np.abs(matrix).max(), 0.0, matrix)
-        nonzero = matrix != 0
+        aligned = axis_aligned(to_source)  # the engine's test of alignment (and its tolerance)
         self._axes: list[np.ndarray] | None = None
-        if (nonzero.sum(axis=0) == 1).all() and (nonzero.sum(axis=1) == 1).all():
-            box_axis = [int(np.flatnonzero(row)[0]) for row in nonzero]  # source axis r runs along box axis
-            indices, valid = [], []
-            for r, c in enumerate(box_axis):
-                steps = np.arange(self.shape[c], dtype=np.float64) + start[c]
-                index = nearest_voxel(steps * matrix[r, c] + offset[r]) - int(source_start[r])
-                valid.append((index >= 0) & (index < source[r]))
-                indices.append(np.clip(index, 0, source[r] - 1))
-            self._order = np.argsort(box_axis)  # result axis k is the source axis that runs along it
-            self._axes = indices
-            self.inside = np.transpose(
-                valid[0][:, None, None] & valid[1][None, :, None] & valid[2][None, None, :], self._order
-            )
+        if aligned is not None:
+            indices: list[np.ndarray] = [np.empty(0, dtype=int)] * 3  # per source axis
+            valid = []  # per box axis
+            for d, s in enumerate(aligned.source_axis):
+                index = nearest_voxel(aligned.coordinates(d, int(start[d]), self.shape[d])) - int(
+                    source_start[s]
+                )
+                valid.append((index >= 0) & (index < source[s]))
+                indices[s] = np.clip(index, 0, source[s] - 1)
+            self._axes, self._order = indices, aligned.source_axis  # box axis d is source axis order[d]
+            self.inside = valid[0][:, None, None] & valid[1][None, :, None] & valid[2][None, None, :]
         else:
             grid = np.indices(self.shape).reshape(3, -1).T + np.asarray(start)
-            voxels = nearest_voxel(grid @ matrix.T + offset) - np.asarray(source_start, dtype=int)
+            voxels = nearest_voxel(grid @ to_source[:3, :3].T + to_source[:3, 3]) - np.asarray(source_start)
             inside = np.all((voxels >= 0) & (voxels < source), axis=1)
             self._flat = np.flatnonzero(inside)
             self._voxels = voxels[inside]
