@@ -21,7 +21,14 @@ from MedSegNASLib.jobs import FINAL_STATES, RunDir, list_runs
 from MedSegNASLib.panels import panel_dataset, panel_runs, panel_segment
 from MedSegNASLib.panels import panel_logic as pl
 from MedSegNASLib.panels import panel_selftest as selftest
-from MedSegNASLib.panels.panel_state import JobArea, ModelTask, ParameterNodeHolder, ReportedErrors, is_chosen
+from MedSegNASLib.panels.panel_state import (
+    FollowedJob,
+    JobArea,
+    ModelTask,
+    ParameterNodeHolder,
+    ReportedErrors,
+    is_chosen,
+)
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -161,7 +168,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._listedRunsFolder = None
         self._curvesRun = None  # run whose curves are plotted (refreshed while it runs)
         self._task = ModelTask(_("A model import is running; wait for it to finish."))
-        self._evaluation = None  # JobFollower of the Evaluate button's job
+        self._evaluation = FollowedJob()  # the Evaluate button's job
         self._segmenter = None  # panel_segment.WarmSegmenter: the Segment button's warm worker
 
     def setup(self) -> None:
@@ -273,8 +280,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 run = getattr(area.follower, "run", None)  # a warm segmentation has no run folder
                 setattr(params, area.run_parameter, str(run.path) if run else "")
                 continue
-            livePath = next((live[kind]["path"] for kind in area.kinds if kind in live), "")
-            path = getattr(params, area.run_parameter) or livePath
+            path = area.run_to_follow(getattr(params, area.run_parameter), live)
             if path:
                 self._follow(area, RunDir(path))
         self._onParameterNodeModified()
@@ -313,7 +319,7 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._areas["train"].update(bool(params and (fromScene or is_chosen(params.datasetPath))))
         self._areas["phantom"].update(bool(params and is_chosen(params.phantomFolder)))
         ui.evaluateButton.enabled = bool(
-            params and params.evaluateSegmentation and params.evaluateReference and self._evaluation is None
+            params and params.evaluateSegmentation and params.evaluateReference and not self._evaluation.busy
         )
         ui.datasetPathLineEdit.enabled = not fromScene
         for widget in (ui.sceneCasesTableWidget, ui.sceneCasesRefreshButton, ui.sceneModalityLineEdit):
@@ -365,21 +371,23 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for area in self._areas.values():
             if area.follower is None:
                 continue
-            try:
-                update = area.follower.poll()
-            except Exception as exc:  # a damaged run folder: stop following it, say why
-                self._stopFollowing(area, _("Cannot follow the job: {error}").format(error=exc))
-                self._timerErrors.report(area.statusLabel.text, exc)
+            polled = area.poll()
+            if polled.error is not None:  # a damaged run folder: no longer followed; say why
+                self._stopFollowing(area, _("Cannot follow the job: {error}").format(error=polled.error))
+                self._timerErrors.report(area.statusLabel.text, polled.error)
                 continue
+            update = polled.update
             area.progressBar.maximum, area.progressBar.value = update.total, update.step
             area.progressBar.format = f"{update.stage} %p%" if update.stage else "%p%"
             area.statusLabel.text = update.text
             if update.finished:
-                ended = area.follower
-                self._stopFollowing(area, update.text)  # first: if loading fails, it is not polled again
-                if update.state == "done":
+                self._stopFollowing(area, update.text)
+                if polled.ended is not None:
                     self._inTimer(
-                        area.statusLabel, _("Failed to load the job's result: {error}"), area.on_done, ended
+                        area.statusLabel,
+                        _("Failed to load the job's result: {error}"),
+                        area.on_done,
+                        polled.ended,
                     )
         if self._curvesRun:
             curvesRun, self._curvesRun = self._curvesRun, None  # an error stops the updates
@@ -389,12 +397,12 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._updateCurves,
                 curvesRun,
             )
-        if self._evaluation is not None:
+        if self._evaluation.busy:
             self._inTimer(self.ui.evaluateStatusLabel, _("Failed to evaluate: {error}"), self._pollEvaluation)
         if (
             not self._curvesRun
-            and self._evaluation is None
-            and all(a.follower is None for a in self._areas.values())
+            and not self._evaluation.busy
+            and not any(a.busy for a in self._areas.values())
         ):
             self._jobTimer.stop()
 
@@ -629,23 +637,20 @@ class MedSegNASWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             run = pl.launch_evaluate_nodes_job(
                 p.evaluateSegmentation, p.evaluateReference, Path(p.runsFolder).expanduser()
             )
-            self._evaluation = pl.JobFollower(run)
+            self._evaluation.start(pl.JobFollower(run))
             self.ui.evaluateStatusLabel.text = _("Evaluating in the background...")
             self._onParameterNodeModified()
             self._jobTimer.start()
 
     def _pollEvaluation(self) -> None:
-        follower, self._evaluation = self._evaluation, None  # an error stops the polling
-        update = follower.poll()
-        if not update.finished:
-            self._evaluation = follower
+        outcome = self._evaluation.poll()
+        if not outcome.finished:
             return
         self._onParameterNodeModified()
-        if update.state != "done":
-            error = update.status.get("error") or update.text
-            self.ui.evaluateStatusLabel.text = _("Not evaluated: {error}").format(error=error)
+        if not outcome.ok:
+            self.ui.evaluateStatusLabel.text = _("Not evaluated: {error}").format(error=outcome.error)
             return
-        table = pl.evaluation_table_node(follower.run, slicer.mrmlScene)
+        table = pl.evaluation_table_node(outcome.run, slicer.mrmlScene)
         self._showTable(table)
         self.ui.evaluateStatusLabel.text = _("Scores in table '{name}'.").format(name=table.GetName())
 

@@ -171,3 +171,73 @@ def test_an_older_slicer_gets_a_clear_message_instead_of_the_panel(
     assert any("needs 3D Slicer 5.10 or later" in text and "5.8.1" in text for text in labels), labels
     assert not hasattr(widget, "ui")  # no buttons that would fail later
     slicer_app.enter(widget)  # showing the module does not raise either
+
+
+def _run_folder(root: Path, kind: str, state: str, **fields):
+    """A real run folder of ``kind`` in ``state`` (held by this process while not final, as a worker holds it)."""
+    from MedSegNASLib.jobs import RunDir
+
+    run = RunDir.create(root, kind)
+    run.ensure_layout()
+    run.write_job({"kind": kind})
+    run.write_status(state=state, **fields)
+    return run
+
+
+def test_job_area_poll_ends_following_when_the_job_ends_and_names_the_result_to_load(tmp_path: Path) -> None:
+    """A running job stays followed; a done job hands its follower over for loading its result, a
+    failed one does not; an unreadable run folder stops the following with the reason."""
+    from MedSegNASLib.panels.panel_jobs import JobFollower
+    from MedSegNASLib.panels.panel_state import JobArea
+
+    area = JobArea({"train": "Train"}, "trainRun", on_done=print)
+    run = _run_folder(tmp_path, "train", "running")
+    lock = run.acquire_lock()
+    follower = JobFollower(run)
+    area.follow(follower)
+    polled = area.poll()
+    assert not polled.update.finished and polled.ended is None and area.follower is follower
+    run.write_status(state="done")
+    lock.release()
+    polled = area.poll()
+    assert polled.update.finished and polled.ended is follower and not area.busy
+
+    area.follow(JobFollower(_run_folder(tmp_path, "train", "failed", error="out of memory")))
+    polled = area.poll()
+    assert polled.update.state == "failed" and polled.ended is None and not area.busy
+
+    broken = _run_folder(tmp_path, "train", "running")
+    area.follow(JobFollower(broken))
+    broken.status_json.write_text("{not json")
+    polled = area.poll()
+    assert polled.error is not None and polled.update is None and not area.busy
+
+
+def test_job_area_reattaches_the_saved_run_else_a_live_run_of_its_kinds() -> None:
+    from MedSegNASLib.panels.panel_state import JobArea
+
+    area = JobArea({"search": "Search", "train": "Train"}, "trainRun", on_done=print)
+    live = {"segment": {"path": "/runs/segment-1"}, "train": {"path": "/runs/train-2"}}
+    assert area.run_to_follow("/runs/search-0", live) == "/runs/search-0"
+    assert area.run_to_follow("", live) == "/runs/train-2"
+    assert area.run_to_follow("", {"segment": {"path": "/runs/segment-1"}}) == ""
+
+
+def test_followed_job_reports_how_the_evaluation_ended(tmp_path: Path) -> None:
+    from MedSegNASLib.panels.panel_jobs import JobFollower
+    from MedSegNASLib.panels.panel_state import FollowedJob
+
+    job = FollowedJob()
+    assert not job.busy and not job.poll().finished  # nothing followed: an idle tick
+    run = _run_folder(tmp_path, "evaluate", "running")
+    lock = run.acquire_lock()
+    job.start(JobFollower(run))
+    assert not job.poll().finished and job.busy
+    run.write_status(state="failed", error="the reference has no segments")
+    lock.release()
+    outcome = job.poll()
+    assert outcome.finished and not outcome.ok and outcome.error == "the reference has no segments"
+    assert outcome.run == run and not job.busy
+    job.start(JobFollower(_run_folder(tmp_path, "evaluate", "done")))
+    outcome = job.poll()
+    assert outcome.finished and outcome.ok and not job.busy

@@ -10,6 +10,8 @@
   in a dialog on every tick.
 * :class:`ModelTask`: the one model import or download that runs at a time (a worker job), its
   progress bar and the outcome line.
+* :class:`FollowedJob`: a job followed without a progress display (the Evaluate button's), whose
+  outcome the panel shows when it ends.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "AreaPoll",
+    "FollowedJob",
     "JobArea",
+    "JobOutcome",
     "ModelTask",
     "ModelTaskProgress",
     "ParameterNodeHolder",
@@ -44,6 +49,21 @@ def kind_of_run_folder(path: str | os.PathLike[str]) -> str:
     known from the launch on, before the worker writes ``job.json``."""
     parts = Path(path).name.rsplit("-", 3)
     return parts[0] if len(parts) == 4 else ""
+
+
+@dataclass(frozen=True)
+class AreaPoll:
+    """What one :meth:`JobArea.poll` found.
+
+    Attributes:
+        update: the follower's ``JobUpdate`` (None when the run could not be read).
+        error: why the run cannot be followed (a damaged run folder); the area stopped following it.
+        ended: the follower whose job ended ``done``: its result is to be loaded (``on_done``).
+    """
+
+    update: Any = None
+    error: Exception | None = None
+    ended: Any = None
 
 
 class JobArea:
@@ -84,6 +104,26 @@ class JobArea:
 
     def stop(self) -> None:
         self.follower, self.kind = None, None
+
+    def poll(self) -> AreaPoll:
+        """One look at the followed job (a timer tick); the area stops following a job that ended or
+        whose run folder cannot be read."""
+        follower = self.follower
+        try:
+            update = follower.poll()
+        except Exception as exc:
+            self.stop()
+            return AreaPoll(error=exc)
+        if not update.finished:
+            return AreaPoll(update)
+        self.stop()
+        return AreaPoll(update, ended=follower if update.state == "done" else None)
+
+    def run_to_follow(self, saved: str, live: Mapping[str, Mapping[str, Any]]) -> str:
+        """The run folder to re-attach after a module reload or a restart: the one the parameter node
+        kept (``saved``), else a live run of one of this area's kinds (``live``: kind -> run summary,
+        ``panel_logic.live_runs``); "" for none."""
+        return saved or next((str(live[kind]["path"]) for kind in self.kinds if kind in live), "")
 
     def button_states(self, can_start: bool, cancel_text: str = "Cancel") -> dict[str, tuple[str, bool]]:
         """Job kind -> (button text, enabled): the followed kind's button cancels, the others wait."""
@@ -225,3 +265,42 @@ class ModelTask:
             return ModelTaskProgress((100, 100), True, model, self._done_text.format(id=model), self._where)
         error = update.status.get("error") or update.text
         return ModelTaskProgress((100, 0), True, "", self._failed_text.format(error=error), self._where)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What one :meth:`FollowedJob.poll` found: ``finished``; then ``ok`` (ended ``done``), ``error``
+    (the job's error or last line otherwise) and ``run`` (its run folder)."""
+
+    finished: bool
+    ok: bool = False
+    error: str = ""
+    run: Any = None
+
+
+class FollowedJob:
+    """A job followed from a timer without a progress display, one at a time (the Evaluate button's)."""
+
+    def __init__(self) -> None:
+        self.follower: Any = None
+
+    @property
+    def busy(self) -> bool:
+        return self.follower is not None
+
+    def start(self, follower: Any) -> None:
+        self.follower = follower
+
+    def poll(self) -> JobOutcome:
+        """One look at the job; it is no longer followed once it ended, or when reading it failed (the
+        exception propagates: a timer must not report the same error on every tick)."""
+        follower, self.follower = self.follower, None
+        if follower is None:
+            return JobOutcome(finished=False)
+        update = follower.poll()
+        if not update.finished:
+            self.follower = follower
+            return JobOutcome(finished=False)
+        if update.state == "done":
+            return JobOutcome(True, ok=True, run=follower.run)
+        return JobOutcome(True, error=update.status.get("error") or update.text, run=follower.run)
