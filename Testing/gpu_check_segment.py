@@ -3,12 +3,14 @@
 
     python Testing/gpu_check_segment.py [--work DIR] [--require-gpu]
 
-Runs ``benchmarks/segment_bench.py --device cuda --amp --repeat 2`` (512 x 512 x 150 phantom,
+Runs ``benchmarks/segment_bench.py --device cuda --amp --repeat 1`` (512 x 512 x 150 phantom,
 spleen-bundle-sized UNet, 96^3 windows; MONAI's bundle workflow and ``segment`` each in a fresh
 process) and prints its table, then the same script's ``--warm`` run (the panel's warm worker
 segmenting a second volume, against MONAI's whole process on it), then one line per check:
 
-* ``segment`` end to end (process start to exit, imports included) under 10 s;
+* ``segment`` end to end (process start to exit, imports included) under 10 s, as a bundle's
+  first run (loaded the full way, MONAI imported) and as a later run (its compiled form, no
+  MONAI: ``inference/compiled.py``);
 * its label map agrees with MONAI's (Dice >= 0.99 per label);
 * its peak GPU memory, next to MONAI's, and the warm worker's time on the second volume
   (reported, not judged).
@@ -64,7 +66,7 @@ def main() -> int:
         "cuda",
         "--amp",
         "--repeat",
-        "2",
+        "1",
         "--work",
         str(args.work),
     ]
@@ -83,11 +85,20 @@ def main() -> int:
         json.loads(line[len("WARM ") :]) for line in output.splitlines() if line.startswith("WARM ")
     )
     ours, theirs = summary["runs"]["segment"], summary["runs"]["MONAI bundle run"]
+    later = summary["runs"]["segment, compiled"]
     checks = [
-        (ours["wall_s"] < BUDGET_S, f"segment end to end {ours['wall_s']:.1f} s (budget {BUDGET_S:.0f} s)"),
         (
-            ours["min_dice_vs_monai"] >= 0.99,
-            f"Dice vs MONAI >= 0.99 (lowest {ours['min_dice_vs_monai']:.4f})",
+            ours["wall_s"] < BUDGET_S,
+            f"segment end to end, first run {ours['wall_s']:.1f} s (budget {BUDGET_S:.0f} s)",
+        ),
+        (
+            later["wall_s"] < BUDGET_S,
+            f"segment end to end, later run (compiled) {later['wall_s']:.1f} s (budget {BUDGET_S:.0f} s)",
+        ),
+        (
+            min(ours["min_dice_vs_monai"], later["min_dice_vs_monai"]) >= 0.99,
+            f"Dice vs MONAI >= 0.99 (lowest {ours['min_dice_vs_monai']:.4f} first run, "
+            f"{later['min_dice_vs_monai']:.4f} compiled)",
         ),
     ]
     failed = 0

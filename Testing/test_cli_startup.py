@@ -1,7 +1,7 @@
 """``medsegnas`` starts without the heavy libraries: building the command line (every command
 registered, as for ``medsegnas segment --help``) must not import torch, MONAI, matplotlib,
 Optuna, TensorBoard, nor the image readers (nibabel, SimpleITK) and SciPy; each command imports
-what it needs when it runs. A ``segment`` process skips the parts of MONAI's import it never uses
+what it needs when it runs. A ``segment`` process that loads a bundle the full way skips the parts of MONAI's import it never uses
 (pytorch-ignite, matplotlib), gives the label map of an in-process run, where MONAI is whole, and
 ends as soon as the label map is written (no interpreter teardown), its report flushed. Checked
 in fresh interpreters, as a user or the panels start them."""
@@ -109,6 +109,9 @@ def test_a_segment_process_skips_ignite_and_matplotlib_and_gives_the_same_labels
         "try:\n    runpy.run_module('MedSegNASLib.cli', run_name='__main__', alter_sys=True)\n"
         "except SystemExit as exit:\n    print('TEARDOWN', exit.code)\n"
     )
+    # A cache without the bundle's compiled form (the in-process run stored it in the session's):
+    # this process loads the bundle the full way (test_segment_compiled.py checks the other way).
+    monkeypatch.setenv("MEDSEGNAS_CACHE", str(tmp_path / "empty-cache"))
     with tempfile.TemporaryDirectory() as cwd:
         monkeypatch.chdir(cwd)
         run = run_python(code)

@@ -278,3 +278,36 @@ def test_nearest_lookup_between_grids_maps_every_voxel_as_the_affines_say():
             lookup = NearestLookup(matrix, start, shape, source.shape, source_start=source_start)
             expected, inside = per_voxel(matrix, start, shape, source, source_start)
             assert np.array_equal(lookup.gather(source), expected) and np.array_equal(lookup.inside, inside)
+
+
+def test_interactive_samples_hold_up_to_the_configured_number_of_clicks():
+    """``interactive_max_clicks`` (the training config) bounds the click sequence of a sample: with
+    the automatic start, a sample of n clicks runs the network n times (its start, then after each
+    click but the last); sequences of every length 1..n occur."""
+    from MedSegNASLib.errors import MedSegNASError
+    from MedSegNASLib.nas.train import TrainConfig
+    from monai.networks.nets import UNet
+
+    for bad in (0, 2.5, "3"):
+        with pytest.raises(MedSegNASError, match="interactive_max_clicks must be an integer >= 1"):
+            TrainConfig.from_preset("small", {"interactive_max_clicks": bad})
+    with pytest.raises(MedSegNASError, match=r"interactive_probability must be a number in \[0, 1\]"):
+        TrainConfig.from_preset("small", {"interactive_probability": 1.5})
+    assert TrainConfig.from_preset("small", {"interactive_max_clicks": 8}).interactive_max_clicks == 8
+
+    torch.manual_seed(0)
+    network = UNet(3, 1 + 9, 5, channels=(4, 8), strides=(2,), num_res_units=0)
+    calls: list[int] = []
+    network.register_forward_hook(lambda module, args, output: calls.append(1))
+    labels = torch.zeros((1, 1, 16, 16, 16), dtype=torch.long)
+    labels[:, :, 4:12, 4:12, 4:12] = 1
+    images = labels.float() + 0.1 * torch.randn((1, 1, 16, 16, 16))
+    seen = set()
+    for seed in range(40):
+        calls.clear()
+        interactive_training_input(
+            network, images, labels, NAMES, generator=np.random.default_rng(seed), interact_probability=1.0,
+            max_interactions=6, from_automatic_probability=1.0, previous_mask=True,
+        )  # fmt: skip
+        seen.add(len(calls))
+    assert seen == {1, 2, 3, 4, 5, 6}

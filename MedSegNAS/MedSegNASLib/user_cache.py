@@ -36,21 +36,21 @@ def cache_dir(kind: str) -> Path:
     return Path(home).expanduser() / "cache" / kind
 
 
-def versions() -> dict[str, str]:
-    """The versions a cached answer depends on: MedSegNAS, Python, torch and MONAI (when imported)."""
+def versions(libraries: tuple[str, ...] = ("torch", "monai")) -> dict[str, str]:
+    """The versions a cached answer depends on: MedSegNAS, Python and ``libraries`` (when imported)."""
     from . import __version__
 
     found = {"medsegnas": str(__version__), "python": sys.version.split()[0]}
-    for name in ("torch", "monai"):
+    for name in libraries:
         module = sys.modules.get(name)
         if module is not None:
             found[name] = str(getattr(module, "__version__", "?"))
     return found
 
 
-def cache_key(*parts: Any) -> str:
-    """A hex digest of ``parts`` (JSON-serialisable) and :func:`versions`."""
-    text = json.dumps([versions(), *parts], sort_keys=True, default=str)
+def cache_key(*parts: Any, libraries: tuple[str, ...] = ("torch", "monai")) -> str:
+    """A hex digest of ``parts`` (JSON-serialisable) and :func:`versions` of ``libraries``."""
+    text = json.dumps([versions(libraries), *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

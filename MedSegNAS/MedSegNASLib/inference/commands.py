@@ -12,6 +12,7 @@ when something fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -284,11 +285,6 @@ def import_monai_for_segmentation() -> None:
 
 def segment_command(args: argparse.Namespace) -> int:
     """Run ``segment`` as the job kind ``segment``."""
-    # A detaching parent only starts the worker; a trusted bundle's own code may use MONAI's
-    # ignite-based parts, which must then be real, not placeholders.
-    if not getattr(args, "detach", False) and not getattr(args, "trust", False):
-        import_monai_for_segmentation()
-
     from ..jobs.runner import run_job_command
 
     if args.output is None and not args.plan:
@@ -366,18 +362,36 @@ def _seconds_since_start() -> float:
         return 0.0
 
 
-def _read_and_load(inputs: list[Path], model: str | Path, trusted: bool) -> tuple[Any, Any]:
+def _read_and_load(
+    inputs: list[Path], model: str | Path, trusted: bool, options: Any = None
+) -> tuple[Any, Any]:
     """The image(s) and the model; the image is read while the model loads (imports, weights):
-    decompressing it runs mostly outside the GIL. A bad image is still the error reported."""
+    decompressing it runs mostly outside the GIL. A bad image is still the error reported.
+
+    With ``options`` (the run's), a bundle compiled for their device and precision by an earlier
+    run loads without MONAI (:mod:`.compiled`); otherwise MONAI is imported for segmentation
+    (:func:`import_monai_for_segmentation`, unless the bundle is trusted: its own code may use
+    MONAI's ignite-based parts, which must then be real) and the bundle loads the full way."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ..data.io import read_volumes
     from .model import load_resolved_model
 
+    compiled = None
+    if options is not None and not trusted:
+        from .compiled import precision_name
+        from .engine import autocast_dtype, select_device
+
+        with contextlib.suppress(MedSegNASError):
+            device = select_device(options.device)
+            compiled = (device, precision_name(autocast_dtype(device, options.amp)))
+    before_full_load = None if trusted else import_monai_for_segmentation
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-read") as pool:
         reading = pool.submit(read_volumes, inputs)
         try:
-            loaded = load_resolved_model(model, trust=trusted)
+            loaded = load_resolved_model(
+                model, trust=trusted, compiled=compiled, before_full_load=before_full_load
+            )
         except BaseException:
             reading.result()
             raise
@@ -397,7 +411,7 @@ def plan_files(
     from .plan import choose_fallback
 
     reuse_freed_memory()  # as the run would: the calibration's memory is the run's
-    volume, loaded = _read_and_load(inputs, model, trusted)
+    volume, loaded = _read_and_load(inputs, model, trusted, options)
     # the run reads the size check's verdict from the cache this process has just filled
     startup = max(0.0, _seconds_since_start() - SIZE_CHECK_STORED_SECONDS["seconds"])
     try:
@@ -432,16 +446,44 @@ def segment_files(
 
     started = time.perf_counter()
     reuse_freed_memory()  # this is a worker process: no fresh pages for every batch of windows
-    volume, model = _read_and_load(inputs, model, trusted)
+    spec = model
+    volume, model = _read_and_load(inputs, spec, trusted, options)
     ctx.progress(1, 2, stage="load")
+    how = " (compiled by an earlier run)" if model.compiled_for is not None else ""
     ctx.log(
-        f"model '{model.name}': {model.in_channels} input channel(s), {model.num_classes} classes "
+        f"model '{model.name}'{how}: {model.in_channels} input channel(s), {model.num_classes} classes "
         f"({', '.join(lb.name for lb in model.labels[1:])}); preprocessing: {', '.join(model.steps)}"
     )
     ctx.progress(2, 2, stage="load")
-    return segment_loaded(
+    summary = segment_loaded(
         volume, model, output, options, ctx, started=started, elapsed_seconds=_seconds_since_start()
     )
+    summary["compiled"] = model.compiled_for is not None
+    if model.compiled_for is None and not trusted and getattr(options, "compile", True):
+        _compile_for_next_runs(spec, model, volume, options, summary, ctx)
+    return summary
+
+
+def _compile_for_next_runs(
+    spec: str | Path, model: Any, volume: Any, options: Any, summary: dict[str, Any], ctx: Any
+) -> None:
+    """After a run that loaded the bundle the full way: store its compiled form (:mod:`.compiled`)
+    for the device and precision the run used, so that the next run imports no MONAI. Never
+    fails the run: what could not be compiled is logged."""
+    import torch
+
+    from ..models.registry import resolve_model
+    from .compiled import compile_model
+    from .engine import autocast_dtype
+
+    try:
+        folder = resolve_model(str(spec)).path
+        device = torch.device(summary["device"])
+        autocast = autocast_dtype(device, options.amp)
+        _, message = compile_model(model, folder, device, autocast, volume.array.shape[1:], volume.affine)
+    except Exception as exc:  # the label map is written: this is only for the next run
+        message = f"not compiled: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    ctx.log(message)
 
 
 def segment_loaded(

@@ -233,7 +233,13 @@ def autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None
 
 
 def _apply_transforms(transforms: Sequence[Any], image: torch.Tensor) -> torch.Tensor:
-    """MONAI intensity transforms (array or dictionary) on a ``(C, ...)`` tensor, as a plain tensor."""
+    """MONAI intensity transforms (array or dictionary) on a ``(C, ...)`` tensor, as a plain tensor.
+
+    A compiled model's :class:`~.compiled.IntensityWindow` steps run without MONAI."""
+    if all(getattr(t, "voxelwise", False) for t in transforms):
+        for transform in transforms:
+            image = transform(image)
+        return image.float()
     from monai.data import MetaTensor
     from monai.transforms import MapTransform
 
@@ -252,6 +258,14 @@ def _apply_transforms(transforms: Sequence[Any], image: torch.Tensor) -> torch.T
 
 def _fast_geometry(model: SegmentationModel, grid: Grid) -> list[Any]:
     """The model's geometric transforms with twice the voxel size (a Spacing is added if none)."""
+    from .compiled import SpacingStep, is_grid_step
+
+    if model.geometry and all(is_grid_step(t) for t in model.geometry) or model.compiled_for is not None:
+        steps = [t.scaled(2.0) if isinstance(t, SpacingStep) else t for t in model.geometry]
+        if not any(isinstance(t, SpacingStep) for t in steps):
+            oriented = model_grid(grid, steps)
+            steps.append(SpacingStep(tuple(float(s) * 2.0 for s in oriented.spacing), "bilinear"))
+        return steps
     from monai.transforms import Spacing
 
     transforms = [copy.deepcopy(t) for t in model.geometry]
@@ -456,7 +470,8 @@ class _Runner:
             batch = batch.contiguous(memory_format=torch.channels_last_3d)  # as the network (optimize.py)
         context = (
             torch.autocast(self.device.type, dtype=self.autocast)
-            if self.autocast
+            # a compiled network is a trace that holds its autocast casts already
+            if self.autocast and self.model.compiled_for is None
             else contextlib.nullcontext()
         )
         with context, _bundle_errors(self.model):
@@ -490,8 +505,6 @@ class _Runner:
         is the outer product of the counts per axis (exact small integers, as MONAI's sum).
         Windows outside the body add the background logit to the background channel only.
         """
-        from monai.data.utils import compute_importance_map
-
         model = self.model
         roi = tuple(int(r) for r in plan.roi)
         spatial = tuple(int(s) for s in image.shape[1:])
@@ -510,7 +523,11 @@ class _Runner:
         else:
             total = torch.zeros((num_classes, *padded), dtype=torch.float32, device=self.output_device)
         weights = None
-        if model.blend_mode != "constant":
+        if model.blend_mode != "constant" and roi in model.importance_maps:
+            weights = model.importance_maps[roi].to(self.output_device)  # stored with a compiled model
+        elif model.blend_mode != "constant":
+            from monai.data.utils import compute_importance_map
+
             weights = compute_importance_map(
                 roi, mode=model.blend_mode, sigma_scale=model.sigma_scale, device=self.output_device
             ).float()
@@ -797,7 +814,15 @@ def segment_volume(
     # and invert in CPU memory.
     on_cuda = device.type == "cuda" and not options.stitch_on_cpu
     attempts = [(device, sw_batch_size, device if on_cuda else torch.device("cpu"))]
-    if device.type == "cuda":
+    if model.compiled_for is not None and model.compiled_for[0] != device.type:
+        raise MedSegNASError(
+            f"model '{model.name}' was loaded compiled for {model.compiled_for[0]}, not {device.type}"
+        )
+    if device.type == "cuda" and model.compiled_for is not None:
+        # A trace compiled for CUDA runs there only: one window per batch, output in CPU memory.
+        if sw_batch_size > 1 or on_cuda:
+            attempts.append((device, 1, torch.device("cpu")))
+    elif device.type == "cuda":
         if sw_batch_size > 1 or on_cuda:
             attempts.append((device, 1, torch.device("cpu")))
         attempts.append((torch.device("cpu"), 1, torch.device("cpu")))

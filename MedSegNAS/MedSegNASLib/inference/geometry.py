@@ -84,8 +84,15 @@ def model_grid(grid: Grid, transforms: Sequence[Callable]) -> Grid:
     """The grid MONAI's geometric ``transforms`` (Orientation/Spacing, array or dictionary
     versions) produce from an image on ``grid``: applied lazily, so no voxel is touched.
 
-    Dictionary transforms are applied to ``{key: image}`` for their first key.
+    Dictionary transforms are applied to ``{key: image}`` for their first key. The steps of a
+    compiled model (:class:`~.compiled.OrientationStep`, :class:`~.compiled.SpacingStep`: the same
+    arithmetic, checked against MONAI when compiled) are computed without MONAI.
     """
+    from .compiled import is_grid_step, steps_grid
+
+    if all(is_grid_step(t) for t in transforms):
+        shape, affine = steps_grid(transforms, grid.shape, grid.affine)
+        return Grid(shape, affine)  # type: ignore[arg-type]
     from monai.data import MetaTensor
     from monai.transforms import MapTransform
 

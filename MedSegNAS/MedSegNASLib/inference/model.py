@@ -119,6 +119,12 @@ class SegmentationModel:
         network_size: the safety check's dry build of the network
             (:class:`~MedSegNASLib.models.capabilities.NetworkSize`: parameters, summed layer
             outputs), when it ran; the memory plan's figure before a calibration.
+        network_signature: what the network's calibration is cached under (None: computed from
+            the network; a compiled network keeps the signature of the network it was traced from).
+        importance_maps: Gaussian window weights by window size, stored with a compiled model
+            (the engine computes any other with MONAI).
+        compiled_for: ``(device type, precision)`` of a compiled model (:mod:`.compiled`): its
+            network is a trace that holds the autocast casts and runs on that device only.
     """
 
     name: str
@@ -156,6 +162,9 @@ class SegmentationModel:
     channel_steps: list[tuple[Any, list[str], str]] = field(default_factory=list)
     sigmoid_first: bool = True
     network_size: Any = None
+    network_signature: str | None = None
+    importance_maps: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
+    compiled_for: tuple[str, str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -990,7 +999,12 @@ def _apply_record(model: SegmentationModel, record: Any) -> None:
 
 
 def load_resolved_model(
-    spec: str | Path, *, trust: bool = False, home: str | Path | None = None
+    spec: str | Path,
+    *,
+    trust: bool = False,
+    home: str | Path | None = None,
+    compiled: tuple[torch.device, str] | None = None,
+    before_full_load: Any = None,
 ) -> SegmentationModel:
     """Open what ``--model SPEC`` names: a registry id, a bundle folder or a bundle archive.
 
@@ -1004,6 +1018,9 @@ def load_resolved_model(
         spec: registry id, bundle folder, or .zip/.tar.gz of one.
         trust: the user passed ``--trust``.
         home: registry home (default ``$MEDSEGNAS_HOME``, else ``~/.medsegnas``).
+        compiled: ``(device, precision)``: take the bundle's compiled form for that device and
+            precision when the cache has one (:func:`~.compiled.load_compiled`; no MONAI import).
+        before_full_load: called before the bundle is loaded the full way (no compiled form).
 
     Raises:
         MedSegNASError: unknown id (close ids named), a model that needs ``--trust``, or any error
@@ -1029,7 +1046,15 @@ def load_resolved_model(
             f"model '{record.id}' needs code to run ({first}); run it with --trust, or mark it trusted with "
             f"{TRUST_COMMAND.format(id=record.id)}, only if you trust its source"
         )
-    model = load_model(resolved.path, trusted=trusted)
+    model = None
+    if compiled is not None and not trusted:
+        from .compiled import load_compiled
+
+        model = load_compiled(resolved.path, *compiled)
+    if model is None:
+        if before_full_load is not None:
+            before_full_load()
+        model = load_model(resolved.path, trusted=trusted)
     if record is not None:
         _apply_record(model, record)
     return model

@@ -133,7 +133,13 @@ def channels_last_safe(network: nn.Module) -> bool:
 
 def prepare_for_inference(network: nn.Module, device: torch.device) -> nn.Module:
     """Eval mode, batch norm folded, channels-last on the CPU where every parameter allows it
-    (:func:`channels_last_safe`); returns the network (changed in place)."""
+    (:func:`channels_last_safe`); returns the network (changed in place). A compiled network
+    (a TorchScript trace of a prepared network, :mod:`.compiled`) is only moved."""
+    if isinstance(network, torch.jit.ScriptModule):
+        network.to(device)
+        if device.type == "cpu" and channels_last_safe(network):
+            network.to(memory_format=torch.channels_last_3d)
+        return network
     network.eval()
     fold_batch_norm(network)
     network.to(device)

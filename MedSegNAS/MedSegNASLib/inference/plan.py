@@ -295,7 +295,7 @@ def _calibration_key(model: Any, device: Any, batch: int, roi: tuple[int, ...], 
 
     return cache_key(
         "calibration",
-        _network_signature(model.network),
+        getattr(model, "network_signature", None) or _network_signature(model.network),
         str(device),
         torch.get_num_threads(),
         batch,
@@ -303,6 +303,9 @@ def _calibration_key(model: Any, device: Any, batch: int, roi: tuple[int, ...], 
         model.in_channels,
         str(autocast_dtype(device, getattr(options, "amp", None))),
         bool(getattr(options, "tta", False)),
+        # A forward pass's time and memory are torch's: the same whether MONAI built the network
+        # or it was loaded compiled (without MONAI).
+        libraries=("torch",),
     )
 
 

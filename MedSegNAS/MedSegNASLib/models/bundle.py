@@ -29,6 +29,7 @@ from monai.bundle import ConfigComponent, ConfigExpression, ConfigItem, ConfigPa
 from monai.bundle.utils import MACRO_KEY
 from monai.utils import instantiate
 
+from .bundle_root import METADATA_NAME, find_bundle_root
 from .capabilities import (
     argument_problems,
     build_engine_io_step,
@@ -66,7 +67,6 @@ __all__ = [
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 INFERENCE_CONFIG_NAMES = tuple(f"inference{suffix}" for suffix in CONFIG_SUFFIXES)
-METADATA_NAME = "metadata.json"
 WEIGHTS_NAMES = ("model.pt", "model.pth")
 #: Where bundles list the files downloaded separately (weights among them).
 LARGE_FILES_NAMES = ("large_files.yml", "large_files.yaml", "large_files.json")
@@ -571,25 +571,6 @@ class BundleInfo:
     monai_version: str | None
     readme: Path | None
     metadata: dict[str, Any] = field(repr=False)
-
-
-def find_bundle_root(folder: str | Path) -> Path:
-    """The bundle folder: ``folder`` itself, or its only sub-folder, holding ``configs/metadata.json``.
-
-    (A bundle zip usually unpacks to ``<name>/configs/...``.)
-
-    Raises:
-        ModelFileError: no such folder, or no ``configs/metadata.json`` there.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelFileError(f"bundle folder {folder} does not exist or is not a folder")
-    if (folder / "configs" / METADATA_NAME).is_file():
-        return folder
-    candidates = [d for d in folder.iterdir() if d.is_dir() and (d / "configs" / METADATA_NAME).is_file()]
-    if len(candidates) == 1:
-        return candidates[0]
-    raise ModelFileError(f"{folder} is not a MONAI bundle: configs/{METADATA_NAME} is missing")
 
 
 def _find_inference_config(root: Path) -> Path:

@@ -40,6 +40,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .network_size import NetworkSize
+
 __all__ = [
     "SUPPORTED_MONAI",
     "SUPPORTED_TORCH",
@@ -1000,25 +1002,6 @@ SIZE_CHECK_CACHE_STATS = {"hit": 0, "miss": 0, "skip": 0}
 #: it predicts for the run (up to a few seconds on a loaded machine: the check's first meta
 #: forward pass imports torch's decompositions).
 SIZE_CHECK_STORED_SECONDS = {"seconds": 0.0}
-
-
-@dataclass(frozen=True)
-class NetworkSize:
-    """What the ``meta``-device dry build found (see :func:`network_size`).
-
-    Attributes:
-        problem: why the network is refused, or None.
-        parameters: parameters and buffers (numbers).
-        activation_bytes: the sum of every leaf module's outputs for one forward pass of
-            ``batch`` windows of ``patch`` (None when the meta forward could not follow the shapes).
-        batch / patch: the forward pass measured.
-    """
-
-    problem: str | None
-    parameters: int
-    activation_bytes: int | None
-    batch: int
-    patch: tuple[int, ...]
 
 
 def network_size_problem(

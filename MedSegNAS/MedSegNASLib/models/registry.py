@@ -906,7 +906,7 @@ class ModelRegistry:
     ) -> tuple[Path, str, str, str | None, str]:
         """Put the bundle in ``staging/bundle``; returns (bundle root, sha256, of what, verified, label)."""
         from .archive import safe_extract
-        from .bundle import find_bundle_root
+        from .bundle_root import find_bundle_root
         from .safety import ModelFileError
 
         verified = str(expected) if expected else None
@@ -1016,7 +1016,7 @@ class ModelRegistry:
     def _fetch_missing_weights(
         self, root: Path, entry: CatalogEntry, progress: ProgressCallback | None
     ) -> None:
-        from .bundle import find_bundle_root
+        from .bundle_root import find_bundle_root
 
         assert entry.weights is not None
         bundle = find_bundle_root(root)
@@ -1127,7 +1127,7 @@ class ModelRegistry:
 
     def resolve(self, spec: str | os.PathLike[str]) -> ResolvedModel:
         """See :func:`resolve_model`."""
-        from .bundle import find_bundle_root
+        from .bundle_root import find_bundle_root
         from .safety import ModelFileError
 
         text = os.fspath(spec)
@@ -1166,7 +1166,7 @@ class ModelRegistry:
     def _unpacked_archive(self, archive: Path) -> Path:
         """The bundle inside ``archive``, unpacked once into ``cache/bundles/<sha256>``."""
         from .archive import safe_extract
-        from .bundle import find_bundle_root
+        from .bundle_root import find_bundle_root
         from .safety import ModelFileError
 
         digest = file_digests(archive)["sha256"]

@@ -58,6 +58,7 @@ from .common import (
     check_checkpoint,
     current_rss_mb,
     dataset_record,
+    is_int,
     is_number,
     log_validation,
     mean_over_ranks,
@@ -196,6 +197,12 @@ class TrainConfig(PipelineConfig):
     ranges of the random affine and intensity transforms (1: the published light augmentation,
     0: none).
 
+    Interactive training (``--interactive``): ``interactive_probability`` (the share of steps
+    whose input carries simulated clicks; the others train the automatic mode) and
+    ``interactive_max_clicks`` (an interactive sample holds 1 to this many clicks, each at the
+    centre of the largest error left by the previous ones; 3 as MONAI's DeepEdit, more to train
+    the long click sequences the simulated-user evaluation makes).
+
     Runtime: ``amp`` ("auto": CUDA only), ``deterministic``, ``val_overlap`` /
     ``val_sw_batch_size`` (sliding-window validation), ``seed``.
     """
@@ -234,6 +241,8 @@ class TrainConfig(PipelineConfig):
     lambda_focal: float = 1.0
     focal_gamma: float = 2.0
     augment_strength: float = 1.0
+    interactive_probability: float = 0.5
+    interactive_max_clicks: int = 3
 
     def optimizer_for(self, network: str) -> str:
         """``sgd`` or ``adamw`` for ``network`` (``auto``: SGD for DiNTS, AdamW for the baselines)."""
@@ -261,6 +270,14 @@ class TrainConfig(PipelineConfig):
         if self.lr_schedule not in ("auto", "multistep", "cosine", "constant"):
             problems.append(
                 f"lr_schedule must be 'auto', 'multistep', 'cosine' or 'constant', got {self.lr_schedule!r}"
+            )
+        if not is_number(self.interactive_probability) or not 0 <= self.interactive_probability <= 1:
+            problems.append(
+                f"interactive_probability must be a number in [0, 1], got {self.interactive_probability!r}"
+            )
+        if not is_int(self.interactive_max_clicks) or self.interactive_max_clicks < 1:
+            problems.append(
+                f"interactive_max_clicks must be an integer >= 1, got {self.interactive_max_clicks!r}"
             )
         if not isinstance(self.network_kwargs, Mapping):
             problems.append(
@@ -1001,6 +1018,8 @@ def run_train(
                         interactive["label_names"],
                         generator=np.random.default_rng([config.seed, rank, progress.global_step]),
                         previous_mask=bool(interactive.get("previous_mask")),
+                        interact_probability=config.interactive_probability,
+                        max_interactions=config.interactive_max_clicks,
                     )
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
