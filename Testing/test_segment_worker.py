@@ -111,6 +111,30 @@ def test_second_request_is_warm_and_label_maps_equal_cold_runs(case, tmp_path) -
         assert warm.any() and np.array_equal(warm, reference), name
 
 
+def test_a_bundle_compiled_by_one_session_loads_compiled_in_the_next(case, tmp_path, monkeypatch) -> None:
+    """The first request of a bundle loads it the full way and, after the reply, compiles it
+    (inference/compiled.py); the next session's worker takes the compiled form (no MONAI import)
+    and writes the same label map."""
+    from MedSegNASLib.inference.commands import compiled_target
+    from MedSegNASLib.inference.compiled import load_compiled
+    from MedSegNASLib.inference.engine import SegmentOptions
+
+    images, bundle = case["images"], case["bundle"]
+    monkeypatch.setenv("MEDSEGNAS_CACHE", str(tmp_path / "cache"))  # the workers' cache and this test's
+    with SegmentWorker(env={"OMP_NUM_THREADS": "1"}) as worker:
+        worker.wait_ready(timeout=120)
+        first = worker.segment(images["oblique"], bundle, tmp_path / "first.nii.gz", device="cpu")
+        assert first["ok"] and first["compiled"] is False
+        assert worker.request({"op": "ping"})["ok"]  # answered once the work after the first reply is done
+    assert load_compiled(bundle, *compiled_target(SegmentOptions(device="cpu"))) is not None
+    with SegmentWorker(env={"OMP_NUM_THREADS": "1"}) as worker:
+        worker.wait_ready(timeout=120)
+        again = worker.segment(images["oblique"], bundle, tmp_path / "again.nii.gz", device="cpu")
+        assert again["ok"] and again["compiled"] is True and again["warm"] is False
+    first_labels, again_labels = (sf.read_labels(tmp_path / f"{n}.nii.gz")[0] for n in ("first", "again"))
+    assert first_labels.any() and np.array_equal(first_labels, again_labels)
+
+
 def test_bad_requests_get_an_error_and_cancel_keeps_the_model(case, tmp_path) -> None:
     images, bundle = case["images"], case["bundle"]
     with SegmentWorker(env={"OMP_NUM_THREADS": "1"}) as worker:

@@ -12,7 +12,6 @@ when something fails.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -362,6 +361,19 @@ def _seconds_since_start() -> float:
         return 0.0
 
 
+def compiled_target(options: Any) -> tuple[Any, str] | None:
+    """``(device, precision)`` a run with ``options`` uses: which compiled form of a bundle it can
+    take (:func:`~.compiled.load_compiled`); None when the device is not available (the run says so)."""
+    from .compiled import precision_name
+    from .engine import autocast_dtype, select_device
+
+    try:
+        device = select_device(options.device)
+    except MedSegNASError:
+        return None
+    return device, precision_name(autocast_dtype(device, options.amp))
+
+
 def _read_and_load(
     inputs: list[Path], model: str | Path, trusted: bool, options: Any = None
 ) -> tuple[Any, Any]:
@@ -377,14 +389,7 @@ def _read_and_load(
     from ..data.io import read_volumes
     from .model import load_resolved_model
 
-    compiled = None
-    if options is not None and not trusted:
-        from .compiled import precision_name
-        from .engine import autocast_dtype, select_device
-
-        with contextlib.suppress(MedSegNASError):
-            device = select_device(options.device)
-            compiled = (device, precision_name(autocast_dtype(device, options.amp)))
+    compiled = compiled_target(options) if options is not None and not trusted else None
     before_full_load = None if trusted else import_monai_for_segmentation
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-read") as pool:
         reading = pool.submit(read_volumes, inputs)
@@ -465,7 +470,13 @@ def segment_files(
 
 
 def _compile_for_next_runs(
-    spec: str | Path, model: Any, volume: Any, options: Any, summary: dict[str, Any], ctx: Any
+    spec: str | Path,
+    model: Any,
+    volume: Any,
+    options: Any,
+    summary: dict[str, Any],
+    ctx: Any,
+    home: str | None = None,
 ) -> None:
     """After a run that loaded the bundle the full way: store its compiled form (:mod:`.compiled`)
     for the device and precision the run used, so that the next run imports no MONAI. Never
@@ -477,7 +488,7 @@ def _compile_for_next_runs(
     from .engine import autocast_dtype
 
     try:
-        folder = resolve_model(str(spec)).path
+        folder = resolve_model(str(spec), home=home).path
         device = torch.device(summary["device"])
         autocast = autocast_dtype(device, options.amp)
         _, message = compile_model(model, folder, device, autocast, volume.array.shape[1:], volume.affine)

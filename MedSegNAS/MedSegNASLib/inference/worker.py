@@ -29,7 +29,10 @@ times, so a replaced bundle is loaded again; ``trust``; the registry home), at m
 ``--max-models`` (least recently used evicted). Per-request options (device, ``fast``, windows,
 box...) do not change the loaded network: the engine moves it to the device and back for each
 run. Loading goes through :func:`~.model.load_resolved_model` as ``medsegnas segment`` does: an
-untrusted bundle runs without its code; ``trust`` in a request is ``--trust``.
+untrusted bundle runs without its code; ``trust`` in a request is ``--trust``. A bundle compiled
+by an earlier run or session (:mod:`.compiled`) loads compiled for the request's device and
+precision (no MONAI import: the first request of a session is faster too); one loaded the full
+way is compiled after its reply is sent (the next request waits for that, the client does not).
 
 Cancel is read between window batches (the engine's ``Progress.check_stop``): the request ends
 ``cancelled``, nothing is written, the model stays loaded. The worker ends on ``stop``,
@@ -44,7 +47,7 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,11 +166,14 @@ class ModelCache:
         self.home = home
         self._models: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
 
-    def get(self, spec: str, *, trust: bool) -> tuple[Any, bool]:
-        """``(model, warm)``: warm when it was loaded already."""
+    def get(self, spec: str, *, trust: bool, compiled: tuple[Any, str] | None = None) -> tuple[Any, bool]:
+        """``(model, warm)``: warm when it was loaded already. ``compiled``: ``(device, precision)``
+        of the request, whose compiled form of the bundle is taken when the cache has one (a
+        compiled model runs on its device and precision only, so they are part of the key)."""
         from .model import load_resolved_model
 
-        key = (spec, _bundle_fingerprint(spec, self.home), bool(trust), self.home)
+        target = (compiled[0].type, compiled[1]) if compiled is not None else None
+        key = (spec, _bundle_fingerprint(spec, self.home), bool(trust), self.home, target)
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key], True
@@ -177,7 +183,7 @@ class ModelCache:
         while len(self._models) >= self.max_models:
             self._models.popitem(last=False)
         gc.collect()  # the evicted networks' memory back before the next one loads
-        model = load_resolved_model(spec, trust=trust, home=self.home)
+        model = load_resolved_model(spec, trust=trust, home=self.home, compiled=compiled)
         self._models[key] = model
         return model, False
 
@@ -217,10 +223,21 @@ def segment_request(
     cache: ModelCache,
     channel: LineChannel,
     parser: argparse.ArgumentParser,
+    later: list[Callable[[], None]] | None = None,
 ) -> dict[str, Any]:
-    """Serve one ``segment`` request: the fields of the reply (see the module docstring)."""
+    """Serve one ``segment`` request: the fields of the reply (see the module docstring).
+
+    A bundle loaded the full way is compiled for the next sessions (:mod:`.compiled`) after the
+    reply: the work is appended to ``later`` (the worker runs it once the reply is sent)."""
     from ..data.io import read_volumes
-    from .commands import _model_spec, check_output_path, segment_loaded, segment_options_from_args
+    from .commands import (
+        _compile_for_next_runs,
+        _model_spec,
+        check_output_path,
+        compiled_target,
+        segment_loaded,
+        segment_options_from_args,
+    )
 
     args = _parse(request, parser)
     output = check_output_path(args.output)
@@ -232,13 +249,20 @@ def segment_request(
     ctx = _RequestContext(channel, request.get("id"))
     started = time.perf_counter()
     ctx.progress(0, 2, stage="load")
-    model, warm = cache.get(_model_spec(args.model), trust=args.trust)
+    spec = _model_spec(args.model)
+    model, warm = cache.get(spec, trust=args.trust, compiled=None if args.trust else compiled_target(options))
     model_seconds = time.perf_counter() - started
     volume = read_volumes(inputs)
     volume.meta.setdefault("path", str(inputs[0]))
     ctx.progress(2, 2, stage="load")
     ctx.log(f"model '{model.name}' {'already loaded' if warm else f'loaded in {model_seconds:.1f} s'}")
     summary = segment_loaded(volume, model, output, options, ctx, started=started)
+    summary["compiled"] = model.compiled_for is not None
+    if model.compiled_for is None and not args.trust and not warm and later is not None:
+        log = _StderrContext()
+        later.append(
+            lambda: _compile_for_next_runs(spec, model, volume, options, dict(summary), log, cache.home)
+        )
     return {
         **summary,
         "labels": [lb.name for lb in model.labels],
@@ -296,16 +320,28 @@ def run_worker(args: argparse.Namespace) -> int:
         return 1
     channel.say({"event": "ready", "pid": os.getpid(), "seconds": round(time.perf_counter() - started, 3)})
     cache = ModelCache(args.max_models, args.home)
+    later: list[Callable[[], None]] = []
 
     def handle(request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "segment":
-            return segment_request(request, cache, channel, segment_parser)
+            return segment_request(request, cache, channel, segment_parser, later)
         if op == "ping":
             return {"models_loaded": len(cache)}
         raise MedSegNASError(f"unknown op {op!r} (segment, cancel, ping, stop)")
 
-    return serve(channel, handle, args.idle_timeout)
+    def after_reply() -> None:
+        while later:
+            later.pop(0)()
+
+    return serve(channel, handle, args.idle_timeout, after_reply)
+
+
+class _StderrContext:
+    """Where work done after a reply reports: the worker's stderr (its log file)."""
+
+    def log(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------- client side

@@ -158,6 +158,7 @@ def serve(
     channel: LineChannel,
     handle: Callable[[dict[str, Any]], dict[str, Any]],
     idle_timeout: float,
+    after_reply: Callable[[], None] | None = None,
 ) -> int:
     """Answer requests with ``handle(request) -> reply fields`` until the worker should end.
 
@@ -165,7 +166,8 @@ def serve(
     "..."}`` (a :class:`~MedSegNASLib.errors.MedSegNASError`'s text, a missing field, or for a bug
     the exception's type and text, its traceback on stderr); the worker always stays. A
     ``cancel`` with nothing running is answered ``{"ok": true, "cancelling": null}``. Returns the
-    exit code (0).
+    exit code (0). ``after_reply`` runs after each reply is sent (work the client need not wait
+    for); its errors go to stderr.
     """
     while True:
         request = channel.next_request(idle_timeout)
@@ -188,6 +190,11 @@ def serve(
             traceback.print_exc()
             reply = {"id": ident, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
         channel.say(reply)
+        if after_reply is not None:
+            try:
+                after_reply()
+            except Exception:  # never the client's problem: the worker stays
+                traceback.print_exc()
 
 
 # ------------------------------------------------------------------------------- client side
