@@ -253,3 +253,29 @@ def test_what_is_not_compiled_says_why(bundle_and_images) -> None:
             changed, bundle_and_images["bundle"], torch.device("cpu"), None, *grid
         )
         assert not stored and message == f"not compiled: {reason}"
+
+
+def test_nearest_inversion_at_half_voxel_ties_is_the_same_with_compiled_steps() -> None:
+    """A nearest-neighbour inversion with input voxels half-way between model voxels goes through
+    MONAI's resampler onto the oriented input grid (engine._monai_nearest_inversion); with the
+    compiled steps it must find the same orientation step and give the same labels."""
+    from types import SimpleNamespace
+
+    from MedSegNASLib.inference.engine import _monai_nearest_inversion
+    from monai.transforms import Orientation, Spacing
+
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS-stored, 1 mm: model voxels of 2 mm fall half-way
+    affine[:3, 3] = [30.0, 20.0, -5.0]
+    in_grid = Grid((20, 18, 16), affine)  # type: ignore[arg-type]
+    monai = [Orientation(axcodes="RAS"), Spacing(pixdim=(2.0, 2.0, 2.0), mode="nearest")]
+    steps = grid_steps_of(monai)
+    m_grid = model_grid(in_grid, monai)
+    labels = torch.randint(0, 4, m_grid.shape, generator=torch.Generator().manual_seed(5))
+    theirs = _monai_nearest_inversion(
+        labels, SimpleNamespace(geometry=monai, padding_mode="border"), m_grid, in_grid
+    )
+    ours = _monai_nearest_inversion(
+        labels, SimpleNamespace(geometry=steps, padding_mode="border"), m_grid, in_grid
+    )
+    assert theirs.shape == in_grid.shape and len(np.unique(theirs)) == 4
+    np.testing.assert_array_equal(ours, theirs)

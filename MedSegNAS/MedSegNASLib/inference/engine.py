@@ -1041,8 +1041,17 @@ def _monai_nearest_inversion(
     from monai.data import MetaTensor
     from monai.transforms import SpatialResample
 
-    names = [type(t).__name__.rstrip("d") for t in model.geometry]
-    before_spacing = model.geometry[: names.index("Spacing")] if "Spacing" in names else model.geometry
+    from .compiled import SpacingStep
+
+    spacing_at = next(
+        (
+            index
+            for index, step in enumerate(model.geometry)
+            if isinstance(step, SpacingStep) or type(step).__name__.rstrip("d") == "Spacing"
+        ),
+        len(model.geometry),
+    )
+    before_spacing = model.geometry[:spacing_at]
     oriented = model_grid(in_grid, before_spacing)
     source = MetaTensor(
         model_labels[None].to(torch.float64).cpu(), affine=torch.as_tensor(m_grid.affine, dtype=torch.float64)
