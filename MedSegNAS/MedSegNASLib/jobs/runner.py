@@ -632,10 +632,13 @@ def cancel(run_dir: str | os.PathLike[str] | RunDir, grace_s: float = 30.0, wait
         return state or "unknown"
     if not _is_local(status):
         raise JobError(f"run {run.path} is running on host {status.get('host')}; cancel it there")
-    if not _signal_worker(status, signal.SIGTERM):
-        return refresh_status(run).get("state", "unknown")
+    # "cancelling" is written before the signal: the worker answers it within a step and writes
+    # its final state, which must not be overwritten by ours (written after the signal, it was:
+    # the run then read as stopped without confirming the cancel).
     if run.read_status().get("state") not in FINAL_STATES:
         run.write_status(state="cancelling", cancel_requested=now_iso())
+    if not _signal_worker(status, signal.SIGTERM):
+        return refresh_status(run).get("state", "unknown")
     if not wait:
         return "cancelling"
     deadline = time.monotonic() + grace_s
