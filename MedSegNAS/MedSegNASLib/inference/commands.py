@@ -465,30 +465,21 @@ def segment_files(
     )
     summary["compiled"] = model.compiled_for is not None
     if model.compiled_for is None and not trusted and getattr(options, "compile", True):
-        _compile_for_next_runs(spec, model, volume, options, summary, ctx)
+        _compile_for_next_runs(model, volume, options, summary, ctx)
     return summary
 
 
-def _compile_for_next_runs(
-    spec: str | Path,
-    model: Any,
-    volume: Any,
-    options: Any,
-    summary: dict[str, Any],
-    ctx: Any,
-    home: str | None = None,
-) -> None:
+def _compile_for_next_runs(model: Any, volume: Any, options: Any, summary: dict[str, Any], ctx: Any) -> None:
     """After a run that loaded the bundle the full way: store its compiled form (:mod:`.compiled`)
     for the device and precision the run used, so that the next run imports no MONAI. Never
     fails the run: what could not be compiled is logged."""
     import torch
 
-    from ..models.registry import resolve_model
     from .compiled import compile_model
     from .engine import autocast_dtype
 
     try:
-        folder = resolve_model(str(spec), home=home).path
+        folder = model.root  # the bundle folder it was loaded from (already resolved)
         device = torch.device(summary["device"])
         autocast = autocast_dtype(device, options.amp)
         _, message = compile_model(model, folder, device, autocast, volume.array.shape[1:], volume.affine)

@@ -260,9 +260,7 @@ def segment_request(
     summary["compiled"] = model.compiled_for is not None
     if model.compiled_for is None and not args.trust and not warm and later is not None:
         log = _StderrContext()
-        later.append(
-            lambda: _compile_for_next_runs(spec, model, volume, options, dict(summary), log, cache.home)
-        )
+        later.append(lambda: _compile_for_next_runs(model, volume, options, dict(summary), log))
     return {
         **summary,
         "labels": [lb.name for lb in model.labels],
